@@ -1,0 +1,3 @@
+from lossctl.cli import main
+
+main()

@@ -1,0 +1,223 @@
+"""The batching engine: decode pairs in worker threads, group them by shape, compute on a device.
+
+Decoding runs ahead of computing in a thread pool (Pillow and OpenCV release the GIL while they
+decode), with a bounded number of pairs in flight, so decoding the next batch overlaps computing the
+current one and memory is bounded by the batch and the prefetch depth, not by the number of pairs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ImageReadError, LossctlError
+from .io import LoadedPair, Pair, load_pair
+from .metrics import METRICS, PairBatch, ParamValue
+
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+MAX_BATCH_VALUES = 1 << 25  # values per input tensor of a batch; SSIM needs about 10x that in memory
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    metrics: Sequence[str]
+    params: dict[str, dict[str, ParamValue]]
+    device: str = "auto"
+    batch_size: int = 16
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    precision: str = "float32"
+    with_weights: bool = False
+
+
+@dataclass
+class PairResult:
+    """One report row: a pair, what is known of its images, its status and its metric values."""
+
+    pair: Pair
+    status: str
+    error: str = ""
+    height: int | None = None
+    width: int | None = None
+    channels: int | None = None
+    bit_depth: int | str | None = None
+    notes: list[str] = field(default_factory=list)
+    values: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise LossctlError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LossctlError(f"device {spec} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise LossctlError(
+                f"device {spec} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    elif device.type != "cpu":
+        raise LossctlError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _stack(arrays: list[np.ndarray], scale: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Stack ``(H, W, C)`` arrays into an ``(N, C, H, W)`` tensor on ``device`` scaled to [0, 1].
+
+    Pixels travel in their stored type (uint8 is a quarter of float32) and are converted there.
+    """
+    batch = torch.from_numpy(np.stack(arrays))
+    if device.type == "cuda":
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    batch = batch.permute(0, 3, 1, 2).to(dtype)
+    return batch / scale if scale != 1.0 else batch
+
+
+def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.device) -> list[PairResult]:
+    """Compute every selected metric for a batch of pairs with equal :attr:`LoadedPair.batch_key`."""
+    dtype = PRECISIONS[config.precision]
+    first = items[0]
+    pred = _stack([item.pred.pixels for item in items], first.pred.scale, device, dtype)
+    target = _stack([item.gt.pixels for item in items], first.gt.scale, device, dtype)
+    channels = max(pred.shape[1], target.shape[1])
+    pred, target = pred.expand(-1, channels, -1, -1), target.expand(-1, channels, -1, -1)
+    weights = None
+    if config.with_weights:
+        nan_map = np.full(first.gt.pixels.shape[:2] + (1,), np.nan, dtype=np.float32)
+        weights = _stack(
+            [nan_map if item.weight is None else item.weight for item in items], 1.0, device, dtype
+        )
+    batch = PairBatch(pred, target, weights)
+    for index, item in enumerate(items):
+        if item.weight_problem and "weighted_tv" in config.metrics:
+            batch.notes[index].append(f"weighted_tv: {item.weight_problem}")
+    with torch.no_grad():
+        columns = [METRICS[name].compute(batch, config.params.get(name, {})) for name in config.metrics]
+        values = torch.stack([column.to(torch.float64) for column in columns]).cpu().tolist()
+    return [
+        PairResult(
+            pair=item.pair,
+            status="ok",
+            height=item.pred.height,
+            width=item.pred.width,
+            channels=item.channels,
+            bit_depth=item.bit_depth,
+            notes=batch.notes[index],
+            values={name: values[row][index] for row, name in enumerate(config.metrics)},
+        )
+        for index, item in enumerate(items)
+    ]
+
+
+def _load(pair: Pair, with_weights: bool) -> LoadedPair | PairResult:
+    try:
+        return load_pair(pair, with_weights)
+    except ImageReadError as error:
+        return PairResult(pair=pair, status="error", error=str(error))
+
+
+def _batch_values(items: Sequence[LoadedPair]) -> int:
+    return len(items) * items[0].pred.pixels[..., :1].size * items[0].channels
+
+
+class _Batcher:
+    """Collects decoded pairs into same-shape batches; says which batch is ready to compute."""
+
+    def __init__(self, batch_size: int, max_buffered: int):
+        self.batch_size, self.max_buffered = batch_size, max_buffered
+        self.buckets: dict[tuple, list[LoadedPair]] = {}
+        self.buffered = 0
+
+    def add(self, item: LoadedPair) -> list[LoadedPair] | None:
+        bucket = self.buckets.setdefault(item.batch_key, [])
+        bucket.append(item)
+        self.buffered += 1
+        if len(bucket) >= self.batch_size or _batch_values(bucket) >= MAX_BATCH_VALUES:
+            return self._take(item.batch_key)
+        if self.buffered > self.max_buffered:  # many distinct shapes: flush the fullest bucket
+            return self._take(max(self.buckets, key=lambda key: len(self.buckets[key])))
+        return None
+
+    def _take(self, key: tuple) -> list[LoadedPair]:
+        bucket = self.buckets.pop(key)
+        self.buffered -= len(bucket)
+        return bucket
+
+    def drain(self) -> Iterator[list[LoadedPair]]:
+        while self.buckets:
+            yield self._take(next(iter(self.buckets)))
+
+
+def _decoded(pairs: Iterable[Pair], config: EvalConfig, prefetch: int) -> Iterator[LoadedPair | PairResult]:
+    """Decode ``pairs`` in a thread pool, at most ``prefetch`` ahead, yielding in input order."""
+    with ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="lossctl-decode") as pool:
+        in_flight: deque[Future] = deque()
+        for pair in pairs:
+            in_flight.append(pool.submit(_load, pair, config.with_weights))
+            if len(in_flight) >= prefetch:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+
+def evaluate(
+    pairs: Sequence[Pair],
+    config: EvalConfig,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[PairResult]:
+    """Compute every metric of ``config`` for every pair; one result per pair, in input order.
+
+    Unmatched and conflicting pairs, unreadable files and size mismatches become results with
+    status ``unmatched`` or ``error`` and a reason; every other pair is computed.
+    """
+    if config.batch_size < 1:
+        raise LossctlError(f"--batch-size must be at least 1; got {config.batch_size}")
+    if config.workers < 1:
+        raise LossctlError(f"--workers must be at least 1; got {config.workers}")
+    if config.precision not in PRECISIONS:
+        raise LossctlError(f"--precision must be float32 or float64; got {config.precision!r}")
+    device = resolve_device(config.device)
+    results: dict[str, PairResult] = {}
+
+    def record(batch_results: Iterable[PairResult]) -> None:
+        done = 0
+        for result in batch_results:
+            results[result.pair.name] = result
+            done += 1
+        if on_progress and done:
+            on_progress(done)
+
+    computable = [pair for pair in pairs if pair.status == "pending"]
+    record(
+        PairResult(pair=pair, status=pair.status, error=_reason(pair))
+        for pair in pairs
+        if pair.status != "pending"
+    )
+    batcher = _Batcher(config.batch_size, max_buffered=4 * config.batch_size)
+    prefetch = 2 * config.batch_size + 2 * config.workers
+    for item in _decoded(computable, config, prefetch):
+        if isinstance(item, PairResult):
+            record([item])
+        elif (ready := batcher.add(item)) is not None:
+            record(compute_batch(ready, config, device))
+    for ready in batcher.drain():
+        record(compute_batch(ready, config, device))
+    return [results[pair.name] for pair in pairs]
+
+
+def _reason(pair: Pair) -> str:
+    reasons = [pair.problem] if pair.problem else []
+    if pair.gt is None:
+        reasons.append("no ground truth with this name")
+    elif pair.pred is None:
+        reasons.append("no prediction with this name")
+    return "; ".join(reasons)

@@ -1,0 +1,291 @@
+"""Finding, pairing and decoding images.
+
+Pairs are matched by relative path without extension (``pred/a/x.png`` pairs with
+``gt/a/x.jpg``). Pixels are returned as stored (uint8, uint16 or float32) with the divisor that
+scales them to [0, 1] under the pixel conventions of METRICS.md; the engine converts on the device.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageReadError, LossctlError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GRAY_ALPHA = 4
+PNG_COLOR_TYPES_PILLOW_TRUNCATES = {2, PNG_GRAY_ALPHA, 6}  # RGB, gray+alpha, RGBA at 16 bits
+RGB_MODES = {"RGB", "RGBA", "RGBX", "RGBa"}
+MODES_CONVERTED_TO_RGB = {"P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+NETPBM_FORMATS = {"PPM", "PGM", "PBM", "PNM"}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A prediction and its ground truth, or one side alone (unmatched), or a naming conflict."""
+
+    name: str
+    pred: Path | None
+    gt: Path | None
+    weight: Path | None = None
+    problem: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.pred is None or self.gt is None:
+            return "unmatched"
+        return "error" if self.problem else "pending"
+
+
+@dataclass(frozen=True)
+class Pairing:
+    pairs: list[Pair]
+    skipped: list[Path]
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Pixels as stored, shaped ``(H, W, C)`` with C = 1 or 3, and the divisor to [0, 1]."""
+
+    pixels: np.ndarray
+    scale: float
+    bit_depth: int
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+    @property
+    def channels(self) -> int:
+        return self.pixels.shape[2]
+
+
+@dataclass(frozen=True)
+class LoadedPair:
+    """A decoded pair ready to batch. ``weight`` is ``(H, W, 1)`` float32 in [0, 1] when given."""
+
+    pair: Pair
+    pred: DecodedImage
+    gt: DecodedImage
+    weight: np.ndarray | None = None
+    weight_problem: str | None = None
+
+    @property
+    def channels(self) -> int:
+        return max(self.pred.channels, self.gt.channels)
+
+    @property
+    def bit_depth(self) -> int | str:
+        if self.pred.bit_depth == self.gt.bit_depth:
+            return self.pred.bit_depth
+        return f"{self.pred.bit_depth}/{self.gt.bit_depth}"
+
+    @property
+    def batch_key(self) -> tuple:
+        """Pairs with equal keys can be stacked into one batch."""
+        return (
+            self.pred.height,
+            self.pred.width,
+            self.pred.channels,
+            self.pred.pixels.dtype.str,
+            self.pred.scale,
+            self.gt.channels,
+            self.gt.pixels.dtype.str,
+            self.gt.scale,
+            self.weight is not None,
+        )
+
+
+def find_images(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    """Map each image's key (relative path without extension, '/'-separated) to its files.
+
+    Returns the map and the files skipped because their extension is not an image format's.
+    """
+    images: dict[str, list[Path]] = {}
+    skipped: list[Path] = []
+    for directory, subdirectories, files in os.walk(root, followlinks=True):
+        subdirectories.sort()
+        for file_name in sorted(files):
+            path = Path(directory) / file_name
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append(path)
+                continue
+            key = path.relative_to(root).with_suffix("").as_posix()
+            images.setdefault(key, []).append(path)
+    return images, skipped
+
+
+def _check_folder(path: Path, role: str) -> None:
+    if not path.exists():
+        raise LossctlError(f"{role} folder not found: {path}")
+    if not path.is_dir():
+        raise LossctlError(f"{role} path is not a folder: {path}")
+
+
+def _ambiguity(side: str, paths: list[Path]) -> str:
+    names = ", ".join(path.name for path in paths)
+    return f"ambiguous {side}: {len(paths)} files share this name ({names})"
+
+
+def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = None) -> Pairing:
+    """Pair the images of two folders by relative path without extension, recursively.
+
+    Every image appears in exactly one pair: matched, unmatched (one side only), or in error when
+    two files of one folder share a key (``x.png`` and ``x.jpg``). Raises :class:`LossctlError`
+    when a folder is missing or no image matches at all.
+    """
+    _check_folder(pred_root, "prediction")
+    _check_folder(gt_root, "ground-truth")
+    if weights_root is not None:
+        _check_folder(weights_root, "weights")
+    pred_images, pred_skipped = find_images(pred_root)
+    gt_images, gt_skipped = find_images(gt_root)
+    weight_images = find_images(weights_root)[0] if weights_root is not None else {}
+    if not pred_images:
+        raise LossctlError(f"no images found in prediction folder {pred_root}")
+    if not gt_images:
+        raise LossctlError(f"no images found in ground-truth folder {gt_root}")
+
+    pairs = []
+    for key in sorted(pred_images.keys() | gt_images.keys()):
+        preds, gts, weights = pred_images.get(key, []), gt_images.get(key, []), weight_images.get(key, [])
+        problems = [
+            _ambiguity(side, paths) for side, paths in (("pred", preds), ("gt", gts)) if len(paths) > 1
+        ]
+        pairs.append(
+            Pair(
+                name=key,
+                pred=preds[0] if preds else None,
+                gt=gts[0] if gts else None,
+                weight=weights[0] if len(weights) == 1 else None,
+                problem="; ".join(problems) or None,
+            )
+        )
+    if not any(pair.pred and pair.gt for pair in pairs):
+        raise LossctlError(
+            f"no prediction in {pred_root} has a ground truth with the same relative path in {gt_root}"
+        )
+    return Pairing(pairs=pairs, skipped=pred_skipped + gt_skipped)
+
+
+def _png_bit_depth_and_color_type(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 26 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">BB", data[24:26])
+
+
+def _decode_with_opencv(data: bytes, keep_first_channel: bool) -> DecodedImage:
+    """Decode 16-bit colour PNG/TIFF with OpenCV, which keeps all 16 bits (Pillow keeps 8)."""
+    import cv2
+
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ImageReadError("not a decodable image")
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    elif keep_first_channel:
+        pixels = pixels[:, :, :1]
+    else:
+        pixels = pixels[:, :, 2::-1]  # BGR(A) to RGB, alpha dropped
+    if pixels.dtype == np.uint16:
+        return DecodedImage(np.ascontiguousarray(pixels), 65535.0, 16)
+    if pixels.dtype == np.uint8:
+        return DecodedImage(np.ascontiguousarray(pixels), 255.0, 8)
+    raise ImageReadError(f"unsupported pixel type {pixels.dtype}")
+
+
+def _tiff_bits_per_sample(image: Image.Image) -> int:
+    bits = getattr(image, "tag_v2", {}).get(258, 8)
+    return max(bits) if isinstance(bits, tuple) else int(bits)
+
+
+def _decode_with_pillow(image: Image.Image) -> DecodedImage:
+    mode = image.mode
+    if mode in MODES_CONVERTED_TO_RGB:
+        image, mode = image.convert("RGB"), "RGB"
+    if mode == "1":
+        return DecodedImage(np.asarray(image, dtype=np.uint8)[:, :, None], 1.0, 1)
+    if mode in ("L", "LA", "La"):
+        return DecodedImage(np.asarray(image.getchannel(0))[:, :, None], 255.0, 8)
+    if mode in RGB_MODES:
+        return DecodedImage(np.ascontiguousarray(np.asarray(image)[:, :, :3]), 255.0, 8)
+    if mode in SIXTEEN_BIT_MODES or (mode == "I" and image.format in NETPBM_FORMATS):
+        return DecodedImage(np.asarray(image).astype(np.uint16)[:, :, None], 65535.0, 16)
+    if mode == "F":
+        return DecodedImage(np.asarray(image, dtype=np.float32)[:, :, None], 1.0, 32)
+    raise ImageReadError(f"unsupported image mode {mode!r}")
+
+
+def decode_image(path: Path) -> DecodedImage:
+    """Read one image file. Raises :class:`ImageReadError` with a one-line reason."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ImageReadError(f"cannot read file: {error.strerror or error}") from error
+    header = _png_bit_depth_and_color_type(data)
+    if header and header[0] == 16 and header[1] in PNG_COLOR_TYPES_PILLOW_TRUNCATES:
+        return _decode_with_opencv(data, keep_first_channel=header[1] == PNG_GRAY_ALPHA)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "TIFF" and image.mode in RGB_MODES and _tiff_bits_per_sample(image) > 8:
+                return _decode_with_opencv(data, keep_first_channel=False)
+            image.load()
+            return _decode_with_pillow(image)
+    except UnidentifiedImageError as error:
+        raise ImageReadError("not a recognised image file") from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageReadError(str(error).splitlines()[0] if str(error) else type(error).__name__) from error
+
+
+def _decode_side(path: Path, side: str) -> DecodedImage:
+    try:
+        return decode_image(path)
+    except ImageReadError as error:
+        raise ImageReadError(f"{side} {path.name}: {error}") from error
+
+
+def _load_weight(path: Path | None, height: int, width: int) -> tuple[np.ndarray | None, str | None]:
+    if path is None:
+        return None, "no weight map with this name"
+    try:
+        weight = decode_image(path)
+    except ImageReadError as error:
+        return None, f"weight map {path.name}: {error}"
+    if weight.channels != 1:
+        return None, f"weight map {path.name} is not grayscale"
+    if (weight.height, weight.width) != (height, width):
+        return None, f"weight map {path.name} is {weight.width}x{weight.height}, the images {width}x{height}"
+    return (weight.pixels.astype(np.float32) / np.float32(weight.scale)), None
+
+
+def load_pair(pair: Pair, with_weights: bool = False) -> LoadedPair:
+    """Decode both sides of a pair and check that they can be compared.
+
+    Raises :class:`ImageReadError` when a file is unreadable or the sizes differ. A missing or
+    unusable weight map is not an error for the pair: it is reported in ``weight_problem``.
+    """
+    assert pair.pred is not None and pair.gt is not None, "load_pair needs a matched pair"
+    pred = _decode_side(pair.pred, "pred")
+    gt = _decode_side(pair.gt, "gt")
+    if (pred.height, pred.width) != (gt.height, gt.width):
+        raise ImageReadError(
+            f"size mismatch: pred is {pred.width}x{pred.height}, gt is {gt.width}x{gt.height}"
+        )
+    if not with_weights:
+        return LoadedPair(pair, pred, gt)
+    weight, problem = _load_weight(pair.weight, gt.height, gt.width)
+    return LoadedPair(pair, pred, gt, weight, problem)

@@ -1,0 +1,178 @@
+"""``torch.nn.Module`` wrappers: each stores its parameters and calls its functional loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._common import check_reduction
+from .classification import bce_loss, dice_loss
+from .pixel import (
+    charbonnier_loss,
+    huber_loss,
+    l1_loss,
+    log_cosh_loss,
+    mse_loss,
+    psnr_loss,
+    quantile_loss,
+    rmse,
+    smooth_l1_loss,
+)
+from .ssim import check_ssim_window, ssim_loss
+from .tv import tv_loss, weighted_tv_loss
+
+
+class _Loss(nn.Module):
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        check_reduction(reduction)
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+class L1Loss(_Loss):
+    """Mean absolute error; see :func:`lossctl.losses.l1_loss`."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return l1_loss(pred, target, self.reduction)
+
+
+class MSELoss(_Loss):
+    """Mean squared error (the "L2 loss"); see :func:`lossctl.losses.mse_loss`."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return mse_loss(pred, target, self.reduction)
+
+
+class RMSELoss(_Loss):
+    """Per-image root mean squared error; see :func:`lossctl.losses.rmse`."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return rmse(pred, target, self.reduction)
+
+
+class CharbonnierLoss(_Loss):
+    """``mean sqrt((pred - target)^2 + eps^2)``; see :func:`lossctl.losses.charbonnier_loss`."""
+
+    def __init__(self, eps: float = 1e-3, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.eps = eps
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return charbonnier_loss(pred, target, self.eps, self.reduction)
+
+
+class SmoothL1Loss(_Loss):
+    """Smooth L1 loss, as ``torch.nn.SmoothL1Loss``; see :func:`lossctl.losses.smooth_l1_loss`."""
+
+    def __init__(self, beta: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.beta = beta
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return smooth_l1_loss(pred, target, self.beta, self.reduction)
+
+
+class HuberLoss(_Loss):
+    """Huber loss, as ``torch.nn.HuberLoss``; see :func:`lossctl.losses.huber_loss`."""
+
+    def __init__(self, delta: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.delta = delta
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return huber_loss(pred, target, self.delta, self.reduction)
+
+
+class LogCoshLoss(_Loss):
+    """``mean log(cosh(pred - target))``; see :func:`lossctl.losses.log_cosh_loss`."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return log_cosh_loss(pred, target, self.reduction)
+
+
+class QuantileLoss(_Loss):
+    """Pinball loss at quantile ``q``; see :func:`lossctl.losses.quantile_loss`."""
+
+    def __init__(self, q: float = 0.5, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.q = q
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return quantile_loss(pred, target, self.q, self.reduction)
+
+
+class BCELoss(_Loss):
+    """Binary cross-entropy of probabilities, as ``torch.nn.BCELoss``; see :func:`lossctl.losses.bce_loss`."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return bce_loss(pred, target, self.reduction)
+
+
+class DiceLoss(_Loss):
+    """``1 - dice_coefficient`` per image; see :func:`lossctl.losses.dice_loss`."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return dice_loss(pred, target, self.reduction)
+
+
+class TVLoss(_Loss):
+    """Total variation of the prediction; see :func:`lossctl.losses.tv_loss`."""
+
+    def __init__(self, isotropic: bool = False, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.isotropic = isotropic
+
+    def forward(self, pred: torch.Tensor) -> torch.Tensor:
+        return tv_loss(pred, self.isotropic, self.reduction)
+
+
+class WeightedTVLoss(_Loss):
+    """BasicSR's weighted total variation; see :func:`lossctl.losses.weighted_tv_loss`."""
+
+    def forward(
+        self, pred: torch.Tensor, weight: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        return weighted_tv_loss(pred, weight, self.reduction)
+
+
+class PSNRLoss(_Loss):
+    """Negative PSNR, so that minimising it maximises PSNR; see :func:`lossctl.losses.psnr_loss`."""
+
+    def __init__(self, data_range: float = 1.0, eps: float = 1e-8, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.data_range = data_range
+        self.eps = eps
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return psnr_loss(pred, target, self.data_range, self.eps, self.reduction)
+
+
+class SSIMLoss(_Loss):
+    """``1 - ssim`` per image; see :func:`lossctl.losses.ssim`."""
+
+    def __init__(
+        self,
+        data_range: float = 1.0,
+        window_size: int = 11,
+        sigma: float = 1.5,
+        k1: float = 0.01,
+        k2: float = 0.03,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(reduction)
+        check_ssim_window(window_size, sigma)
+        self.data_range, self.window_size, self.sigma, self.k1, self.k2 = (
+            data_range,
+            window_size,
+            sigma,
+            k1,
+            k2,
+        )
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ssim_loss(
+            pred, target, self.data_range, self.window_size, self.sigma, self.k1, self.k2, self.reduction
+        )

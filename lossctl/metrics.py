@@ -1,0 +1,245 @@
+"""The metric registry: every per-image metric ``lossctl eval`` reports, by its METRICS.md name.
+
+A metric is one :class:`Metric` entry whose ``compute`` maps a :class:`PairBatch` to one value per
+image, calling the functions of :mod:`lossctl.losses` (the library users train with). To add a
+metric, add its function there and one entry to ``METRICS`` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_import
+from .errors import LossctlError
+
+if TYPE_CHECKING:
+    import torch
+
+    from . import losses as L
+else:
+    L = lazy_import("lossctl.losses")
+
+ParamValue = float | int
+
+
+@dataclass(frozen=True)
+class Param:
+    """A settable metric parameter (``--param METRIC.KEY=VALUE``) with its validity rule."""
+
+    key: str
+    default: ParamValue
+    rule: str
+    is_valid: Callable[[ParamValue], bool]
+    integer: bool = False
+
+    def parse(self, metric: str, text: str) -> ParamValue:
+        try:
+            value: ParamValue = int(text) if self.integer else float(text)
+        except ValueError:
+            kind = "an integer" if self.integer else "a number"
+            raise LossctlError(f"{metric}.{self.key} must be {kind}; got {text!r}") from None
+        if not self.is_valid(value):
+            raise LossctlError(f"{metric}.{self.key} must be {self.rule}; got {text}")
+        return value
+
+
+class PairBatch:
+    """A batch of same-shaped image pairs on the compute device, with shared intermediates.
+
+    ``pred``, ``target``: ``(N, C, H, W)`` in [0, 1]. ``weights``: ``(N, 1, H, W)`` weight maps for
+    ``weighted_tv`` (NaN for pairs without one) or ``None`` for edge-aware weights from the target.
+    Metrics record why a value is NaN with :meth:`note`.
+    """
+
+    def __init__(self, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None):
+        self.pred, self.target, self.weights = pred, target, weights
+        self.notes: list[list[str]] = [[] for _ in range(pred.shape[0])]
+
+    @cached_property
+    def diff(self) -> torch.Tensor:
+        return self.pred - self.target
+
+    @cached_property
+    def mse(self) -> torch.Tensor:
+        return self.image_mean(L.squared_error(self.diff))
+
+    @staticmethod
+    def image_mean(values: torch.Tensor) -> torch.Tensor:
+        return values.flatten(1).mean(dim=1)
+
+    def note(self, images: Sequence[bool], text: str) -> None:
+        """Attach ``text`` to the notes of each image flagged in ``images``."""
+        for index, flagged in enumerate(images):
+            if flagged:
+                self.notes[index].append(text)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    better: str  # "higher" or "lower"
+    definition: str
+    compute: Callable[[PairBatch, Mapping[str, ParamValue]], torch.Tensor]
+    params: tuple[Param, ...] = field(default=())
+
+    @property
+    def defaults(self) -> dict[str, ParamValue]:
+        return {param.key: param.default for param in self.params}
+
+
+def _nan_where(values: torch.Tensor, invalid: torch.Tensor) -> torch.Tensor:
+    return values.masked_fill(invalid, float("nan"))
+
+
+def _ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
+    window = int(p["window"])
+    height, width = batch.pred.shape[-2:]
+    if min(height, width) < window:
+        batch.note(
+            [True] * len(batch.notes), f"ssim: {width}x{height} is smaller than the {window}x{window} window"
+        )
+        return batch.pred.new_full((batch.pred.shape[0],), float("nan"))
+    return L.ssim(batch.pred, batch.target, 1.0, window, p["sigma"], p["k1"], p["k2"], reduction="none")
+
+
+def _bce(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
+    flat = batch.pred.flatten(1)
+    out_of_range = (flat.amin(dim=1) < 0) | (flat.amax(dim=1) > 1)
+    batch.note(out_of_range.tolist(), "bce: prediction outside [0, 1]")
+    return _nan_where(batch.image_mean(L.binary_cross_entropy_error(batch.pred, batch.target)), out_of_range)
+
+
+def _weighted_tv(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
+    if batch.weights is None:
+        return L.weighted_tv_loss(batch.pred, L.edge_aware_weights(batch.target), reduction="none")
+    return L.weighted_tv_loss(batch.pred, batch.weights, reduction="none")
+
+
+def _positive(value: ParamValue) -> bool:
+    return value > 0
+
+
+def _non_negative(value: ParamValue) -> bool:
+    return value >= 0
+
+
+METRICS: dict[str, Metric] = {
+    metric.name: metric
+    for metric in (
+        Metric("l1", "lower", "mean |p - g| (MAE)", lambda b, p: b.image_mean(L.absolute_error(b.diff))),
+        Metric("mse", "lower", "mean (p - g)^2 (the L2 loss of torch.nn.MSELoss)", lambda b, p: b.mse),
+        Metric("rmse", "lower", "sqrt(mse)", lambda b, p: L.rmse_from_mse(b.mse)),
+        Metric(
+            "psnr",
+            "higher",
+            "10 log10(1 / mse) dB; inf for identical images",
+            lambda b, p: L.psnr_from_mse(b.mse),
+        ),
+        Metric(
+            "ssim",
+            "higher",
+            "SSIM (Wang et al. 2004) as scikit-image: Gaussian window, valid region, mean over channels",
+            _ssim,
+            (
+                Param("window", 11, "an odd integer >= 3", lambda v: v >= 3 and v % 2 == 1, integer=True),
+                Param("sigma", 1.5, "> 0", _positive),
+                Param("k1", 0.01, "> 0", _positive),
+                Param("k2", 0.03, "> 0", _positive),
+            ),
+        ),
+        Metric(
+            "charbonnier",
+            "lower",
+            "mean sqrt((p - g)^2 + eps^2)",
+            lambda b, p: b.image_mean(L.charbonnier_error(b.diff, p["eps"])),
+            (Param("eps", 1e-3, ">= 0", _non_negative),),
+        ),
+        Metric(
+            "smooth_l1",
+            "lower",
+            "torch.nn.functional.smooth_l1_loss",
+            lambda b, p: b.image_mean(L.smooth_l1_error(b.diff, p["beta"])),
+            (Param("beta", 1.0, ">= 0", _non_negative),),
+        ),
+        Metric(
+            "huber",
+            "lower",
+            "torch.nn.functional.huber_loss",
+            lambda b, p: b.image_mean(L.huber_error(b.diff, p["delta"])),
+            (Param("delta", 1.0, "> 0", _positive),),
+        ),
+        Metric(
+            "log_cosh", "lower", "mean log(cosh(p - g))", lambda b, p: b.image_mean(L.log_cosh_error(b.diff))
+        ),
+        Metric(
+            "quantile",
+            "lower",
+            "pinball loss, mean max(q (g - p), (q - 1)(g - p))",
+            lambda b, p: b.image_mean(L.quantile_error(b.diff, p["q"])),
+            (Param("q", 0.5, "in [0, 1]", lambda v: 0 <= v <= 1),),
+        ),
+        Metric(
+            "bce", "lower", "binary cross-entropy, p as probability, g as target (torch.nn.BCELoss)", _bce
+        ),
+        Metric(
+            "dice",
+            "higher",
+            "soft Dice 2 sum(p g) / (sum(p) + sum(g)); 1 when both are empty",
+            lambda b, p: L.dice_coefficient(b.pred, b.target, reduction="none"),
+        ),
+        Metric(
+            "tv",
+            "lower",
+            "anisotropic total variation of p, divided by C H W",
+            lambda b, p: L.tv_loss(b.pred, reduction="none"),
+        ),
+        Metric(
+            "weighted_tv",
+            "lower",
+            "BasicSR WeightedTVLoss of p; weights from --weights or exp(-|grad g|)",
+            _weighted_tv,
+        ),
+    )
+}
+
+
+def parse_metric_names(text: str | None) -> list[str]:
+    """Parse ``--metrics l1,psnr`` (``None`` or ``'all'``: every metric), in registry order."""
+    if text is None or text.strip() == "all":
+        return list(METRICS)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise LossctlError(f"unknown metric {', '.join(unknown)}; valid metrics: {', '.join(METRICS)}")
+    if not names:
+        raise LossctlError(f"--metrics is empty; valid metrics: {', '.join(METRICS)}")
+    return [name for name in METRICS if name in names]
+
+
+def resolve_params(names: Sequence[str], overrides: Sequence[str]) -> dict[str, dict[str, ParamValue]]:
+    """Default parameters of the metrics ``names``, updated by ``METRIC.KEY=VALUE`` overrides."""
+    params = {name: METRICS[name].defaults for name in names if METRICS[name].params}
+    for override in overrides:
+        target, _, text = override.partition("=")
+        metric, _, key = target.strip().partition(".")
+        if not text or not key:
+            raise LossctlError(
+                f"--param must look like METRIC.KEY=VALUE (e.g. charbonnier.eps=1e-4); got {override!r}"
+            )
+        if metric not in METRICS:
+            raise LossctlError(
+                f"--param {override}: unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}"
+            )
+        known = {param.key: param for param in METRICS[metric].params}
+        if key not in known:
+            valid = ", ".join(f"{metric}.{k}" for k in known) or "none"
+            raise LossctlError(
+                f"--param {override}: {metric} has no parameter {key!r}; its parameters: {valid}"
+            )
+        if metric not in names:
+            raise LossctlError(f"--param {override}: {metric} is not among the selected metrics")
+        params[metric][key] = known[key].parse(metric, text.strip())
+    return params

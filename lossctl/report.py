@@ -1,0 +1,299 @@
+"""Results as a DataFrame, their summary, and rendering to table, CSV, JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .engine import PairResult
+from .metrics import METRICS, ParamValue
+
+ROW_COLUMNS = ["name", "pred", "gt", "height", "width", "channels", "bit_depth", "status", "error", "notes"]
+STATUSES = ("ok", "error", "unmatched")
+ARROWS = {"higher": "↑", "lower": "↓"}
+
+
+@dataclass(frozen=True)
+class ReportInfo:
+    """What a report records besides its rows: inputs, metrics, parameters and environment."""
+
+    pred_root: str
+    gt_root: str
+    metrics: Sequence[str]
+    params: dict[str, dict[str, ParamValue]]
+    device: str
+    precision: str
+    lossctl_version: str
+    torch_version: str
+    skipped_files: int = 0
+
+
+def results_frame(results: Sequence[PairResult], metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per pair: the columns of ``ROW_COLUMNS`` then one column per metric."""
+    rows = [
+        {
+            "name": result.pair.name,
+            "pred": str(result.pair.pred) if result.pair.pred else "",
+            "gt": str(result.pair.gt) if result.pair.gt else "",
+            "height": result.height,
+            "width": result.width,
+            "channels": result.channels,
+            "bit_depth": result.bit_depth,
+            "status": result.status,
+            "error": result.error,
+            "notes": "; ".join(result.notes),
+            **{name: result.values.get(name, math.nan) for name in metrics},
+        }
+        for result in results
+    ]
+    frame = pd.DataFrame(rows, columns=ROW_COLUMNS + list(metrics))
+    for column in ("height", "width", "channels"):
+        frame[column] = frame[column].astype("Int64")
+    for name in metrics:
+        frame[name] = frame[name].astype("float64")
+    return frame
+
+
+def status_counts(frame: pd.DataFrame) -> dict[str, int]:
+    counts = {status: int((frame["status"] == status).sum()) for status in STATUSES}
+    return {"pairs": len(frame), **counts}
+
+
+def summarize(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per metric over the pairs that succeeded: mean, std (population), min, median, max, count.
+
+    NaN values (a metric undefined for a pair, with the reason in ``notes``) are left out and
+    counted in ``nan``. Infinite PSNR (identical images) is left out of the mean and std and counted
+    in ``infinite``; ``pooled`` is the PSNR of the mean MSE, ``10 log10(1 / mean(mse))``.
+    """
+    ok = frame[frame["status"] == "ok"]
+    summary: dict[str, dict[str, Any]] = {}
+    for name in metrics:
+        values = ok[name].dropna()
+        finite = values[values.abs() != math.inf]
+        entry: dict[str, Any] = {
+            "better": METRICS[name].better,
+            "mean": float(finite.mean()) if len(finite) else None,
+            "std": float(finite.std(ddof=0)) if len(finite) else None,
+            "min": float(values.min()) if len(values) else None,
+            "median": float(values.median()) if len(values) else None,
+            "max": float(values.max()) if len(values) else None,
+            "count": len(values),
+            "nan": int(ok[name].isna().sum()),
+        }
+        if name == "psnr":
+            mean_mse = (10.0 ** (-values / 10.0)).mean() if len(values) else math.nan
+            entry["pooled"] = (
+                10 * math.log10(1 / mean_mse) if mean_mse > 0 else (math.inf if len(values) else None)
+            )
+            entry["infinite"] = int((values == math.inf).sum())
+        summary[name] = entry
+    return summary
+
+
+def format_value(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.4g}"
+
+
+def _json_number(value: Any) -> Any:
+    """Strict JSON has no NaN or infinity: NaN becomes null, infinities the strings 'inf'/'-inf'."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _clean(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: _json_number(None if value is pd.NA else value) for key, value in record.items()}
+
+
+def to_csv(frame: pd.DataFrame) -> str:
+    """CSV, one row per pair. Empty cell: no value (NaN); ``inf``: identical images' PSNR."""
+    return frame.to_csv(index=False, lineterminator="\n")
+
+
+def to_json(frame: pd.DataFrame, summary: dict[str, dict[str, Any]], info: ReportInfo) -> str:
+    document = {
+        "lossctl": info.lossctl_version,
+        "torch": info.torch_version,
+        "device": info.device,
+        "precision": info.precision,
+        "pred": info.pred_root,
+        "gt": info.gt_root,
+        "metrics": list(info.metrics),
+        "params": info.params,
+        "counts": {**status_counts(frame), "skipped_files": info.skipped_files},
+        "summary": {name: _clean(entry) for name, entry in summary.items()},
+        "rows": [_clean(record) for record in frame.astype(object).to_dict(orient="records")],
+    }
+    return json.dumps(document, indent=2, allow_nan=False) + "\n"
+
+
+def _counts_line(frame: pd.DataFrame, info: ReportInfo) -> str:
+    counts = status_counts(frame)
+    line = f"{counts['pairs']} pairs: {counts['ok']} ok, {counts['error']} error, {counts['unmatched']} unmatched"
+    if info.skipped_files:
+        line += f" ({info.skipped_files} non-image files skipped)"
+    return line
+
+
+def _psnr_line(summary: dict[str, dict[str, Any]]) -> str | None:
+    psnr = summary.get("psnr")
+    if not psnr or psnr["count"] == 0:
+        return None
+    line = f"pooled PSNR (from the mean MSE): {format_value(psnr['pooled'])} dB"
+    if psnr["infinite"]:
+        line += f"; {psnr['infinite']} identical pair(s) with PSNR = inf left out of the PSNR mean and std"
+    return line
+
+
+def _problem_lines(frame: pd.DataFrame) -> list[str]:
+    lines = []
+    for row in frame.itertuples(index=False):
+        if row.status != "ok":
+            lines.append(f"{row.name}: {row.status}: {row.error}")
+        elif row.notes:
+            lines.append(f"{row.name}: note: {row.notes}")
+    return lines
+
+
+def _summary_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            f"{name} {ARROWS[entry['better']]}",
+            *(format_value(entry[key]) for key in ("mean", "std", "min", "median", "max")),
+            str(entry["count"]),
+        ]
+        for name, entry in summary.items()
+    ]
+
+
+SUMMARY_HEADER = ["metric", "mean", "std", "min", "median", "max", "n"]
+
+
+def to_markdown(
+    frame: pd.DataFrame, summary: dict[str, dict[str, Any]], info: ReportInfo, per_image: bool
+) -> str:
+    def table(header: list[str], rows: list[list[str]]) -> list[str]:
+        escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        return lines + ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows]
+
+    out = [f"**lossctl eval** — {_counts_line(frame, info)}", ""]
+    out += table(SUMMARY_HEADER, _summary_rows(summary))
+    if (psnr_line := _psnr_line(summary)) is not None:
+        out += ["", psnr_line]
+    if per_image:
+        rows = [
+            [row["name"], row["status"], *(format_value(row[name]) for name in info.metrics)]
+            for _, row in frame.iterrows()
+        ]
+        out += [""] + table(["name", "status", *info.metrics], rows)
+    if problems := _problem_lines(frame):
+        out += ["", *(f"- {line}" for line in problems)]
+    return "\n".join(out) + "\n"
+
+
+def _extreme_styles(frame: pd.DataFrame, name: str) -> dict[int, str]:
+    """Colour the best value of a column green and the worst red (when they differ)."""
+    values = frame[name].where(frame["status"] == "ok").dropna()
+    if values.nunique() < 2:
+        return {}
+    best, worst = (
+        (values.idxmax(), values.idxmin())
+        if METRICS[name].better == "higher"
+        else (
+            values.idxmin(),
+            values.idxmax(),
+        )
+    )
+    return {best: "green", worst: "red"}
+
+
+def render_table(
+    console: Console,
+    frame: pd.DataFrame,
+    summary: dict[str, dict[str, Any]],
+    info: ReportInfo,
+    per_image: bool,
+) -> None:
+    """Print the summary table (and the per-image table) sized to the console's width."""
+    title = f"lossctl eval — {_counts_line(frame, info)}"
+    summary_table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for index, header in enumerate(SUMMARY_HEADER):
+        summary_table.add_column(header, justify="right" if index else "left", no_wrap=True)
+    for row in _summary_rows(summary):
+        summary_table.add_row(*row)
+    console.print(summary_table)
+    if (psnr_line := _psnr_line(summary)) is not None:
+        console.print(psnr_line)
+    if per_image:
+        _render_per_image(console, frame, info.metrics)
+    for line in _problem_lines(frame):
+        console.print(line, style="yellow" if ": note: " in line else "red", markup=False, highlight=False)
+    console.print(
+        f"↑ higher is better, ↓ lower is better; device {info.device}, {info.precision}", style="dim"
+    )
+
+
+def _render_per_image(console: Console, frame: pd.DataFrame, metrics: Sequence[str]) -> None:
+    """Per-image values, metrics split over several tables when they do not fit the width."""
+    name_width = min(max(frame["name"].str.len().max(), 4), 40)
+    column_width = 13
+    per_table = max(1, (console.width - name_width - 12) // column_width)
+    for start in range(0, len(metrics), per_table):
+        chunk = metrics[start : start + per_table]
+        table = Table(title="per image" if start == 0 else None, title_justify="left", box=box.SIMPLE_HEAD)
+        table.add_column("name", overflow="fold", max_width=40)
+        table.add_column("status")
+        styles = {name: _extreme_styles(frame, name) for name in chunk}
+        for name in chunk:
+            table.add_column(f"{name} {ARROWS[METRICS[name].better]}", justify="right", no_wrap=True)
+        for index, row in frame.iterrows():
+            status_style = "green" if row["status"] == "ok" else "red"
+            cells = [
+                f"[{styles[name][index]}]{format_value(row[name])}[/]"
+                if index in styles[name]
+                else format_value(row[name])
+                for name in chunk
+            ]
+            table.add_row(Text(row["name"]), f"[{status_style}]{row['status']}[/]", *cells)
+        console.print(table)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.chmod(temporary, 0o666 & ~_current_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
