@@ -48,7 +48,7 @@ class Precision(str, Enum):
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    stderr.print(f"error: {message}", style="red", markup=False, highlight=False)
+    stderr.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -105,8 +105,7 @@ EVAL_EPILOG = """[b]Examples[/b]
   lossctl eval pred/ gt/ --metrics psnr,ssim,l1 --csv report.csv
   lossctl eval pred/ gt/ --param charbonnier.eps=1e-4 --format json > report.json
 
-Exit codes: 0 every pair computed; 3 some pairs failed or were unmatched (the report is still
-complete); 2 usage or input error."""
+Exit codes: 0 every pair computed; 3 some pairs failed or were unmatched (the report is still complete); 2 usage or input error."""
 
 
 @app.command("eval", epilog=EVAL_EPILOG)
@@ -124,28 +123,44 @@ def eval_command(
     metrics: Annotated[
         str | None,
         typer.Option(
-            "--metrics", "-m", help="Comma-separated metric names (see [b]lossctl metrics[/b]); default: all."
+            "--metrics",
+            "-m",
+            metavar="NAMES",
+            help="Comma-separated metric names (see [b]lossctl metrics[/b]); default: all.",
         ),
     ] = None,
     param: Annotated[
         list[str] | None,
         typer.Option(
-            "--param", "-p", help="Metric parameter METRIC.KEY=VALUE, e.g. charbonnier.eps=1e-4; repeatable."
+            "--param",
+            "-p",
+            metavar="METRIC.KEY=VALUE",
+            help="Metric parameter METRIC.KEY=VALUE, e.g. charbonnier.eps=1e-4; repeatable.",
         ),
     ] = None,
     weights: Annotated[
         Path | None,
-        typer.Option("--weights", help="Folder of grayscale weight maps for weighted_tv, paired by name."),
+        typer.Option(
+            "--weights",
+            metavar="DIR",
+            help="Folder of grayscale weight maps for weighted_tv, paired by name.",
+        ),
     ] = None,
     device: Annotated[
-        str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
+        str,
+        typer.Option("--device", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     ] = "auto",
     batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Pairs per batch (pairs are grouped by shape).")
+        int, typer.Option("--batch-size", metavar="N", help="Pairs per batch (pairs are grouped by shape).")
     ] = 16,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", help="Decoding threads [default: number of cores].", show_default=False),
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="Decoding threads \\[default: number of cores].",
+            show_default=False,
+        ),
     ] = None,
     precision: Annotated[
         Precision,
@@ -165,7 +180,7 @@ def eval_command(
         bool | None,
         typer.Option(
             "--per-image/--no-per-image",
-            help=f"Show per-image rows [default: when at most {PER_IMAGE_AUTO_LIMIT} pairs].",
+            help=f"Show per-image rows \\[default: when at most {PER_IMAGE_AUTO_LIMIT} pairs].",
             show_default=False,
         ),
     ] = None,

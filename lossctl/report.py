@@ -244,11 +244,17 @@ def render_table(
         summary_table.add_row(*row)
     console.print(summary_table)
     if (psnr_line := _psnr_line(summary)) is not None:
-        console.print(psnr_line)
+        console.print(psnr_line, soft_wrap=True)
     if per_image:
         _render_per_image(console, frame, info.metrics)
     for line in _problem_lines(frame):
-        console.print(line, style="yellow" if ": note: " in line else "red", markup=False, highlight=False)
+        console.print(
+            line,
+            style="yellow" if ": note: " in line else "red",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(
         f"↑ higher is better, ↓ lower is better; device {info.device}, {info.precision}", style="dim"
     )

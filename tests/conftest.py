@@ -1,0 +1,48 @@
+"""Shared test helpers: writing images of every mode, and the bundled sample folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_PRED = REPO / "sample_images" / "pred"
+SAMPLE_GT = REPO / "sample_images" / "gt"
+
+
+def save_image(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
+    """Write ``pixels`` (H, W) or (H, W, C) to ``path``; 16-bit colour goes through OpenCV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if pixels.dtype == np.uint16 and pixels.ndim == 3:
+        assert cv2.imwrite(str(path), pixels[:, :, ::-1])
+    else:
+        Image.fromarray(pixels, mode=mode).save(path) if mode else Image.fromarray(pixels).save(path)
+    return path
+
+
+def random_rgb(rng: np.random.Generator, height: int = 32, width: int = 40) -> np.ndarray:
+    return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def noisy(rng: np.random.Generator, pixels: np.ndarray, spread: int = 20) -> np.ndarray:
+    """``pixels`` plus uniform integer noise, clipped to the dtype's range."""
+    top = np.iinfo(pixels.dtype).max
+    noise = rng.integers(-spread, spread + 1, size=pixels.shape)
+    return np.clip(pixels.astype(np.int64) + noise, 0, top).astype(pixels.dtype)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    return pred, gt

@@ -1,0 +1,275 @@
+"""Every command, option and exit code through Typer's CliRunner, and the README's commands."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lossctl.cli import app
+from lossctl.metrics import METRICS
+
+from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
+
+runner = CliRunner()
+SAMPLES = [str(SAMPLE_PRED), str(SAMPLE_GT)]
+ROW_COLUMNS = ["name", "pred", "gt", "height", "width", "channels", "bit_depth", "status", "error", "notes"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def one_line_error(result, code: int, fragment: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def mixed(folders, rng):
+    """Two good pairs, an unreadable prediction, a size mismatch and a prediction without gt."""
+    pred, gt = folders
+    for name in ("a", "b"):
+        clean = random_rgb(rng)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    (pred / "broken.png").write_bytes(b"not an image")
+    save_image(gt / "broken.png", random_rgb(rng))
+    save_image(pred / "sizes.png", random_rgb(rng, 10, 10))
+    save_image(gt / "sizes.png", random_rgb(rng, 12, 10))
+    save_image(pred / "extra.png", random_rgb(rng))
+    return pred, gt
+
+
+def test_eval_on_the_samples_prints_the_summary_and_exits_0():
+    result = invoke("eval", *SAMPLES)
+    assert result.exit_code == 0, result.output
+    assert "7 pairs: 7 ok, 0 error, 0 unmatched" in result.stdout
+    for name in METRICS:
+        assert name in result.stdout
+    assert "per image" in result.stdout and "hdr16/rgb16" in result.stdout
+    assert "pooled PSNR" in result.stdout
+
+
+def test_per_image_table_can_be_switched(mixed):
+    assert "per image" not in invoke("eval", *SAMPLES, "--no-per-image").stdout
+    assert "per image" in invoke("eval", *mixed, "--per-image").stdout
+
+
+def test_csv_report_has_the_documented_columns_and_one_row_per_pair(tmp_path, mixed):
+    report = tmp_path / "report.csv"
+    result = invoke("eval", *mixed, "--csv", report)
+    assert result.exit_code == 3, result.output
+    frame = pd.read_csv(report, keep_default_na=False, na_values=[""])
+    assert list(frame.columns) == ROW_COLUMNS + list(METRICS)
+    rows = frame.set_index("name")
+    assert rows["status"].to_dict() == {
+        "a": "ok",
+        "b": "ok",
+        "broken": "error",
+        "extra": "unmatched",
+        "sizes": "error",
+    }
+    assert rows.loc["sizes", "error"] == "size mismatch: pred is 10x10, gt is 10x12"
+    assert rows.loc["extra", "error"] == "no ground truth with this name"
+    assert rows.loc["a", "height"] == 32 and rows.loc["a", "width"] == 40 and rows.loc["a", "channels"] == 3
+    assert rows.loc["a", "bit_depth"] == 8
+    assert rows.loc["a", "psnr"] > 20
+    assert math.isnan(rows.loc["broken", "psnr"])
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temp files
+
+
+def test_json_report_has_rows_summary_params_device_and_versions(tmp_path):
+    report = tmp_path / "report.json"
+    result = invoke("eval", *SAMPLES, "--json", report, "--param", "charbonnier.eps=1e-4")
+    assert result.exit_code == 0
+    document = json.loads(report.read_text())
+    assert document["params"]["charbonnier"] == {"eps": 1e-4}
+    assert document["params"]["ssim"] == {"window": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03}
+    assert document["device"] == "cpu" and document["precision"] == "float32"
+    assert document["lossctl"] and document["torch"]
+    assert document["counts"] == {"pairs": 7, "ok": 7, "error": 0, "unmatched": 0, "skipped_files": 0}
+    assert len(document["rows"]) == 7 and set(document["summary"]) == set(METRICS)
+    psnr = document["summary"]["psnr"]
+    values = [row["psnr"] for row in document["rows"]]
+    assert psnr["mean"] == pytest.approx(np.mean(values))
+    assert psnr["median"] == pytest.approx(np.median(values))
+    assert psnr["std"] == pytest.approx(np.std(values))
+    mses = [row["mse"] for row in document["rows"]]
+    assert psnr["pooled"] == pytest.approx(10 * math.log10(1 / np.mean(mses)), rel=1e-5)
+
+
+def test_parameters_change_the_values():
+    def charbonnier(*extra):
+        result = invoke("eval", *SAMPLES, "-m", "charbonnier", "--format", "json", *extra)
+        return {row["name"]: row["charbonnier"] for row in json.loads(result.stdout)["rows"]}
+
+    default, small = charbonnier(), charbonnier("-p", "charbonnier.eps=1e-6")
+    assert all(small[name] < default[name] for name in default)
+
+
+@pytest.mark.parametrize("output_format", ["csv", "json", "markdown"])
+def test_machine_formats_keep_stdout_clean(output_format):
+    result = invoke("eval", *SAMPLES, "--format", output_format, "--metrics", "psnr,ssim")
+    assert result.exit_code == 0
+    text = result.stdout
+    if output_format == "csv":
+        assert list(pd.read_csv(io.StringIO(text)).columns) == ROW_COLUMNS + ["psnr", "ssim"]
+    elif output_format == "json":
+        assert json.loads(text)["metrics"] == ["psnr", "ssim"]
+    else:
+        assert text.startswith("**lossctl eval**") and "| psnr ↑ |" in text and "| blur | ok |" in text
+
+
+def test_metric_subset_is_computed_in_registry_order():
+    result = invoke("eval", *SAMPLES, "--metrics", "ssim,l1", "--format", "csv")
+    assert list(pd.read_csv(io.StringIO(result.stdout)).columns)[-2:] == ["l1", "ssim"]
+
+
+def test_identical_pairs_are_inf_per_image_and_left_out_of_the_mean(folders, rng):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(pred / "same.png", clean)
+    save_image(gt / "same.png", clean)
+    save_image(pred / "other.png", noisy(rng, clean))
+    save_image(gt / "other.png", clean)
+    document = json.loads(invoke("eval", pred, gt, "-m", "psnr", "--format", "json").stdout)
+    rows = {row["name"]: row["psnr"] for row in document["rows"]}
+    assert rows["same"] == "inf"
+    summary = document["summary"]["psnr"]
+    assert summary["infinite"] == 1 and summary["count"] == 2
+    assert summary["mean"] == pytest.approx(rows["other"]) and summary["std"] == 0
+    csv_text = invoke("eval", pred, gt, "-m", "psnr", "--format", "csv").stdout
+    assert ",inf" in csv_text
+    table = invoke("eval", pred, gt, "-m", "psnr").stdout
+    assert "1 identical pair(s) with PSNR = inf left out" in table
+
+
+def test_failed_pairs_exit_3_and_are_listed(mixed):
+    result = invoke("eval", *mixed)
+    assert result.exit_code == 3
+    assert "5 pairs: 2 ok, 2 error, 1 unmatched" in result.stdout
+    assert "sizes: error: size mismatch" in result.stdout
+    assert "extra: unmatched: no ground truth with this name" in result.stdout
+
+
+def test_weights_folder(tmp_path, rng):
+    pred, gt, weights = tmp_path / "p", tmp_path / "g", tmp_path / "w"
+    clean = random_rgb(rng, 16, 16)
+    save_image(gt / "x.png", clean)
+    save_image(pred / "x.png", noisy(rng, clean))
+    save_image(weights / "x.png", np.full((16, 16), 255, dtype=np.uint8))
+    weighted = json.loads(
+        invoke("eval", pred, gt, "--weights", weights, "-m", "tv,weighted_tv", "--format", "json").stdout
+    )
+    row = weighted["rows"][0]
+    edge_aware = json.loads(invoke("eval", pred, gt, "-m", "weighted_tv", "--format", "json").stdout)["rows"][
+        0
+    ]
+    assert row["weighted_tv"] != pytest.approx(edge_aware["weighted_tv"])
+    # Unit weights: each direction's sum of |differences| over C * 15 * 16 weights, where tv divides
+    # the same sums by C * 16 * 16.
+    assert row["weighted_tv"] == pytest.approx(row["tv"] * (16 * 16) / (15 * 16), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--metrics", "psnr,nope"], "unknown metric nope; valid metrics: l1, mse, rmse, psnr, ssim"),
+        (["--param", "charbonnier.eps=x"], "charbonnier.eps must be a number"),
+        (["--param", "huber.size=1"], "huber has no parameter 'size'"),
+        (["--metrics", "psnr", "--param", "huber.delta=2"], "huber is not among the selected metrics"),
+        (["--device", "cuda:7"], "cuda:7 requested but"),
+        (["--device", "tpu"], "unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
+        (["--device", "meta"], "unsupported device 'meta'"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--csv", "/nonexistent/folder/report.csv"], "folder /nonexistent/folder does not exist"),
+        (["--metrics", "psnr", "--weights", "."], "--weights is only used by weighted_tv"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args, fragment):
+    one_line_error(invoke("eval", *SAMPLES, *args), 2, fragment)
+
+
+def test_folder_errors_exit_2_with_one_line(tmp_path, folders, rng):
+    pred, gt = folders
+    one_line_error(invoke("eval", tmp_path / "missing", gt), 2, "prediction folder not found")
+    one_line_error(invoke("eval", pred, gt), 2, "no images found in prediction folder")
+    save_image(pred / "a.png", random_rgb(rng))
+    save_image(gt / "b.png", random_rgb(rng))
+    one_line_error(invoke("eval", pred, gt), 2, "has a ground truth with the same relative path")
+    one_line_error(invoke("eval", *SAMPLES, "--csv", tmp_path), 2, "is a folder")
+
+
+def test_invalid_choice_is_a_usage_error():
+    result = invoke("eval", *SAMPLES, "--format", "xml")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_metrics_command_lists_every_metric_with_direction_and_defaults():
+    table = invoke("metrics")
+    assert table.exit_code == 0
+    for name in METRICS:
+        assert name in table.stdout
+    listing = json.loads(invoke("metrics", "--format", "json").stdout)
+    assert [entry["name"] for entry in listing] == list(METRICS)
+    assert {entry["name"]: entry["params"] for entry in listing}["charbonnier"] == {"eps": 0.001}
+    assert {entry["name"]: entry["better"] for entry in listing}["psnr"] == "higher"
+
+
+def test_version_and_module_entry_point():
+    completed = subprocess.run(
+        [sys.executable, "-m", "lossctl", "--version"], capture_output=True, text=True, check=True
+    )
+    assert re.fullmatch(r"lossctl \d+\.\d+\.\d+\n", completed.stdout)
+
+
+def test_help_and_metrics_start_without_torch_or_pandas():
+    code = "import sys; from lossctl.cli import app; import lossctl.metrics; print('torch' in sys.modules, 'pandas' in sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.split() == ["False", "False"]
+
+
+def readme_commands() -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    return [block.strip() for block in blocks]
+
+
+def test_ci_runs_the_readme_test_command_exactly():
+    install_and_run, install_and_test = readme_commands()[:2]
+    assert install_and_run.endswith("lossctl eval sample_images/pred sample_images/gt")
+    assert install_and_test.endswith("python -m pytest -q")
+    assert install_and_test in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_readme_examples_run(tmp_path, monkeypatch):
+    """Every `lossctl ...` example in the README and in `lossctl eval --help` runs as documented."""
+    monkeypatch.chdir(REPO)
+    readme = (REPO / "README.md").read_text()
+    examples = re.findall(r"^\$ (lossctl .*)$", readme, flags=re.M)
+    examples.append(readme_commands()[0].split(" && ")[-1])
+    for example in examples:
+        result = invoke(*shlex.split(example)[1:])
+        assert result.exit_code == 0, (example, result.output)
+    help_text = invoke("eval", "--help").stdout
+    for example in re.findall(r"lossctl eval (?:pred/|sample_images).*", help_text):
+        arguments = shlex.split(example.replace("pred/ gt/", f"{SAMPLE_PRED} {SAMPLE_GT}"))[1:]
+        if ">" in arguments:
+            arguments = arguments[: arguments.index(">")]
+        arguments = [str(tmp_path / a) if a.endswith((".csv", ".json")) else a for a in arguments]
+        result = invoke(*arguments)
+        assert result.exit_code == 0, (example, result.output)

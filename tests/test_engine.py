@@ -1,0 +1,225 @@
+"""The batching engine and metric registry: every metric, every pair, independent of batching."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lossctl import losses as L
+from lossctl.engine import EvalConfig, evaluate, resolve_device
+from lossctl.errors import LossctlError
+from lossctl.io import pair_folders
+from lossctl.metrics import METRICS, parse_metric_names, resolve_params
+
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
+
+METRICS_MD_NAMES = [
+    "l1", "mse", "rmse", "psnr", "ssim", "charbonnier", "smooth_l1", "huber",
+    "log_cosh", "quantile", "bce", "dice", "tv", "weighted_tv",
+]  # fmt: skip
+
+
+def run(pred, gt, metrics=None, weights=None, **options):
+    names = parse_metric_names(metrics)
+    config = EvalConfig(metrics=names, params=resolve_params(names, options.pop("params", [])), **options)
+    if weights is not None:
+        config = EvalConfig(**{**config.__dict__, "with_weights": True})
+    return {result.pair.name: result for result in evaluate(pair_folders(pred, gt, weights).pairs, config)}
+
+
+def test_registry_has_exactly_the_metrics_md_names():
+    assert list(METRICS) == METRICS_MD_NAMES
+    assert {metric.better for metric in METRICS.values()} == {"higher", "lower"}
+    assert [name for name, metric in METRICS.items() if metric.better == "higher"] == ["psnr", "ssim", "dice"]
+
+
+def test_metric_selection_and_parameters():
+    assert parse_metric_names("psnr, l1") == ["l1", "psnr"]
+    with pytest.raises(LossctlError, match="unknown metric nope; valid metrics: l1, mse"):
+        parse_metric_names("l1,nope")
+    params = resolve_params(["charbonnier", "ssim"], ["charbonnier.eps=1e-4", "ssim.window=7"])
+    assert params == {
+        "charbonnier": {"eps": 1e-4},
+        "ssim": {"window": 7, "sigma": 1.5, "k1": 0.01, "k2": 0.03},
+    }
+    for override, message in [
+        ("eps=1", "METRIC.KEY=VALUE"),
+        ("nope.eps=1", "unknown metric 'nope'"),
+        ("charbonnier.beta=1", "charbonnier has no parameter 'beta'; its parameters: charbonnier.eps"),
+        ("charbonnier.eps=abc", "charbonnier.eps must be a number"),
+        ("charbonnier.eps=-1", "charbonnier.eps must be >= 0"),
+        ("ssim.window=8", "ssim.window must be an odd integer"),
+        ("huber.delta=1", "huber is not among the selected metrics"),
+    ]:
+        with pytest.raises(LossctlError, match=message):
+            resolve_params(["charbonnier", "ssim"], [override])
+
+
+def float64_reference(pred_path, gt_path) -> dict[str, float]:
+    """Every metric for one RGB pair, computed here in float64 numpy from METRICS.md."""
+    p = np.asarray(Image.open(pred_path).convert("RGB"), dtype=np.float64).transpose(2, 0, 1) / 255
+    g = np.asarray(Image.open(gt_path).convert("RGB"), dtype=np.float64).transpose(2, 0, 1) / 255
+    d = p - g
+    mse = np.mean(d**2)
+    dy_p, dx_p = np.diff(p, axis=1), np.diff(p, axis=2)
+    w_y = np.exp(-np.abs(np.diff(g, axis=1)).mean(axis=0))
+    w_x = np.exp(-np.abs(np.diff(g, axis=2)).mean(axis=0))
+    tensor = lambda a: torch.from_numpy(a)[None]  # noqa: E731
+    return {
+        "l1": np.mean(np.abs(d)),
+        "mse": mse,
+        "rmse": math.sqrt(mse),
+        "psnr": 10 * math.log10(1 / mse),
+        "ssim": L.ssim(tensor(p), tensor(g)).item(),  # checked against scikit-image in test_losses
+        "charbonnier": np.mean(np.sqrt(d**2 + 1e-6)),
+        "smooth_l1": np.mean(np.where(np.abs(d) < 1, 0.5 * d**2, np.abs(d) - 0.5)),
+        "huber": np.mean(np.where(np.abs(d) <= 1, 0.5 * d**2, np.abs(d) - 0.5)),
+        "log_cosh": np.mean(np.log(np.cosh(d))),
+        "quantile": np.mean(np.maximum(0.5 * -d, -0.5 * -d)),
+        "bce": np.mean(-(g * np.maximum(np.log(p), -100) + (1 - g) * np.maximum(np.log1p(-p), -100))),
+        "dice": 2 * np.sum(p * g) / (np.sum(p) + np.sum(g)),
+        "tv": (np.abs(dy_p).sum() + np.abs(dx_p).sum()) / p.size,
+        "weighted_tv": (w_y * np.abs(dy_p)).sum() / (3 * w_y.sum())
+        + (w_x * np.abs(dx_p)).sum() / (3 * w_x.sum()),
+    }
+
+
+@pytest.mark.parametrize("precision, rel", [("float32", 1e-5), ("float64", 1e-10)])
+def test_every_metric_on_real_photos_matches_a_float64_reference(precision, rel):
+    results = run(SAMPLE_PRED, SAMPLE_GT, precision=precision)
+    for name in ("blur", "jpeg_artifacts", "noise", "upscale_x4"):
+        result = results[name]
+        assert result.status == "ok"
+        gt_path = SAMPLE_GT / f"{name}.png"
+        with np.errstate(divide="ignore"):
+            expected = float64_reference(result.pair.pred, gt_path)
+        for metric, value in expected.items():
+            tolerance = {"abs": 1e-4} if metric == "psnr" else {"rel": rel}
+            assert result.values[metric] == pytest.approx(value, **tolerance), (name, metric)
+
+
+def test_results_do_not_depend_on_batching_or_workers(folders, rng):
+    pred, gt = folders
+    for index in range(7):
+        size = (24, 32) if index % 2 else (40, 36)
+        clean = random_rgb(rng, *size)
+        save_image(gt / f"img{index}.png", clean)
+        save_image(pred / f"img{index}.png", noisy(rng, clean))
+    reference = run(pred, gt, batch_size=1, workers=1)
+    for batch_size, workers in [(3, 2), (16, 4)]:
+        other = run(pred, gt, batch_size=batch_size, workers=workers)
+        for name, result in reference.items():
+            for metric, value in result.values.items():
+                assert other[name].values[metric] == pytest.approx(value, rel=1e-6, abs=1e-12), (name, metric)
+
+
+def test_grayscale_prediction_is_repeated_against_rgb_ground_truth(folders, rng):
+    pred, gt = folders
+    gray = rng.integers(0, 256, size=(20, 20), dtype=np.uint8)
+    save_image(pred / "x.png", gray)
+    save_image(gt / "x.png", np.dstack([gray, gray, noisy(rng, gray)]))
+    result = run(pred, gt, metrics="mse")["x"]
+    expected = (
+        np.mean((np.asarray(Image.open(gt / "x.png"), dtype=np.float64)[:, :, 2] / 255 - gray / 255) ** 2) / 3
+    )
+    assert (result.channels, result.values["mse"]) == (3, pytest.approx(expected, rel=1e-5))
+
+
+def test_mixed_bit_depths_are_scaled_each_by_its_own_depth(folders, rng):
+    pred, gt = folders
+    gray8 = rng.integers(0, 256, size=(16, 16), dtype=np.uint8)
+    save_image(pred / "x.png", gray8)
+    save_image(gt / "x.png", gray8.astype(np.uint16) * 257)  # the same intensities at 16 bits
+    result = run(pred, gt, metrics="l1,psnr")["x"]
+    assert result.bit_depth == "8/16"
+    assert result.values["l1"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_identical_images_give_infinite_psnr(folders, rng):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(pred / "x.png", clean)
+    save_image(gt / "x.png", clean)
+    values = run(pred, gt)["x"].values
+    assert values["psnr"] == math.inf and values["mse"] == 0.0 and values["ssim"] == pytest.approx(1.0)
+
+
+def test_undefined_values_are_nan_with_a_note_and_the_pair_stays_ok(folders, rng):
+    pred, gt = folders
+    save_image(pred / "tiny.png", random_rgb(rng, 8, 9))
+    save_image(gt / "tiny.png", random_rgb(rng, 8, 9))
+    floats = rng.normal(0.5, 1.0, size=(16, 16)).astype(np.float32)
+    Image.fromarray(floats, mode="F").save(pred / "float.tif")
+    Image.fromarray(np.clip(floats, 0, 1), mode="F").save(gt / "float.tif")
+    results = run(pred, gt)
+    tiny, floating = results["tiny"], results["float"]
+    assert tiny.status == "ok" and math.isnan(tiny.values["ssim"])
+    assert tiny.notes == ["ssim: 9x8 is smaller than the 11x11 window"]
+    assert not math.isnan(tiny.values["psnr"])
+    assert floating.status == "ok" and math.isnan(floating.values["bce"])
+    assert floating.notes == ["bce: prediction outside [0, 1]"]
+
+
+def test_weight_maps_drive_weighted_tv_and_missing_ones_are_noted(tmp_path, folders, rng):
+    pred, gt = folders
+    weights = tmp_path / "weights"
+    for name in ("a", "b"):
+        clean = random_rgb(rng, 16, 16)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    weight = rng.integers(0, 256, size=(16, 16), dtype=np.uint8)
+    save_image(weights / "a.png", weight)
+    results = run(pred, gt, metrics="weighted_tv", weights=weights)
+    p = np.asarray(Image.open(pred / "a.png"), dtype=np.float64).transpose(2, 0, 1) / 255
+    w = weight.astype(np.float64) / 255
+    expected = (w[:-1, :] * np.abs(np.diff(p, axis=1))).sum() / (3 * w[:-1, :].sum()) + (
+        w[:, :-1] * np.abs(np.diff(p, axis=2))
+    ).sum() / (3 * w[:, :-1].sum())
+    assert results["a"].values["weighted_tv"] == pytest.approx(expected, rel=1e-5)
+    assert math.isnan(results["b"].values["weighted_tv"])
+    assert results["b"].notes == ["weighted_tv: no weight map with this name"]
+
+
+def test_unreadable_and_mismatched_pairs_are_errors_and_the_rest_is_computed(folders, rng):
+    pred, gt = folders
+    save_image(pred / "good.png", random_rgb(rng))
+    save_image(gt / "good.png", random_rgb(rng))
+    (pred / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    save_image(gt / "broken.png", random_rgb(rng))
+    save_image(pred / "sizes.png", random_rgb(rng, 10, 10))
+    save_image(gt / "sizes.png", random_rgb(rng, 10, 12))
+    save_image(pred / "lonely.png", random_rgb(rng))
+    results = run(pred, gt)
+    assert {name: result.status for name, result in results.items()} == {
+        "broken": "error",
+        "good": "ok",
+        "lonely": "unmatched",
+        "sizes": "error",
+    }
+    assert results["broken"].error.startswith("pred broken.png: ")
+    assert results["sizes"].error == "size mismatch: pred is 10x10, gt is 12x10"
+    assert results["lonely"].error == "no ground truth with this name"
+    assert len(results["good"].values) == len(METRICS)
+
+
+def test_device_errors():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(LossctlError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(LossctlError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_cuda_agrees_with_cpu():
+    cpu = run(SAMPLE_PRED, SAMPLE_GT, device="cpu")
+    cuda = run(SAMPLE_PRED, SAMPLE_GT, device="cuda")
+    for name, result in cpu.items():
+        for metric, value in result.values.items():
+            tolerance = {"abs": 1e-4} if metric == "psnr" else {"rel": 1e-5, "abs": 1e-9}
+            assert cuda[name].values[metric] == pytest.approx(value, **tolerance), (name, metric)

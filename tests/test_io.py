@@ -1,0 +1,208 @@
+"""Pairing folders and decoding every supported format and mode as METRICS.md requires."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from lossctl.errors import ImageReadError, LossctlError
+from lossctl.io import decode_image, load_pair, pair_folders
+
+from .conftest import random_rgb, save_image
+
+
+def test_pairs_match_by_relative_path_without_extension(folders, rng):
+    pred, gt = folders
+    save_image(pred / "a" / "x.png", random_rgb(rng))
+    save_image(gt / "a" / "x.jpg", random_rgb(rng))
+    save_image(pred / "b.png", random_rgb(rng))
+    save_image(gt / "b.bmp", random_rgb(rng))
+    (pred / "notes.txt").write_text("not an image")
+    pairing = pair_folders(pred, gt)
+    assert [(p.name, p.pred.name, p.gt.name, p.status) for p in pairing.pairs] == [
+        ("a/x", "x.png", "x.jpg", "pending"),
+        ("b", "b.png", "b.bmp", "pending"),
+    ]
+    assert [path.name for path in pairing.skipped] == ["notes.txt"]
+
+
+def test_unmatched_files_on_either_side_are_reported_not_dropped(folders, rng):
+    pred, gt = folders
+    save_image(pred / "both.png", random_rgb(rng))
+    save_image(gt / "both.png", random_rgb(rng))
+    save_image(pred / "only_pred.png", random_rgb(rng))
+    save_image(gt / "sub" / "only_gt.png", random_rgb(rng))
+    statuses = {p.name: p.status for p in pair_folders(pred, gt).pairs}
+    assert statuses == {"both": "pending", "only_pred": "unmatched", "sub/only_gt": "unmatched"}
+
+
+def test_two_files_with_one_name_are_an_ambiguity_naming_both(folders, rng):
+    pred, gt = folders
+    save_image(pred / "x.png", random_rgb(rng))
+    save_image(pred / "x.jpg", random_rgb(rng))
+    save_image(gt / "x.png", random_rgb(rng))
+    save_image(gt / "y.png", random_rgb(rng))
+    save_image(pred / "y.png", random_rgb(rng))
+    (pair_x, pair_y) = pair_folders(pred, gt).pairs
+    assert pair_x.status == "error"
+    assert "x.jpg" in pair_x.problem and "x.png" in pair_x.problem
+    assert pair_y.status == "pending"
+
+
+def test_folder_errors(tmp_path, folders, rng):
+    pred, gt = folders
+    with pytest.raises(LossctlError, match="prediction folder not found"):
+        pair_folders(tmp_path / "missing", gt)
+    with pytest.raises(LossctlError, match="no images found in prediction folder"):
+        pair_folders(pred, gt)
+    save_image(pred / "a.png", random_rgb(rng))
+    with pytest.raises(LossctlError, match="no images found in ground-truth folder"):
+        pair_folders(pred, gt)
+    save_image(gt / "b.png", random_rgb(rng))
+    with pytest.raises(LossctlError, match="no prediction .* has a ground truth"):
+        pair_folders(pred, gt)
+    (tmp_path / "file.png").write_bytes(b"")
+    with pytest.raises(LossctlError, match="not a folder"):
+        pair_folders(tmp_path / "file.png", gt)
+
+
+def test_8_bit_modes(tmp_path, rng):
+    rgb = random_rgb(rng)
+    gray = rgb[:, :, 0]
+    rgba = np.dstack([rgb, rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)])
+    cases = {
+        "rgb.png": (rgb, None, rgb),
+        "gray.png": (gray, None, gray[:, :, None]),
+        "rgba.png": (rgba, "RGBA", rgb),  # alpha dropped, not composited
+        "la.png": (np.dstack([gray, gray]), "LA", gray[:, :, None]),
+        "rgb.bmp": (rgb, None, rgb),
+        "rgb.ppm": (rgb, None, rgb),
+        "gray.pgm": (gray, None, gray[:, :, None]),
+        "rgb.tif": (rgb, None, rgb),
+        "rgb_lossless.webp": (rgb, None, rgb),
+    }
+    for name, (pixels, mode, expected) in cases.items():
+        path = tmp_path / name
+        if name.endswith(".webp"):
+            Image.fromarray(pixels).save(path, lossless=True)
+        else:
+            save_image(path, pixels, mode)
+        decoded = decode_image(path)
+        assert (decoded.bit_depth, decoded.scale) == (8, 255.0), name
+        np.testing.assert_array_equal(decoded.pixels, expected, err_msg=name)
+
+
+def test_palette_images_are_expanded_to_rgb(tmp_path, rng):
+    rgb = random_rgb(rng)
+    palette_image = Image.fromarray(rgb).quantize(colors=16)
+    palette_image.save(tmp_path / "p.png")
+    decoded = decode_image(tmp_path / "p.png")
+    np.testing.assert_array_equal(decoded.pixels, np.asarray(palette_image.convert("RGB")))
+
+
+def test_one_bit_images_scale_by_one(tmp_path, rng):
+    mask = rng.integers(0, 2, size=(16, 16)).astype(bool)
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    decoded = decode_image(tmp_path / "mask.png")
+    assert (decoded.bit_depth, decoded.scale) == (1, 1.0)
+    np.testing.assert_array_equal(decoded.pixels[:, :, 0], mask.astype(np.uint8))
+
+
+def test_16_bit_grayscale_png_tiff_and_pgm_keep_16_bits(tmp_path, rng):
+    gray16 = rng.integers(0, 65536, size=(16, 20), dtype=np.uint16)
+    for name in ("g16.png", "g16.tif", "g16.pgm"):
+        Image.fromarray(gray16).save(tmp_path / name)
+        decoded = decode_image(tmp_path / name)
+        assert (decoded.bit_depth, decoded.scale) == (16, 65535.0), name
+        np.testing.assert_array_equal(decoded.pixels[:, :, 0], gray16, err_msg=name)
+
+
+def test_16_bit_rgb_png_and_tiff_keep_16_bits(tmp_path, rng):
+    rgb16 = rng.integers(0, 65536, size=(16, 20, 3), dtype=np.uint16)
+    save_image(tmp_path / "c16.png", rgb16)
+    tifffile.imwrite(tmp_path / "c16.tif", rgb16)
+    rgba16 = np.dstack([rgb16, rgb16[:, :, :1]])
+    cv2.imwrite(str(tmp_path / "c16a.png"), rgba16[:, :, [2, 1, 0, 3]])
+    for name in ("c16.png", "c16.tif", "c16a.png"):
+        decoded = decode_image(tmp_path / name)
+        assert (decoded.bit_depth, decoded.scale) == (16, 65535.0), name
+        np.testing.assert_array_equal(decoded.pixels, rgb16, err_msg=name)
+
+
+def test_16_bit_rgb_pair_differing_only_in_the_low_byte_has_nonzero_error(folders, rng):
+    """Pillow alone keeps only the high byte of 16-bit RGB PNG; METRICS.md requires all 16 bits."""
+    pred, gt = folders
+    high = rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint16) << 8
+    save_image(gt / "x.png", high)
+    save_image(pred / "x.png", high | 0x7F)
+    loaded = load_pair(pair_folders(pred, gt).pairs[0])
+    difference = loaded.pred.pixels.astype(np.float64) - loaded.gt.pixels
+    assert np.all(difference == 0x7F)
+
+
+def test_float_tiff_is_used_as_stored(tmp_path, rng):
+    values = rng.normal(0.5, 0.7, size=(8, 8)).astype(np.float32)
+    Image.fromarray(values, mode="F").save(tmp_path / "f.tif")
+    decoded = decode_image(tmp_path / "f.tif")
+    assert (decoded.bit_depth, decoded.scale) == (32, 1.0)
+    np.testing.assert_array_equal(decoded.pixels[:, :, 0], values)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a recognised image"),
+        (b"hello, I am text", "not a recognised image"),
+    ],
+)
+def test_unreadable_files_raise_a_one_line_reason(tmp_path, content, message):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=message) as caught:
+        decode_image(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_truncated_png_is_an_image_read_error(tmp_path, rng):
+    save_image(tmp_path / "full.png", random_rgb(rng, 64, 64))
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError):
+        decode_image(tmp_path / "cut.png")
+
+
+def test_size_mismatch_is_a_pair_error(folders, rng):
+    pred, gt = folders
+    save_image(pred / "x.png", random_rgb(rng, 32, 40))
+    save_image(gt / "x.png", random_rgb(rng, 32, 41))
+    with pytest.raises(ImageReadError, match="size mismatch: pred is 40x32, gt is 41x32"):
+        load_pair(pair_folders(pred, gt).pairs[0])
+
+
+def test_grayscale_against_rgb_is_allowed_and_reports_three_channels(folders, rng):
+    pred, gt = folders
+    save_image(pred / "x.png", random_rgb(rng)[:, :, 0])
+    save_image(gt / "x.png", random_rgb(rng))
+    loaded = load_pair(pair_folders(pred, gt).pairs[0])
+    assert (loaded.pred.channels, loaded.gt.channels, loaded.channels) == (1, 3, 3)
+    assert loaded.bit_depth == 8
+
+
+def test_weight_maps_are_matched_by_name_and_checked(tmp_path, folders, rng):
+    pred, gt = folders
+    weights = tmp_path / "weights"
+    for name in ("good", "missing", "rgb", "small"):
+        save_image(pred / f"{name}.png", random_rgb(rng))
+        save_image(gt / f"{name}.png", random_rgb(rng))
+    save_image(weights / "good.png", np.full((32, 40), 255, dtype=np.uint8))
+    save_image(weights / "rgb.png", random_rgb(rng))
+    save_image(weights / "small.png", np.zeros((8, 8), dtype=np.uint8))
+    loaded = {p.name: load_pair(p, with_weights=True) for p in pair_folders(pred, gt, weights).pairs}
+    np.testing.assert_array_equal(loaded["good"].weight, np.ones((32, 40, 1), dtype=np.float32))
+    assert loaded["good"].weight_problem is None
+    assert loaded["missing"].weight_problem == "no weight map with this name"
+    assert "not grayscale" in loaded["rgb"].weight_problem
+    assert "is 8x8, the images 40x32" in loaded["small"].weight_problem

@@ -1,0 +1,314 @@
+"""Loss and metric functions against float64 formulas written here, torch.nn and scikit-image."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from lossctl import losses as L
+
+from .conftest import SAMPLE_GT, SAMPLE_PRED
+
+REDUCTIONS = ["none", "mean", "sum"]
+
+
+def pair(seed: int = 0, shape=(2, 3, 24, 28), dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    target = torch.rand(shape, generator=generator, dtype=torch.float64)
+    pred = (target + 0.2 * torch.randn(shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    return pred.to(dtype), target.to(dtype)
+
+
+def reduce_reference(values: np.ndarray, reduction: str) -> np.ndarray:
+    return {"none": values, "mean": values.mean(), "sum": values.sum()}[reduction]
+
+
+# Element-wise references in float64 numpy, written from the METRICS.md definitions.
+ELEMENTWISE = {
+    "l1": (L.l1_loss, {}, lambda p, g: np.abs(p - g)),
+    "mse": (L.mse_loss, {}, lambda p, g: (p - g) ** 2),
+    "charbonnier": (L.charbonnier_loss, {}, lambda p, g: np.sqrt((p - g) ** 2 + 1e-3**2)),
+    "charbonnier_eps": (L.charbonnier_loss, {"eps": 0.05}, lambda p, g: np.sqrt((p - g) ** 2 + 0.05**2)),
+    "log_cosh": (L.log_cosh_loss, {}, lambda p, g: np.log(np.cosh(p - g))),
+    "quantile": (L.quantile_loss, {}, lambda p, g: np.maximum(0.5 * (g - p), -0.5 * (g - p))),
+    "quantile_0.9": (L.quantile_loss, {"q": 0.9}, lambda p, g: np.maximum(0.9 * (g - p), -0.1 * (g - p))),
+    "bce": (
+        L.bce_loss,
+        {},
+        lambda p, g: -(g * np.maximum(np.log(p), -100) + (1 - g) * np.maximum(np.log(1 - p), -100)),
+    ),
+}
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
+def test_elementwise_losses_match_float64_formulas(name, reduction):
+    function, kwargs, reference = ELEMENTWISE[name]
+    pred, target = pair(seed=1)
+    with np.errstate(divide="ignore"):
+        expected = reduce_reference(reference(pred.numpy(), target.numpy()), reduction)
+    got = function(pred, target, reduction=reduction, **kwargs)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-15)
+
+
+TORCH_EQUIVALENTS = [
+    (L.l1_loss, {}, F.l1_loss, {}),
+    (L.mse_loss, {}, F.mse_loss, {}),
+    (L.smooth_l1_loss, {}, F.smooth_l1_loss, {}),
+    (L.smooth_l1_loss, {"beta": 0.05}, F.smooth_l1_loss, {"beta": 0.05}),
+    (L.smooth_l1_loss, {"beta": 0.0}, F.smooth_l1_loss, {"beta": 0.0}),
+    (L.huber_loss, {}, F.huber_loss, {}),
+    (L.huber_loss, {"delta": 0.1}, F.huber_loss, {"delta": 0.1}),
+    (L.bce_loss, {}, F.binary_cross_entropy, {}),
+]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ours, kwargs, theirs, their_kwargs", TORCH_EQUIVALENTS)
+def test_losses_match_torch_nn(ours, kwargs, theirs, their_kwargs, reduction):
+    for dtype in (torch.float64, torch.float32):
+        pred, target = pair(seed=2, dtype=dtype)
+        expected = theirs(pred, target, reduction=reduction, **their_kwargs)
+        torch.testing.assert_close(ours(pred, target, reduction=reduction, **kwargs), expected)
+
+
+def test_bce_clamps_logs_at_minus_100_like_torch():
+    pred = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.3], dtype=torch.float64)
+    target = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.6], dtype=torch.float64)
+    expected = F.binary_cross_entropy(pred, target, reduction="none")
+    torch.testing.assert_close(L.bce_loss(pred, target, reduction="none"), expected)
+    assert L.bce_loss(pred[:1], target[:1]).item() == 100.0
+
+
+def test_write_up_examples():
+    pred = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert L.l1_loss(pred, torch.tensor([[1.0, 2.0], [3.0, 6.0]])).item() == 0.5
+    target = torch.tensor([[3.0, 5.0], [8.0, 6.0]])
+    assert L.mse_loss(pred, target, reduction="none").tolist() == [[4.0, 9.0], [25.0, 4.0]]
+    assert L.mse_loss(pred, target, reduction="sum").item() == 42.0
+    assert L.mse_loss(pred, target, reduction="mean").item() == 10.5
+
+
+def test_log_cosh_is_stable_for_large_errors():
+    pred = torch.tensor([1000.0, -1000.0, 0.0])
+    got = L.log_cosh_loss(pred, torch.zeros(3), reduction="none")
+    expected = torch.tensor([1000.0 - math.log(2), 1000.0 - math.log(2), 0.0])
+    torch.testing.assert_close(got, expected)
+
+
+def per_image(values: np.ndarray) -> np.ndarray:
+    return values.reshape(values.shape[0], -1)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_image_level_metrics_match_float64_formulas(reduction):
+    pred, target = pair(seed=3)
+    p, g = pred.numpy(), target.numpy()
+    mse = per_image((p - g) ** 2).mean(axis=1)
+    cases = {
+        L.rmse: np.sqrt(mse),
+        L.psnr: 10 * np.log10(1 / mse),
+        L.dice_coefficient: 2 * per_image(p * g).sum(1) / (per_image(p).sum(1) + per_image(g).sum(1)),
+    }
+    for function, expected in cases.items():
+        np.testing.assert_allclose(
+            function(pred, target, reduction=reduction), reduce_reference(expected, reduction)
+        )
+
+
+def test_psnr_matches_scikit_image_and_is_inf_for_identical_images():
+    pred, target = pair(seed=4)
+    got = L.psnr(pred, target, reduction="none")
+    for index in range(pred.shape[0]):
+        expected = peak_signal_noise_ratio(target[index].numpy(), pred[index].numpy(), data_range=1)
+        assert got[index].item() == pytest.approx(expected, rel=1e-12)
+    assert L.psnr(target, target, reduction="none").tolist() == [math.inf, math.inf]
+    scaled = L.psnr(pred * 255, target * 255, data_range=255.0, reduction="none")
+    torch.testing.assert_close(scaled, got)
+
+
+def test_psnr_loss_is_negative_psnr():
+    """Erratum: the write-up's PSNRLoss returns +PSNR, which a minimiser would drive down."""
+    pred, target = pair(seed=5)
+    loss = L.psnr_loss(pred, target, eps=0.0, reduction="none")
+    torch.testing.assert_close(loss, -L.psnr(pred, target, reduction="none"))
+    assert L.PSNRLoss()(pred, target) < 0
+    identical = L.psnr_loss(target, target.clone(), reduction="none")
+    torch.testing.assert_close(identical, torch.full((2,), -80.0, dtype=torch.float64))
+
+
+def skimage_ssim(pred: np.ndarray, target: np.ndarray, **kwargs) -> float:
+    return structural_similarity(
+        target,
+        pred,
+        gaussian_weights=True,
+        sigma=kwargs.get("sigma", 1.5),
+        win_size=kwargs.get("win_size"),
+        use_sample_covariance=False,
+        data_range=1.0,
+        channel_axis=0,
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 48), (1, 1, 11, 11), (3, 1, 40, 17), (1, 3, 64, 64)])
+def test_ssim_matches_scikit_image_on_random_images(shape):
+    pred, target = pair(seed=6, shape=shape)
+    got = L.ssim(pred, target, reduction="none")
+    for index in range(shape[0]):
+        expected = skimage_ssim(pred[index].numpy(), target[index].numpy())
+        assert got[index].item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_ssim_window_and_sigma_parameters_match_scikit_image():
+    """scikit-image's Gaussian has 2 int(3.5 sigma + 0.5) + 1 taps: 9 for sigma 1, as chosen here."""
+    pred, target = pair(seed=7, shape=(1, 3, 40, 40))
+    got = L.ssim(pred, target, window_size=9, sigma=1.0, reduction="none")
+    expected = skimage_ssim(pred[0].numpy(), target[0].numpy(), sigma=1.0, win_size=9)
+    assert got.item() == pytest.approx(expected, abs=1e-12)
+
+
+def load_sample(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(path):
+        return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255).permute(
+            2, 0, 1
+        )
+
+    pred_path = next(SAMPLE_PRED.glob(f"{name}.*"))
+    return load(pred_path)[None], load(SAMPLE_GT / f"{name}.png")[None]
+
+
+@pytest.mark.parametrize("name", ["blur", "jpeg_artifacts", "noise", "upscale_x4"])
+def test_ssim_and_psnr_match_scikit_image_on_real_photos(name):
+    pred, target = load_sample(name)
+    assert L.ssim(pred, target).item() == pytest.approx(
+        skimage_ssim(pred[0].numpy(), target[0].numpy()), abs=1e-10
+    )
+    psnr = peak_signal_noise_ratio(target[0].numpy(), pred[0].numpy(), data_range=1)
+    assert L.psnr(pred, target).item() == pytest.approx(psnr, abs=1e-10)
+    # float32 agrees with float64 within the tolerances of METRICS.md.
+    assert L.ssim(pred.float(), target.float()).item() == pytest.approx(L.ssim(pred, target).item(), rel=1e-5)
+    assert L.psnr(pred.float(), target.float()).item() == pytest.approx(psnr, abs=1e-4)
+
+
+def test_ssim_of_identical_images_is_one_and_loss_zero():
+    _, target = pair(seed=8)
+    torch.testing.assert_close(
+        L.ssim(target, target.clone(), reduction="none"), torch.ones(2, dtype=torch.float64)
+    )
+    torch.testing.assert_close(L.SSIMLoss()(target, target.clone()), torch.tensor(0.0, dtype=torch.float64))
+
+
+def tv_reference(p: np.ndarray) -> np.ndarray:
+    total = np.zeros(p.shape[0])
+    n, c, h, w = p.shape
+    for index in range(n):
+        image = p[index]
+        total[index] = np.abs(np.diff(image, axis=1)).sum() + np.abs(np.diff(image, axis=2)).sum()
+    return total / (c * h * w)
+
+
+def test_tv_is_anisotropic_and_normalised_by_chw():
+    pred, _ = pair(seed=9)
+    np.testing.assert_allclose(L.tv_loss(pred, reduction="none"), tv_reference(pred.numpy()))
+    np.testing.assert_allclose(L.tv_loss(pred, reduction="sum"), tv_reference(pred.numpy()).sum())
+
+
+def test_isotropic_tv_differs_from_anisotropic():
+    """Erratum: the write-up's text describes isotropic TV while its code is anisotropic."""
+    pred, _ = pair(seed=10, shape=(1, 1, 8, 8))
+    p = pred[0, 0].numpy()
+    dy, dx = np.diff(p, axis=0)[:, :-1], np.diff(p, axis=1)[:-1, :]
+    expected = np.sqrt(dy**2 + dx**2).sum() / 64
+    assert L.tv_loss(pred, isotropic=True).item() == pytest.approx(expected)
+    assert L.tv_loss(pred, isotropic=True).item() != pytest.approx(L.tv_loss(pred).item())
+
+
+def weighted_tv_reference(p: np.ndarray, w_y: np.ndarray, w_x: np.ndarray) -> np.ndarray:
+    """BasicSR WeightedTVLoss per image: weighted L1 of each difference, normalised by C sum(w)."""
+    out = np.zeros(p.shape[0])
+    channels = p.shape[1]
+    for index in range(p.shape[0]):
+        dy, dx = np.abs(np.diff(p[index], axis=1)), np.abs(np.diff(p[index], axis=2))
+        out[index] = (w_y[index] * dy).sum() / (channels * w_y[index].sum()) + (w_x[index] * dx).sum() / (
+            channels * w_x[index].sum()
+        )
+    return out
+
+
+def test_weighted_tv_with_a_weight_map_matches_basicsr():
+    pred, _ = pair(seed=11)
+    weight = torch.rand(2, 1, 24, 28, dtype=torch.float64)
+    w = weight.numpy()
+    expected = weighted_tv_reference(pred.numpy(), w[:, :, :-1, :], w[:, :, :, :-1])
+    np.testing.assert_allclose(L.weighted_tv_loss(pred, weight, reduction="none"), expected)
+
+
+def test_weighted_tv_weights_each_difference():
+    """Erratum: weights must act per pixel, not on differences already summed to a scalar."""
+    pred = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    pred[:, :, :, 2:] = 1.0  # one vertical edge, between columns 1 and 2
+    weight = torch.ones(1, 1, 4, 4, dtype=torch.float64)
+    assert L.weighted_tv_loss(pred, weight).item() == pytest.approx(4 / 12)  # 4 unit steps over 12 weights
+    weight[:, :, :, 1] = 0.0  # zero weight exactly on the edge removes it
+    assert L.weighted_tv_loss(pred, weight).item() == 0.0
+    assert L.weighted_tv_loss(pred, torch.zeros_like(weight)).item() == 0.0  # all-zero weights: 0, not NaN
+
+
+def test_edge_aware_weights_follow_the_target():
+    pred, target = pair(seed=12)
+    w_y, w_x = L.edge_aware_weights(target)
+    t = target.numpy()
+    np.testing.assert_allclose(w_y, np.exp(-np.abs(np.diff(t, axis=2)).mean(axis=1, keepdims=True)))
+    np.testing.assert_allclose(w_x, np.exp(-np.abs(np.diff(t, axis=3)).mean(axis=1, keepdims=True)))
+    expected = weighted_tv_reference(pred.numpy(), w_y.numpy(), w_x.numpy())
+    np.testing.assert_allclose(L.weighted_tv_loss(pred, (w_y, w_x), reduction="none"), expected)
+
+
+def test_dice_of_two_empty_masks_is_one():
+    empty = torch.zeros(2, 1, 8, 8)
+    assert L.dice_coefficient(empty, empty, reduction="none").tolist() == [1.0, 1.0]
+    assert L.dice_loss(empty, empty).item() == 0.0
+
+
+def test_reductions_of_image_level_metrics():
+    pred, target = pair(seed=13)
+    per_image_values = L.ssim(pred, target, reduction="none")
+    assert per_image_values.shape == (2,)
+    torch.testing.assert_close(L.ssim(pred, target, reduction="sum"), per_image_values.sum())
+    torch.testing.assert_close(L.ssim(pred, target), per_image_values.mean())
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: L.l1_loss(torch.zeros(2, 3), torch.zeros(3, 2)), "same shape"),
+        (lambda: L.mse_loss(torch.zeros(2, dtype=torch.int64), torch.zeros(2)), "floating-point"),
+        (lambda: L.psnr(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)), r"\(N, C, H, W\)"),
+        (lambda: L.l1_loss(torch.zeros(2), torch.zeros(2), reduction="avg"), "reduction"),
+        (lambda: L.ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)), "smaller than the 11x11"),
+        (lambda: L.ssim(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16), window_size=4), "odd"),
+        (lambda: L.bce_loss(torch.full((2,), 1.5), torch.zeros(2)), r"\[0, 1\]"),
+        (lambda: L.huber_loss(torch.zeros(2), torch.zeros(2), delta=0), "delta"),
+        (lambda: L.quantile_loss(torch.zeros(2), torch.zeros(2), q=2), "q must"),
+        (lambda: L.l1_loss([0.0], torch.zeros(1)), "torch.Tensor"),
+        (lambda: L.L1Loss(reduction="bogus"), "reduction"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_problem(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_half_precision_is_computed_in_float32():
+    pred, target = pair(seed=14, dtype=torch.float64)
+    for dtype in (torch.float16, torch.bfloat16):
+        got = L.ssim(pred.to(dtype), target.to(dtype))
+        assert got.dtype == torch.float32
+        expected = L.ssim(pred.to(dtype).double(), target.to(dtype).double())
+        assert got.item() == pytest.approx(expected.item(), rel=1e-5)
