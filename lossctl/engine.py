@@ -126,7 +126,8 @@ def _load(pair: Pair, with_weights: bool) -> LoadedPair | PairResult:
 
 
 def _batch_values(items: Sequence[LoadedPair]) -> int:
-    return len(items) * items[0].pred.pixels[..., :1].size * items[0].channels
+    first = items[0]
+    return len(items) * first.channels * first.pred.height * first.pred.width
 
 
 class _Batcher:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lossctl.cli import app
+from lossctl.cli import _LazyProgress, app
 from lossctl.metrics import METRICS
 
 from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
@@ -61,6 +61,22 @@ def test_eval_on_the_samples_prints_the_summary_and_exits_0():
         assert name in result.stdout
     assert "per image" in result.stdout and "hdr16/rgb16" in result.stdout
     assert "pooled PSNR" in result.stdout
+
+
+def test_quiet_runs_leave_stderr_empty():
+    result = invoke("eval", *SAMPLES, "--quiet", "--format", "csv")
+    assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_progress_bar_appears_only_after_a_second():
+    progress = _LazyProgress(total=3, enabled=True)
+    progress.advance(1)
+    assert progress.progress is None  # under a second: nothing drawn
+    progress.started_at -= 2
+    progress.advance(1)
+    assert progress.progress is not None and progress.progress.tasks[0].completed == 2
+    progress.close()
+    assert _LazyProgress(total=3, enabled=False).advance(3) is None
 
 
 def test_per_image_table_can_be_switched(mixed):
