@@ -272,6 +272,17 @@ def test_ci_runs_the_readme_test_command_exactly():
     assert install_and_test in (REPO / ".ci" / "run").read_text().splitlines()
 
 
+def test_readme_python_examples_run():
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, "README.md", "exec"), namespace)
+    restored, target = namespace["restored"], namespace["target"]
+    assert namespace["losses"].psnr(restored.detach(), target) > 35
+
+
 def test_readme_examples_run(tmp_path, monkeypatch):
     """Every `lossctl ...` example in the README and in `lossctl eval --help` runs as documented."""
     monkeypatch.chdir(REPO)

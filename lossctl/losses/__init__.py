@@ -7,14 +7,20 @@ functions; their definitions follow the project's metric contract (METRICS.md).
 
 from .classification import (
     bce_loss,
+    bce_with_logits_loss,
     binary_cross_entropy_error,
+    cross_entropy_loss,
     dice_coefficient,
     dice_from_sums,
     dice_loss,
+    multiclass_dice,
 )
+from .color import rgb_to_y
 from .modules import (
     BCELoss,
+    BCEWithLogitsLoss,
     CharbonnierLoss,
+    CrossEntropyLoss,
     DiceLoss,
     HuberLoss,
     L1Loss,
@@ -54,6 +60,8 @@ from .tv import edge_aware_weights, image_gradients, tv_loss, weighted_tv_loss
 
 __all__ = [
     "BCELoss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
     "CharbonnierLoss",
     "DiceLoss",
     "HuberLoss",
@@ -69,9 +77,11 @@ __all__ = [
     "WeightedTVLoss",
     "absolute_error",
     "bce_loss",
+    "bce_with_logits_loss",
     "binary_cross_entropy_error",
     "charbonnier_error",
     "charbonnier_loss",
+    "cross_entropy_loss",
     "dice_coefficient",
     "dice_from_sums",
     "dice_loss",
@@ -83,6 +93,7 @@ __all__ = [
     "log_cosh_error",
     "log_cosh_loss",
     "mse_loss",
+    "multiclass_dice",
     "psnr",
     "psnr_from_mse",
     "psnr_loss",
@@ -90,6 +101,7 @@ __all__ = [
     "quantile_loss",
     "rmse",
     "rmse_from_mse",
+    "rgb_to_y",
     "smooth_l1_error",
     "smooth_l1_loss",
     "squared_error",

@@ -1,10 +1,11 @@
-"""Losses for probability maps: binary cross-entropy and the soft Dice coefficient."""
+"""Losses for probability maps and class scores: binary and categorical cross-entropy, Dice."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from ._common import check_pair, per_image_sum, reduce, safe_divide
+from ._common import check_pair, check_tensor, per_image_sum, reduce, safe_divide
 
 LOG_CLAMP = -100.0
 
@@ -34,23 +35,119 @@ def bce_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") 
     return reduce(binary_cross_entropy_error(pred, target), reduction)
 
 
-def dice_from_sums(intersection: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """``2 intersection / total``, and 1.0 where ``total == 0`` (both masks empty)."""
-    return safe_divide(2.0 * intersection, total, if_zero=1.0)
-
-
-def dice_coefficient(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Soft Dice coefficient per image, ``2 sum(p t) / (sum(p) + sum(t))`` over ``C*H*W``.
-
-    ``pred``, ``target``: ``(N, C, H, W)`` soft masks in ``[0, 1]``. Two empty masks score 1.0.
-    ``reduction='none'`` gives ``(N,)``. Higher is better; ``1 - dice`` is the Dice loss.
+def bce_with_logits_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Binary cross-entropy of ``sigmoid(logits)`` against (soft) targets, computed stably as
+    ``max(x, 0) - x t + log(1 + exp(-|x|))``. Matches ``torch.nn.BCEWithLogitsLoss``.
     """
+    logits, target = check_pair(logits, target)
+    elementwise = logits.clamp_min(0) - logits * target + F.softplus(-logits.abs())
+    return reduce(elementwise, reduction)
+
+
+def cross_entropy_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100, reduction: str = "mean"
+) -> torch.Tensor:
+    """Categorical cross-entropy ``-log softmax(logits)[target]``, as ``torch.nn.CrossEntropyLoss``.
+
+    ``logits``: ``(N, C)`` or ``(N, C, H, W)`` class scores. ``target``: class indices ``(N,)`` or
+    ``(N, H, W)`` (int64), where pixels equal to ``ignore_index`` count for nothing, or class
+    probabilities shaped like ``logits`` (soft targets, float). For probabilities ``p`` instead of
+    logits pass ``p.log()``: ``log_softmax(log p) = log p`` when each pixel's ``p`` sums to 1.
+
+    ``reduction='none'`` gives the loss per sample or pixel (``(N,)`` or ``(N, H, W)``); ``'mean'``
+    averages over the pixels not ignored (NaN when every pixel is ignored, as torch does).
+    """
+    logits = check_tensor(logits, "logits")
+    if logits.dim() < 2:
+        raise ValueError(f"logits must have shape (N, C) or (N, C, H, W); got shape {tuple(logits.shape)}")
+    log_probs = F.log_softmax(logits, dim=1)
+    if not isinstance(target, torch.Tensor):
+        raise ValueError(f"target must be a torch.Tensor; got {type(target).__name__}")
+    if target.is_floating_point():
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"probability targets must have the shape of logits {tuple(logits.shape)}; got {tuple(target.shape)}"
+            )
+        return reduce(-(target.to(log_probs.dtype) * log_probs).sum(dim=1), reduction)
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"class-index target must have shape {expected}; got {tuple(target.shape)}")
+    classes = logits.shape[1]
+    kept = target != ignore_index
+    invalid = kept & ((target < 0) | (target >= classes))
+    if invalid.any():
+        bad = int(target[invalid][0])
+        raise ValueError(
+            f"target holds class index {bad}, but logits have {classes} classes (0..{classes - 1})"
+        )
+    safe_target = torch.where(kept, target, 0).long()
+    losses = -log_probs.gather(1, safe_target.unsqueeze(1)).squeeze(1) * kept
+    if reduction == "mean":
+        return losses.sum() / kept.sum()
+    return reduce(losses, reduction)
+
+
+def dice_from_sums(intersection: torch.Tensor, total: torch.Tensor, smooth: float = 0.0) -> torch.Tensor:
+    """``(2 intersection + smooth) / (total + smooth)``, and 1.0 where both are 0 (empty masks)."""
+    return safe_divide(2.0 * intersection + smooth, total + smooth, if_zero=1.0)
+
+
+def dice_coefficient(
+    pred: torch.Tensor, target: torch.Tensor, smooth: float = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """Soft Dice coefficient per image, ``(2 sum(p t) + s) / (sum(p) + sum(t) + s)`` over ``C*H*W``.
+
+    ``pred``, ``target``: ``(N, C, H, W)`` soft masks in ``[0, 1]``; ``s`` = ``smooth`` (default 0,
+    the METRICS.md definition). Two empty masks score 1.0. ``reduction='none'`` gives ``(N,)``.
+    Higher is better; ``1 - dice`` is the Dice loss.
+    """
+    if smooth < 0:
+        raise ValueError(f"smooth must be >= 0; got {smooth}")
     pred, target = check_pair(pred, target, image=True)
     intersection = per_image_sum(pred * target)
     total = per_image_sum(pred) + per_image_sum(target)
-    return reduce(dice_from_sums(intersection, total), reduction)
+    return reduce(dice_from_sums(intersection, total, smooth), reduction)
 
 
-def dice_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Dice loss ``1 - dice_coefficient`` per image (see :func:`dice_coefficient`)."""
-    return reduce(1.0 - dice_coefficient(pred, target, reduction="none"), reduction)
+def multiclass_dice(
+    probs: torch.Tensor, labels: torch.Tensor, smooth: float = 0.0, ignore_index: int | None = None
+) -> torch.Tensor:
+    """Dice of each class of each image, ``(N, C)``: class probabilities against a label map.
+
+    ``probs``: ``(N, C, H, W)`` (softmax outputs); ``labels``: ``(N, H, W)`` class indices, one-hot
+    encoded here. Pixels equal to ``ignore_index`` are left out of both sums. A class absent from
+    both the prediction and the labels scores 1.0 (with ``smooth=0``).
+    """
+    probs = check_tensor(probs, "probs", image=True)
+    if labels.is_floating_point() or tuple(labels.shape) != (probs.shape[0], *probs.shape[2:]):
+        raise ValueError(
+            f"labels must be integer class indices of shape {(probs.shape[0], *probs.shape[2:])}; "
+            f"got {labels.dtype} {tuple(labels.shape)}"
+        )
+    classes = probs.shape[1]
+    kept = torch.ones_like(labels, dtype=torch.bool) if ignore_index is None else labels != ignore_index
+    if ((labels < 0) | (labels >= classes))[kept].any():
+        raise ValueError(f"labels must be class indices in 0..{classes - 1}")
+    one_hot = F.one_hot(torch.where(kept, labels, 0).long(), classes).permute(0, 3, 1, 2).to(probs.dtype)
+    mask = kept.unsqueeze(1).to(probs.dtype)
+    probs, one_hot = probs * mask, one_hot * mask
+    intersection = (probs * one_hot).sum(dim=(2, 3))
+    total = probs.sum(dim=(2, 3)) + one_hot.sum(dim=(2, 3))
+    return dice_from_sums(intersection, total, smooth)
+
+
+def dice_loss(
+    pred: torch.Tensor, target: torch.Tensor, smooth: float = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """Dice loss per image: ``1 - dice``.
+
+    Binary / soft masks (``target`` float, shaped like ``pred``): ``1 - dice_coefficient``.
+    Multi-class (``target`` an integer label map ``(N, H, W)``, ``pred`` class probabilities
+    ``(N, C, H, W)``): ``1 -`` the mean over classes of :func:`multiclass_dice`.
+    ``reduction='none'`` gives ``(N,)``.
+    """
+    if isinstance(target, torch.Tensor) and not target.is_floating_point():
+        score = multiclass_dice(pred, target, smooth).mean(dim=1)
+    else:
+        score = dice_coefficient(pred, target, smooth, reduction="none")
+    return reduce(1.0 - score, reduction)

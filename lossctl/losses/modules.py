@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ._common import check_reduction
-from .classification import bce_loss, dice_loss
+from .classification import bce_loss, bce_with_logits_loss, cross_entropy_loss, dice_loss
 from .pixel import (
     charbonnier_loss,
     huber_loss,
@@ -111,11 +111,33 @@ class BCELoss(_Loss):
         return bce_loss(pred, target, self.reduction)
 
 
+class BCEWithLogitsLoss(_Loss):
+    """Binary cross-entropy of logits, as ``torch.nn.BCEWithLogitsLoss``; see :func:`lossctl.losses.bce_with_logits_loss`."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return bce_with_logits_loss(logits, target, self.reduction)
+
+
+class CrossEntropyLoss(_Loss):
+    """Categorical cross-entropy of logits, as ``torch.nn.CrossEntropyLoss``; see :func:`lossctl.losses.cross_entropy_loss`."""
+
+    def __init__(self, ignore_index: int = -100, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return cross_entropy_loss(logits, target, self.ignore_index, self.reduction)
+
+
 class DiceLoss(_Loss):
-    """``1 - dice_coefficient`` per image; see :func:`lossctl.losses.dice_loss`."""
+    """``1 - dice`` per image, binary or multi-class; see :func:`lossctl.losses.dice_loss`."""
+
+    def __init__(self, smooth: float = 0.0, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.smooth = smooth
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return dice_loss(pred, target, self.reduction)
+        return dice_loss(pred, target, self.smooth, self.reduction)
 
 
 class TVLoss(_Loss):
@@ -141,13 +163,14 @@ class WeightedTVLoss(_Loss):
 class PSNRLoss(_Loss):
     """Negative PSNR, so that minimising it maximises PSNR; see :func:`lossctl.losses.psnr_loss`."""
 
-    def __init__(self, data_range: float = 1.0, eps: float = 1e-8, reduction: str = "mean") -> None:
+    def __init__(
+        self, data_range: float = 1.0, eps: float = 1e-8, y_channel: bool = False, reduction: str = "mean"
+    ) -> None:
         super().__init__(reduction)
-        self.data_range = data_range
-        self.eps = eps
+        self.data_range, self.eps, self.y_channel = data_range, eps, y_channel
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return psnr_loss(pred, target, self.data_range, self.eps, self.reduction)
+        return psnr_loss(pred, target, self.data_range, self.eps, self.y_channel, self.reduction)
 
 
 class SSIMLoss(_Loss):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import check_pair, per_image_mean, reduce, safe_sqrt
+from .color import rgb_to_y
 
 
 def absolute_error(diff: torch.Tensor) -> torch.Tensor:
@@ -162,14 +163,19 @@ def psnr_loss(
     target: torch.Tensor,
     data_range: float = 1.0,
     eps: float = 1e-8,
+    y_channel: bool = False,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Negative PSNR as a loss: ``-10 log10(data_range^2 / (mse + eps))`` per image.
 
     Minimising it maximises PSNR (the popular write-up's version returns +PSNR, which a minimiser
     would drive down). ``eps`` (1e-8, as BasicSR's ``PSNRLoss``) keeps the loss and its gradient
-    finite for identical images, capping PSNR at 80 dB for ``data_range=1``.
+    finite for identical images, capping PSNR at 80 dB for ``data_range=1``. ``y_channel=True``
+    compares the BT.601 luma of RGB inputs in [0, 1] (:func:`rgb_to_y`), as super-resolution papers do.
+    ``reduction='none'`` gives ``(N,)``.
     """
     pred, target = check_pair(pred, target, image=True)
+    if y_channel:
+        pred, target = rgb_to_y(pred), rgb_to_y(target)
     mse = per_image_mean(squared_error(pred - target))
     return reduce(-psnr_from_mse(mse + eps, data_range), reduction)
