@@ -297,14 +297,18 @@ def _run_eval(
                 report.write_atomic(path, text())
             except OSError as error:
                 raise LossctlError(f"cannot write {path}: {error.strerror or error}") from None
-    if output_format == OutputFormat.table:
-        report.render_table(Console(), frame, summary, info, show_per_image)
-    elif output_format == OutputFormat.csv:
-        sys.stdout.write(report.to_csv(frame))
-    elif output_format == OutputFormat.json:
-        sys.stdout.write(report.to_json(frame, summary, info))
-    else:
-        sys.stdout.write(report.to_markdown(frame, summary, info, show_per_image))
+    try:
+        if output_format == OutputFormat.table:
+            report.render_table(Console(), frame, summary, info, show_per_image)
+        elif output_format == OutputFormat.csv:
+            sys.stdout.write(report.to_csv(frame))
+        elif output_format == OutputFormat.json:
+            sys.stdout.write(report.to_json(frame, summary, info))
+        else:
+            sys.stdout.write(report.to_markdown(frame, summary, info, show_per_image))
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `lossctl eval ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     counts = report.status_counts(frame)
     return EXIT_OK if counts["ok"] == counts["pairs"] else EXIT_PAIRS_FAILED
 

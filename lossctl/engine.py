@@ -70,33 +70,62 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def _stack(arrays: list[np.ndarray], scale: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Stack ``(H, W, C)`` arrays into an ``(N, C, H, W)`` tensor on ``device`` scaled to [0, 1].
+def _to_device(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Stack ``(H, W, C)`` arrays into an ``(N, C, H, W)`` tensor on ``device``, in their stored type.
 
-    Pixels travel in their stored type (uint8 is a quarter of float32) and are converted there.
+    Pixels travel as stored (uint8 is a quarter of float32) and are scaled on the device.
     """
-    batch = torch.from_numpy(np.stack(arrays))
+    stacked = np.stack(arrays)
+    if stacked.dtype == np.uint16:  # torch < 2.3 cannot wrap uint16 arrays
+        stacked = stacked.astype(np.int32)
+    batch = torch.from_numpy(stacked)
     if device.type == "cuda":
         batch = batch.pin_memory().to(device, non_blocking=True)
-    batch = batch.permute(0, 3, 1, 2).to(dtype)
-    return batch / scale if scale != 1.0 else batch
+    return batch.permute(0, 3, 1, 2)
+
+
+def _scaled(raw: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    values = raw.to(dtype)
+    return values / scale if scale != 1.0 else values
+
+
+def _expand_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Repeat a grayscale batch to ``channels`` (a view, no copy)."""
+    return images.expand(-1, channels, -1, -1)
+
+
+def _note_nan_images(batch: PairBatch, raw: torch.Tensor, side: str) -> None:
+    if raw.is_floating_point():
+        batch.note(raw.isnan().flatten(1).any(dim=1).tolist(), f"{side} contains NaN values")
 
 
 def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.device) -> list[PairResult]:
     """Compute every selected metric for a batch of pairs with equal :attr:`LoadedPair.batch_key`."""
     dtype = PRECISIONS[config.precision]
     first = items[0]
-    pred = _stack([item.pred.pixels for item in items], first.pred.scale, device, dtype)
-    target = _stack([item.gt.pixels for item in items], first.gt.scale, device, dtype)
-    channels = max(pred.shape[1], target.shape[1])
-    pred, target = pred.expand(-1, channels, -1, -1), target.expand(-1, channels, -1, -1)
+    raw_pred = _to_device([item.pred.pixels for item in items], device)
+    raw_gt = _to_device([item.gt.pixels for item in items], device)
+    channels = first.channels
+    pred = _expand_channels(_scaled(raw_pred, first.pred.scale, dtype), channels)
+    target = _expand_channels(_scaled(raw_gt, first.gt.scale, dtype), channels)
+    diff = None
+    if (
+        not raw_pred.is_floating_point()
+        and not raw_gt.is_floating_point()
+        and first.pred.scale == first.gt.scale
+    ):
+        # Subtract the stored integers, then scale: one rounding instead of three, so that float32
+        # keeps full relative precision for differences of a few 16-bit levels.
+        integer_diff = raw_pred.to(torch.int32) - raw_gt.to(torch.int32)
+        diff = _expand_channels(_scaled(integer_diff, first.pred.scale, dtype), channels)
     weights = None
     if config.with_weights:
         nan_map = np.full(first.gt.pixels.shape[:2] + (1,), np.nan, dtype=np.float32)
-        weights = _stack(
-            [nan_map if item.weight is None else item.weight for item in items], 1.0, device, dtype
-        )
-    batch = PairBatch(pred, target, weights)
+        weight_arrays = [nan_map if item.weight is None else item.weight for item in items]
+        weights = _to_device(weight_arrays, device).to(dtype)
+    batch = PairBatch(pred, target, weights, diff=diff)
+    _note_nan_images(batch, raw_pred, "pred")
+    _note_nan_images(batch, raw_gt, "gt")
     for index, item in enumerate(items):
         if item.weight_problem and "weighted_tv" in config.metrics:
             batch.notes[index].append(f"weighted_tv: {item.weight_problem}")

@@ -22,6 +22,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
 PNG_GRAY_ALPHA = 4
 PNG_COLOR_TYPES_PILLOW_TRUNCATES = {2, PNG_GRAY_ALPHA, 6}  # RGB, gray+alpha, RGBA at 16 bits
 RGB_MODES = {"RGB", "RGBA", "RGBX", "RGBa"}
@@ -117,7 +118,17 @@ def find_images(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     """
     images: dict[str, list[Path]] = {}
     skipped: list[Path] = []
-    for directory, subdirectories, files in os.walk(root, followlinks=True):
+    visited: set[str] = set()
+
+    def unreadable(error: OSError) -> None:
+        raise LossctlError(f"cannot read folder {error.filename}: {error.strerror or error}")
+
+    for directory, subdirectories, files in os.walk(root, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in visited:  # a symbolic link back into the tree: walk each folder once
+            subdirectories.clear()
+            continue
+        visited.add(real)
         subdirectories.sort()
         for file_name in sorted(files):
             path = Path(directory) / file_name
@@ -188,11 +199,33 @@ def _png_bit_depth_and_color_type(data: bytes) -> tuple[int, int] | None:
     return struct.unpack(">BB", data[24:26])
 
 
-def _decode_with_opencv(data: bytes, keep_first_channel: bool) -> DecodedImage:
-    """Decode 16-bit colour PNG/TIFF with OpenCV, which keeps all 16 bits (Pillow keeps 8)."""
-    import cv2
+def _netpbm_maxval(data: bytes) -> int | None:
+    """The maxval of a binary PGM/PPM header (``P5``/``P6``), or None for other files."""
+    if data[:2] not in (b"P5", b"P6"):
+        return None
+    tokens: list[bytes] = []
+    for line in data[2:512].split(b"\n"):
+        tokens += line.split(b"#", 1)[0].split()
+        if len(tokens) >= 3:
+            return int(tokens[2]) if tokens[2].isdigit() else None
+    return None
 
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+def _decode_with_opencv(data: bytes, keep_first_channel: bool, maxval: int | None = None) -> DecodedImage:
+    """Decode with OpenCV the files Pillow reads wrongly: 16-bit colour PNG, TIFF and PPM (Pillow
+    keeps only 8 bits) and float colour TIFF (Pillow cannot open it)."""
+    import cv2
+    import cv2.utils.logging
+
+    # OpenCV logs decoder errors to stderr; lossctl reports them once, in the pair's row.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:
+        reason = str(error).strip().splitlines()
+        raise ImageReadError(
+            f"OpenCV cannot decode it ({reason[-1].strip() if reason else 'unknown error'})"
+        ) from None
     if pixels is None:
         raise ImageReadError("not a decodable image")
     if pixels.ndim == 2:
@@ -201,10 +234,13 @@ def _decode_with_opencv(data: bytes, keep_first_channel: bool) -> DecodedImage:
         pixels = pixels[:, :, :1]
     else:
         pixels = pixels[:, :, 2::-1]  # BGR(A) to RGB, alpha dropped
+    pixels = np.ascontiguousarray(pixels)
     if pixels.dtype == np.uint16:
-        return DecodedImage(np.ascontiguousarray(pixels), 65535.0, 16)
+        return DecodedImage(pixels, float(maxval or 65535), 16)
     if pixels.dtype == np.uint8:
-        return DecodedImage(np.ascontiguousarray(pixels), 255.0, 8)
+        return DecodedImage(pixels, 255.0, 8)
+    if pixels.dtype in (np.float32, np.float64):
+        return DecodedImage(pixels, 1.0, pixels.dtype.itemsize * 8)
     raise ImageReadError(f"unsupported pixel type {pixels.dtype}")
 
 
@@ -239,6 +275,9 @@ def decode_image(path: Path) -> DecodedImage:
     header = _png_bit_depth_and_color_type(data)
     if header and header[0] == 16 and header[1] in PNG_COLOR_TYPES_PILLOW_TRUNCATES:
         return _decode_with_opencv(data, keep_first_channel=header[1] == PNG_GRAY_ALPHA)
+    maxval = _netpbm_maxval(data)
+    if maxval is not None and maxval > 255 and data[:2] == b"P6":
+        return _decode_with_opencv(data, keep_first_channel=False, maxval=maxval)
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format == "TIFF" and image.mode in RGB_MODES and _tiff_bits_per_sample(image) > 8:
@@ -246,6 +285,8 @@ def decode_image(path: Path) -> DecodedImage:
             image.load()
             return _decode_with_pillow(image)
     except UnidentifiedImageError as error:
+        if data.startswith(TIFF_SIGNATURES):  # e.g. float colour TIFF, which Pillow cannot open
+            return _decode_with_opencv(data, keep_first_channel=False)
         raise ImageReadError("not a recognised image file") from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(str(error).splitlines()[0] if str(error) else type(error).__name__) from error
@@ -269,6 +310,8 @@ def _load_weight(path: Path | None, height: int, width: int) -> tuple[np.ndarray
         return None, f"weight map {path.name} is not grayscale"
     if (weight.height, weight.width) != (height, width):
         return None, f"weight map {path.name} is {weight.width}x{weight.height}, the images {width}x{height}"
+    if not weight.pixels.any():
+        return None, f"weight map {path.name} is all zero"
     return (weight.pixels.astype(np.float32) / np.float32(weight.scale)), None
 
 

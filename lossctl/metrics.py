@@ -7,6 +7,7 @@ metric, add its function there and one entry to ``METRICS`` here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -41,6 +42,8 @@ class Param:
         except ValueError:
             kind = "an integer" if self.integer else "a number"
             raise LossctlError(f"{metric}.{self.key} must be {kind}; got {text!r}") from None
+        if not math.isfinite(value):
+            raise LossctlError(f"{metric}.{self.key} must be a finite number; got {text}")
         if not self.is_valid(value):
             raise LossctlError(f"{metric}.{self.key} must be {self.rule}; got {text}")
         return value
@@ -49,18 +52,29 @@ class Param:
 class PairBatch:
     """A batch of same-shaped image pairs on the compute device, with shared intermediates.
 
-    ``pred``, ``target``: ``(N, C, H, W)`` in [0, 1]. ``weights``: ``(N, 1, H, W)`` weight maps for
+    ``pred``, ``target``: ``(N, C, H, W)`` in [0, 1]; ``diff``, when given, their difference computed
+    before scaling (see the engine). ``weights``: ``(N, 1, H, W)`` weight maps for
     ``weighted_tv`` (NaN for pairs without one) or ``None`` for edge-aware weights from the target.
     Metrics record why a value is NaN with :meth:`note`.
     """
 
-    def __init__(self, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        diff: torch.Tensor | None = None,
+    ):
         self.pred, self.target, self.weights = pred, target, weights
+        self._diff = diff
         self.notes: list[list[str]] = [[] for _ in range(pred.shape[0])]
 
-    @cached_property
+    @property
     def diff(self) -> torch.Tensor:
-        return self.pred - self.target
+        """``pred - target``; the engine passes it in when it can compute it more exactly."""
+        if self._diff is None:
+            self._diff = self.pred - self.target
+        return self._diff
 
     @cached_property
     def mse(self) -> torch.Tensor:
@@ -107,7 +121,7 @@ def _ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
 
 def _bce(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     flat = batch.pred.flatten(1)
-    out_of_range = (flat.amin(dim=1) < 0) | (flat.amax(dim=1) > 1)
+    out_of_range = ~((flat >= 0) & (flat <= 1)).all(dim=1)
     batch.note(out_of_range.tolist(), "bce: prediction outside [0, 1]")
     return _nan_where(batch.image_mean(L.binary_cross_entropy_error(batch.pred, batch.target)), out_of_range)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ def results_frame(results: Sequence[PairResult], metrics: Sequence[str]) -> pd.D
         for result in results
     ]
     frame = pd.DataFrame(rows, columns=ROW_COLUMNS + list(metrics))
+    # Object dtype keeps 8 an integer (and "8/16" a string) beside the empty cells of failed pairs.
+    frame["bit_depth"] = pd.Series([result.bit_depth for result in results], dtype=object)
     for column in ("height", "width", "channels"):
         frame[column] = frame[column].astype("Int64")
     for name in metrics:
@@ -189,13 +192,21 @@ def _summary_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
 SUMMARY_HEADER = ["metric", "mean", "std", "min", "median", "max", "n"]
 
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+
+
+def markdown_text(text: object) -> str:
+    """``text`` as literal Markdown on one line: special characters escaped, line breaks shown as ``\\n``."""
+    one_line = str(text).replace("\r", "\\r").replace("\n", "\\n")
+    return MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
+
+
 def to_markdown(
     frame: pd.DataFrame, summary: dict[str, dict[str, Any]], info: ReportInfo, per_image: bool
 ) -> str:
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
-        escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        return lines + ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows]
+        return lines + ["| " + " | ".join(markdown_text(cell) for cell in row) + " |" for row in rows]
 
     out = [f"**lossctl eval** — {_counts_line(frame, info)}", ""]
     out += table(SUMMARY_HEADER, _summary_rows(summary))
@@ -208,7 +219,7 @@ def to_markdown(
         ]
         out += [""] + table(["name", "status", *info.metrics], rows)
     if problems := _problem_lines(frame):
-        out += ["", *(f"- {line}" for line in problems)]
+        out += ["", *(f"- {markdown_text(line)}" for line in problems)]
     return "\n".join(out) + "\n"
 
 
@@ -292,8 +303,11 @@ def _current_umask() -> int:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place."""
-    path = Path(path)
+    """Write ``text`` to ``path`` through a temporary file renamed into place.
+
+    A symbolic link is followed, so the file it points to is replaced and the link kept.
+    """
+    path = Path(os.path.realpath(path))
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:

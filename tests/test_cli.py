@@ -104,6 +104,7 @@ def test_csv_report_has_the_documented_columns_and_one_row_per_pair(tmp_path, mi
     assert rows.loc["a", "bit_depth"] == 8
     assert rows.loc["a", "psnr"] > 20
     assert math.isnan(rows.loc["broken", "psnr"])
+    assert ",3,8,ok," in report.read_text()  # bit depth stays an integer beside failed rows
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temp files
 
 
@@ -125,6 +126,24 @@ def test_json_report_has_rows_summary_params_device_and_versions(tmp_path):
     assert psnr["std"] == pytest.approx(np.std(values))
     mses = [row["mse"] for row in document["rows"]]
     assert psnr["pooled"] == pytest.approx(10 * math.log10(1 / np.mean(mses)), rel=1e-5)
+
+
+def test_reports_are_written_through_symbolic_links(tmp_path):
+    real = tmp_path / "real.csv"
+    real.write_text("old")
+    (tmp_path / "link.csv").symlink_to(real)
+    assert invoke("eval", *SAMPLES, "-m", "psnr", "--csv", tmp_path / "link.csv").exit_code == 0
+    assert (tmp_path / "link.csv").is_symlink() and real.read_text().startswith("name,pred,gt")
+
+
+def test_markdown_escapes_file_names(folders, rng):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    for name in ("a*b_c", "<b>x</b>"[:3] + "x", "pipe|name"):
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+        save_image(gt / f"{name}.png", clean)
+    text = invoke("eval", pred, gt, "-m", "psnr", "--format", "markdown").stdout
+    assert "| a\\*b\\_c | ok |" in text and "| pipe\\|name | ok |" in text and "| \\<b\\>x | ok |" in text
 
 
 def test_parameters_change_the_values():
@@ -205,6 +224,7 @@ def test_weights_folder(tmp_path, rng):
     [
         (["--metrics", "psnr,nope"], "unknown metric nope; valid metrics: l1, mse, rmse, psnr, ssim"),
         (["--param", "charbonnier.eps=x"], "charbonnier.eps must be a number"),
+        (["--param", "charbonnier.eps=inf"], "charbonnier.eps must be a finite number"),
         (["--param", "huber.size=1"], "huber has no parameter 'size'"),
         (["--metrics", "psnr", "--param", "huber.delta=2"], "huber is not among the selected metrics"),
         (["--device", "cuda:7"], "cuda:7 requested but"),

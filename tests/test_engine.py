@@ -52,6 +52,8 @@ def test_metric_selection_and_parameters():
         ("charbonnier.beta=1", "charbonnier has no parameter 'beta'; its parameters: charbonnier.eps"),
         ("charbonnier.eps=abc", "charbonnier.eps must be a number"),
         ("charbonnier.eps=-1", "charbonnier.eps must be >= 0"),
+        ("charbonnier.eps=inf", "charbonnier.eps must be a finite number"),
+        ("ssim.sigma=nan", "ssim.sigma must be a finite number"),
         ("ssim.window=8", "ssim.window must be an odd integer"),
         ("huber.delta=1", "huber is not among the selected metrics"),
     ]:
@@ -223,3 +225,28 @@ def test_cuda_agrees_with_cpu():
         for metric, value in result.values.items():
             tolerance = {"abs": 1e-4} if metric == "psnr" else {"rel": 1e-5, "abs": 1e-9}
             assert cuda[name].values[metric] == pytest.approx(value, **tolerance), (name, metric)
+
+
+def test_nan_pixels_give_nan_values_and_a_note(folders, rng):
+    pred, gt = folders
+    values = rng.random((16, 16)).astype(np.float32)
+    broken = values.copy()
+    broken[4, 4] = np.nan
+    Image.fromarray(broken, mode="F").save(pred / "x.tif")
+    Image.fromarray(values, mode="F").save(gt / "x.tif")
+    result = run(pred, gt)["x"]
+    assert result.status == "ok" and "pred contains NaN values" in result.notes
+    for name in ("l1", "mse", "rmse", "psnr", "charbonnier", "bce", "ssim"):
+        assert math.isnan(result.values[name]), name
+
+
+def test_float32_keeps_its_tolerance_for_one_level_16_bit_offsets(folders):
+    """Flat 16-bit images one level apart: each side rounds to float32, the difference must not."""
+    pred, gt = folders
+    save_image(pred / "x.png", np.full((16, 16), 32769, dtype=np.uint16))
+    save_image(gt / "x.png", np.full((16, 16), 32768, dtype=np.uint16))
+    single, double = run(pred, gt, precision="float32")["x"], run(pred, gt, precision="float64")["x"]
+    for name in ("l1", "mse", "rmse", "huber", "quantile", "log_cosh", "charbonnier"):
+        assert single.values[name] == pytest.approx(double.values[name], rel=1e-5), name
+    assert single.values["psnr"] == pytest.approx(double.values["psnr"], abs=1e-4)
+    assert double.values["l1"] == pytest.approx(1 / 65535, rel=1e-12)

@@ -123,7 +123,7 @@ def test_16_bit_grayscale_png_tiff_and_pgm_keep_16_bits(tmp_path, rng):
 def test_16_bit_rgb_png_and_tiff_keep_16_bits(tmp_path, rng):
     rgb16 = rng.integers(0, 65536, size=(16, 20, 3), dtype=np.uint16)
     save_image(tmp_path / "c16.png", rgb16)
-    tifffile.imwrite(tmp_path / "c16.tif", rgb16)
+    tifffile.imwrite(tmp_path / "c16.tif", rgb16, photometric="rgb")
     rgba16 = np.dstack([rgb16, rgb16[:, :, :1]])
     cv2.imwrite(str(tmp_path / "c16a.png"), rgba16[:, :, [2, 1, 0, 3]])
     for name in ("c16.png", "c16.tif", "c16a.png"):
@@ -206,3 +206,48 @@ def test_weight_maps_are_matched_by_name_and_checked(tmp_path, folders, rng):
     assert loaded["missing"].weight_problem == "no weight map with this name"
     assert "not grayscale" in loaded["rgb"].weight_problem
     assert "is 8x8, the images 40x32" in loaded["small"].weight_problem
+
+
+def test_16_bit_ppm_keeps_16_bits(tmp_path, rng):
+    rgb16 = rng.integers(0, 65536, size=(6, 7, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "c16.ppm"), rgb16[:, :, ::-1])
+    decoded = decode_image(tmp_path / "c16.ppm")
+    assert (decoded.bit_depth, decoded.scale) == (16, 65535.0)
+    np.testing.assert_array_equal(decoded.pixels, rgb16)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_colour_tiff_is_used_as_stored(tmp_path, rng, dtype):
+    values = rng.normal(0.5, 0.5, size=(6, 7, 3)).astype(dtype)
+    tifffile.imwrite(tmp_path / "f.tif", values, photometric="rgb")
+    decoded = decode_image(tmp_path / "f.tif")
+    assert (decoded.scale, decoded.bit_depth) == (1.0, np.dtype(dtype).itemsize * 8)
+    np.testing.assert_array_equal(decoded.pixels, values)
+
+
+def test_opencv_failures_are_one_line_read_errors(tmp_path, rng):
+    """A 16-bit RGB PNG whose header claims 100000 x 100000 pixels: OpenCV refuses it."""
+    save_image(tmp_path / "ok.png", rng.integers(0, 65536, size=(4, 4, 3), dtype=np.uint16))
+    data = bytearray((tmp_path / "ok.png").read_bytes())
+    data[16:24] = (100000).to_bytes(4, "big") * 2
+    (tmp_path / "huge.png").write_bytes(bytes(data))
+    with pytest.raises(ImageReadError) as caught:
+        decode_image(tmp_path / "huge.png")
+    assert "\n" not in str(caught.value)
+
+
+def test_symbolic_link_loops_are_walked_once(folders, rng):
+    pred, gt = folders
+    save_image(pred / "x.png", random_rgb(rng))
+    save_image(gt / "x.png", random_rgb(rng))
+    (pred / "loop").symlink_to(pred, target_is_directory=True)
+    assert [p.name for p in pair_folders(pred, gt).pairs] == ["x"]
+
+
+def test_all_zero_weight_map_is_a_weight_problem(tmp_path, folders, rng):
+    pred, gt = folders
+    save_image(pred / "x.png", random_rgb(rng))
+    save_image(gt / "x.png", random_rgb(rng))
+    save_image(tmp_path / "w" / "x.png", np.zeros((32, 40), dtype=np.uint8))
+    loaded = load_pair(pair_folders(pred, gt, tmp_path / "w").pairs[0], with_weights=True)
+    assert loaded.weight is None and loaded.weight_problem == "weight map x.png is all zero"

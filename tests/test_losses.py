@@ -312,3 +312,27 @@ def test_half_precision_is_computed_in_float32():
         assert got.dtype == torch.float32
         expected = L.ssim(pred.to(dtype).double(), target.to(dtype).double())
         assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_nan_inputs_give_nan_not_a_finite_number():
+    """A NaN prediction must surface as NaN: a finite loss would hide a diverged model."""
+    pred, target = pair(seed=15, shape=(1, 1, 12, 12))
+    pred[0, 0, 3, 3] = float("nan")
+    for value in (
+        L.rmse(pred, target),
+        L.charbonnier_loss(pred, target),
+        L.log_cosh_loss(pred, target),
+        L.psnr(pred, target),
+        L.ssim(pred, target),
+        L.binary_cross_entropy_error(pred, target).mean(),
+    ):
+        assert torch.isnan(value)
+    with pytest.raises(ValueError, match="NaN"):
+        L.bce_loss(pred, target)
+
+
+def test_log_cosh_keeps_relative_precision_for_tiny_errors_in_float32():
+    diff = torch.tensor([1.5e-5, 1e-3, 0.3, 5.0, 9.99, 10.0, 50.0], dtype=torch.float64)
+    expected = torch.log(torch.cosh(diff))
+    got = L.log_cosh_loss(diff.float(), torch.zeros(7), reduction="none")
+    torch.testing.assert_close(got.double(), expected, rtol=2e-6, atol=0)

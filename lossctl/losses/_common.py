@@ -72,9 +72,9 @@ def check_pair(pred: object, target: object, *, image: bool = False) -> tuple[to
 
 
 def safe_sqrt(values: torch.Tensor) -> torch.Tensor:
-    """``sqrt`` whose gradient at 0 is 0 rather than NaN (the forward value is unchanged)."""
-    positive = values > 0
-    return torch.where(positive, torch.where(positive, values, 1.0).sqrt(), 0.0)
+    """``sqrt`` whose gradient at 0 is 0 rather than NaN; NaN stays NaN."""
+    zero = values == 0
+    return torch.where(zero, 0.0, torch.where(zero, 1.0, values).sqrt())
 
 
 def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor, *, if_zero: float) -> torch.Tensor:

@@ -11,11 +11,9 @@ LOG_CLAMP = -100.0
 
 
 def _clamped_log(values: torch.Tensor) -> torch.Tensor:
-    """``max(log(values), -100)``, with ``log(0) = -100`` and a finite (zero) gradient there."""
-    positive = values > 0
-    return torch.where(positive, torch.log(torch.where(positive, values, 1.0)), LOG_CLAMP).clamp_min(
-        LOG_CLAMP
-    )
+    """``max(log(values), -100)``, with ``log(0) = -100`` and a finite (zero) gradient there; NaN stays NaN."""
+    zero = values == 0
+    return torch.where(zero, LOG_CLAMP, torch.log(torch.where(zero, 1.0, values))).clamp_min(LOG_CLAMP)
 
 
 def binary_cross_entropy_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -30,8 +28,8 @@ def bce_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") 
     ``[0, 1]``; ``reduction='none'`` gives the element-wise losses.
     """
     pred, target = check_pair(pred, target)
-    if pred.numel() and (pred.min() < 0 or pred.max() > 1):
-        raise ValueError("pred must hold probabilities in [0, 1] for binary cross-entropy")
+    if not ((pred >= 0) & (pred <= 1)).all():
+        raise ValueError("pred must hold probabilities in [0, 1] (and no NaN) for binary cross-entropy")
     return reduce(binary_cross_entropy_error(pred, target), reduction)
 
 
