@@ -303,6 +303,19 @@ def test_readme_python_examples_run():
     assert namespace["losses"].psnr(restored.detach(), target) > 35
 
 
+def test_readme_example_output_is_what_lossctl_prints(monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("COLUMNS", "80")
+    readme = (REPO / "README.md").read_text()
+    command, shown = re.search(r"```\n\$ (lossctl .*?)\n(.*?)```", readme, flags=re.S).groups()
+    printed = invoke(*shlex.split(command)[1:]).stdout
+
+    def lines(text: str) -> list[str]:  # the closing line names the device, which varies
+        return [line.rstrip() for line in text.strip().splitlines() if "device" not in line]
+
+    assert lines(printed) == lines(shown)
+
+
 def test_readme_examples_run(tmp_path, monkeypatch):
     """Every `lossctl ...` example in the README and in `lossctl eval --help` runs as documented."""
     monkeypatch.chdir(REPO)
