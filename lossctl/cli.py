@@ -1,4 +1,4 @@
-"""The ``lossctl`` command line: parse options, call the engine, render the report.
+"""The ``lossctl`` command line: parse options, call the library, render the result.
 
 Heavy modules (torch, pandas) are imported inside the commands that need them, so ``--help``
 and ``lossctl metrics`` start quickly.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -42,14 +44,86 @@ class OutputFormat(str, Enum):
     markdown = "markdown"
 
 
+class CheckFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+
+
+class MetricsFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
 class Precision(str, Enum):
     float32 = "float32"
     float64 = "float64"
 
 
+# Options shared by the commands that evaluate folders (eval, check).
+PredArgument = Annotated[
+    Path, typer.Argument(help="Folder of predictions (searched recursively).", show_default=False)
+]
+GtArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="Folder of ground-truth images, paired by relative path without extension.", show_default=False
+    ),
+]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        "-p",
+        metavar="METRIC.KEY=VALUE",
+        help="Metric parameter METRIC.KEY=VALUE, e.g. charbonnier.eps=1e-4; repeatable.",
+    ),
+]
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights", metavar="DIR", help="Folder of grayscale weight maps for weighted_tv, paired by name."
+    ),
+]
+DeviceOption = Annotated[
+    str, typer.Option("--device", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda or cuda:N.")
+]
+BatchSizeOption = Annotated[
+    int, typer.Option("--batch-size", metavar="N", help="Pairs per batch (pairs are grouped by shape).")
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", metavar="N", help="Decoding threads \\[default: number of cores].", show_default=False
+    ),
+]
+PrecisionOption = Annotated[
+    Precision, typer.Option("--precision", help="Compute in float32, or float64 for exact reference work.")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error.")]
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     stderr.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+@contextmanager
+def _reported_errors(debug: bool) -> Iterator[None]:
+    """Turn every error into one line on stderr and its exit code; never a traceback (unless --debug)."""
+    try:
+        yield
+    except LossctlError as error:
+        raise _fail(str(error)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", 130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as error:
+        if debug:
+            raise
+        message = f"internal error: {type(error).__name__}: {error} (rerun with --debug for details)"
+        raise _fail(message, EXIT_INTERNAL) from None
 
 
 def _version(value: bool) -> None:
@@ -99,6 +173,51 @@ class _LazyProgress:
             self.progress.stop()
 
 
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Callable[[int], Callable[[int], None]]]:
+    bars: list[_LazyProgress] = []
+
+    def start(total: int) -> Callable[[int], None]:
+        bars.append(_LazyProgress(total, enabled=not quiet and stderr.is_terminal))
+        return bars[-1].advance
+
+    try:
+        yield start
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+def _check_output_path(path: Path | None, option: str) -> None:
+    if path is None:
+        return
+    if path.is_dir():
+        raise LossctlError(f"{option} {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise LossctlError(f"{option} {path}: folder {path.parent} does not exist")
+
+
+def _write(path: Path | None, make_text: Callable[[], str]) -> None:
+    if path is None:
+        return
+    from .report import write_atomic
+
+    try:
+        write_atomic(path, make_text())
+    except OSError as error:
+        raise LossctlError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+@contextmanager
+def _stdout_reader_may_leave() -> Iterator[None]:
+    """``lossctl ... | head`` closes the pipe early: that is the reader's choice, not an error."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 EVAL_EPILOG = """[b]Examples[/b]
 
   lossctl eval sample_images/pred sample_images/gt
@@ -110,16 +229,8 @@ Exit codes: 0 every pair computed; 3 some pairs failed or were unmatched (the re
 
 @app.command("eval", epilog=EVAL_EPILOG)
 def eval_command(
-    pred: Annotated[
-        Path, typer.Argument(help="Folder of predictions (searched recursively).", show_default=False)
-    ],
-    gt: Annotated[
-        Path,
-        typer.Argument(
-            help="Folder of ground-truth images, paired by relative path without extension.",
-            show_default=False,
-        ),
-    ],
+    pred: PredArgument,
+    gt: GtArgument,
     metrics: Annotated[
         str | None,
         typer.Option(
@@ -129,43 +240,12 @@ def eval_command(
             help="Comma-separated metric names (see [b]lossctl metrics[/b]); default: all.",
         ),
     ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param",
-            "-p",
-            metavar="METRIC.KEY=VALUE",
-            help="Metric parameter METRIC.KEY=VALUE, e.g. charbonnier.eps=1e-4; repeatable.",
-        ),
-    ] = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option(
-            "--weights",
-            metavar="DIR",
-            help="Folder of grayscale weight maps for weighted_tv, paired by name.",
-        ),
-    ] = None,
-    device: Annotated[
-        str,
-        typer.Option("--device", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda or cuda:N."),
-    ] = "auto",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", metavar="N", help="Pairs per batch (pairs are grouped by shape).")
-    ] = 16,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers",
-            metavar="N",
-            help="Decoding threads \\[default: number of cores].",
-            show_default=False,
-        ),
-    ] = None,
-    precision: Annotated[
-        Precision,
-        typer.Option("--precision", help="Compute in float32, or float64 for exact reference work."),
-    ] = Precision.float32,
+    param: ParamOption = None,
+    weights: WeightsOption = None,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 16,
+    workers: WorkersOption = None,
+    precision: PrecisionOption = Precision.float32,
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Write the per-pair report as CSV to FILE.", metavar="FILE")
     ] = None,
@@ -184,138 +264,233 @@ def eval_command(
             show_default=False,
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error.")] = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Compute every loss and quality metric for each prediction / ground-truth pair."""
-    try:
-        code = _run_eval(
+    from .run import EvalRequest, run_evaluation
+
+    with _reported_errors(debug):
+        names = parse_metric_names(metrics)
+        request = EvalRequest(
             pred,
             gt,
-            metrics,
-            param or [],
+            names,
+            resolve_params(names, param or []),
             weights,
             device,
             batch_size,
             workers,
             precision.value,
-            csv_path,
-            json_path,
-            output_format,
-            per_image,
-            quiet,
         )
-    except LossctlError as error:
-        raise _fail(str(error)) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted", 130) from None
-    except Exception as error:
-        if debug:
-            raise
-        raise _fail(
-            f"internal error: {type(error).__name__}: {error} (rerun with --debug for details)", EXIT_INTERNAL
-        ) from None
+        _check_output_path(csv_path, "--csv")
+        _check_output_path(json_path, "--json")
+        with _progress(quiet) as on_start:
+            evaluation = run_evaluation(request, on_start)
+
+        from . import report
+
+        frame, summary, info = evaluation.frame, evaluation.summary, evaluation.info
+        _write(csv_path, lambda: report.to_csv(frame))
+        _write(json_path, lambda: report.to_json(frame, summary, info))
+        show_per_image = per_image if per_image is not None else len(frame) <= PER_IMAGE_AUTO_LIMIT
+        with _stdout_reader_may_leave():
+            if output_format == OutputFormat.table:
+                report.render_table(Console(), frame, summary, info, show_per_image)
+            elif output_format == OutputFormat.csv:
+                sys.stdout.write(report.to_csv(frame))
+            elif output_format == OutputFormat.json:
+                sys.stdout.write(report.to_json(frame, summary, info))
+            else:
+                sys.stdout.write(report.to_markdown(frame, summary, info, show_per_image))
+        counts = report.status_counts(frame)
+        code = EXIT_OK if counts["ok"] == counts["pairs"] else EXIT_PAIRS_FAILED
     raise typer.Exit(code)
 
 
-def _check_output_path(path: Path | None, option: str) -> None:
-    if path is None:
-        return
-    if path.is_dir():
-        raise LossctlError(f"{option} {path} is a folder; give a file name")
-    if not path.parent.is_dir():
-        raise LossctlError(f"{option} {path}: folder {path.parent} does not exist")
+CHECK_EPILOG = """[b]Examples[/b]
+
+  lossctl check sample_images/pred sample_images/gt --min psnr=15 --max l1=0.1
+  lossctl check out/ refs/ --max l1=0.02 --mean
+  lossctl check out/ refs/ --config lossctl.toml --junit results.xml --github
+
+Thresholds also come from [b][tool.lossctl][/b] in pyproject.toml or a lossctl.toml found from the working folder upward (see README); command-line thresholds override the file's.
+
+Exit codes: 0 pass; 1 thresholds failed; 2 usage or input error; 3 pairs missing or unreadable (unless --allow-missing)."""
 
 
-def _run_eval(
-    pred_root,
-    gt_root,
-    metrics_text,
-    param_overrides,
-    weights_root,
-    device,
-    batch_size,
-    workers,
-    precision,
-    csv_path,
-    json_path,
-    output_format,
-    per_image,
-    quiet,
-) -> int:
-    names = parse_metric_names(metrics_text)
-    params = resolve_params(names, param_overrides)
-    if weights_root is not None and "weighted_tv" not in names:
-        raise LossctlError("--weights is only used by weighted_tv, which is not among the selected metrics")
-    _check_output_path(csv_path, "--csv")
-    _check_output_path(json_path, "--json")
+@app.command("check", epilog=CHECK_EPILOG)
+def check_command(
+    pred: PredArgument,
+    gt: GtArgument,
+    minimum: Annotated[
+        list[str] | None,
+        typer.Option("--min", metavar="METRIC=VALUE", help="Fail when METRIC is below VALUE; repeatable."),
+    ] = None,
+    maximum: Annotated[
+        list[str] | None,
+        typer.Option("--max", metavar="METRIC=VALUE", help="Fail when METRIC is above VALUE; repeatable."),
+    ] = None,
+    mean: Annotated[
+        bool | None,
+        typer.Option(
+            "--mean/--each",
+            help="Apply thresholds to the mean over the pairs, or to each pair \\[default: each, or the config's mode].",
+            show_default=False,
+        ),
+    ] = None,
+    config_path: Annotated[
+        Path | None, typer.Option("--config", metavar="FILE", help="Read thresholds from FILE (TOML).")
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            "-m",
+            metavar="NAMES",
+            help="Also compute these metrics (only thresholded ones by default).",
+        ),
+    ] = None,
+    allow_missing: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-missing", help="Unmatched or unreadable pairs do not fail the check.", show_default=False
+        ),
+    ] = None,
+    junit: Annotated[
+        Path | None, typer.Option("--junit", metavar="FILE", help="Write JUnit XML (one test case per pair).")
+    ] = None,
+    github: Annotated[
+        bool, typer.Option("--github", help="Print GitHub Actions ::error annotations for failing pairs.")
+    ] = False,
+    output_format: Annotated[
+        CheckFormat, typer.Option("--format", help="table, or markdown for a pull-request comment.")
+    ] = CheckFormat.table,
+    param: ParamOption = None,
+    weights: WeightsOption = None,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 16,
+    workers: WorkersOption = None,
+    precision: PrecisionOption = Precision.float32,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the full per-pair report as CSV.", metavar="FILE")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the full report as JSON.", metavar="FILE")
+    ] = None,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Pass or fail image outputs against metric thresholds: a gate for CI."""
+    from . import check
+    from .run import EvalRequest, run_evaluation
 
-    from . import io
-    from .engine import EvalConfig, evaluate, resolve_device
+    with _reported_errors(debug):
+        if config_path is not None and not config_path.is_file():
+            raise LossctlError(f"config file not found: {config_path}")
+        found = config_path or check.find_config(Path.cwd())
+        config = check.load_config(found) if found else check.CheckConfig()
+        command_line = [check.parse_limit(text, "min") for text in minimum or []]
+        command_line += [check.parse_limit(text, "max") for text in maximum or []]
+        config = check.merge_command_line(config, command_line)
+        if mean is not None:
+            config = check.CheckConfig(
+                config.rules,
+                "mean" if mean else "each",
+                config.metrics,
+                config.params,
+                config.allow_missing,
+                config.source,
+            )
+        if allow_missing is not None:
+            config = check.CheckConfig(
+                config.rules, config.mode, config.metrics, config.params, allow_missing, config.source
+            )
+        if not config.threshold_metrics:
+            source = f" (none in {found})" if found else ""
+            raise LossctlError(f"no thresholds given: use --min/--max or a config file{source}")
+        extra = parse_metric_names(metrics) if metrics else []
+        wanted = set(config.threshold_metrics) | set(config.metrics) | set(extra)
+        if weights is not None:
+            wanted.add("weighted_tv")
+        names = [name for name in METRICS if name in wanted]
+        params = resolve_params(names, [*config.params, *(param or [])])
+        _check_output_path(junit, "--junit")
+        _check_output_path(csv_path, "--csv")
+        _check_output_path(json_path, "--json")
+        request = EvalRequest(pred, gt, names, params, weights, device, batch_size, workers, precision.value)
+        with _progress(quiet) as on_start:
+            evaluation = run_evaluation(request, on_start)
 
-    pairing = io.pair_folders(pred_root, gt_root, weights_root)
-    config = EvalConfig(
-        metrics=names,
-        params=params,
-        device=device,
-        batch_size=batch_size,
-        workers=workers if workers is not None else (os.cpu_count() or 1),
-        precision=precision,
-        with_weights=weights_root is not None,
-    )
-    resolved_device = resolve_device(device)
-    progress = _LazyProgress(len(pairing.pairs), enabled=not quiet and stderr.is_terminal)
-    try:
-        results = evaluate(pairing.pairs, config, on_progress=progress.advance)
-    finally:
-        progress.close()
+        from . import report
 
-    import torch
-
-    from . import report
-
-    frame = report.results_frame(results, names)
-    summary = report.summarize(frame, names)
-    info = report.ReportInfo(
-        pred_root=str(pred_root),
-        gt_root=str(gt_root),
-        metrics=names,
-        params=params,
-        device=str(resolved_device),
-        precision=precision,
-        lossctl_version=__version__,
-        torch_version=torch.__version__,
-        skipped_files=len(pairing.skipped),
-    )
-    show_per_image = per_image if per_image is not None else len(frame) <= PER_IMAGE_AUTO_LIMIT
-    for path, text in (
-        (csv_path, lambda: report.to_csv(frame)),
-        (json_path, lambda: report.to_json(frame, summary, info)),
-    ):
-        if path is not None:
-            try:
-                report.write_atomic(path, text())
-            except OSError as error:
-                raise LossctlError(f"cannot write {path}: {error.strerror or error}") from None
-    try:
-        if output_format == OutputFormat.table:
-            report.render_table(Console(), frame, summary, info, show_per_image)
-        elif output_format == OutputFormat.csv:
-            sys.stdout.write(report.to_csv(frame))
-        elif output_format == OutputFormat.json:
-            sys.stdout.write(report.to_json(frame, summary, info))
-        else:
-            sys.stdout.write(report.to_markdown(frame, summary, info, show_per_image))
-        sys.stdout.flush()
-    except BrokenPipeError:  # e.g. `lossctl eval ... | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    counts = report.status_counts(frame)
-    return EXIT_OK if counts["ok"] == counts["pairs"] else EXIT_PAIRS_FAILED
+        verdict = check.check_frame(evaluation.frame, config)
+        _write(junit, lambda: check.to_junit(verdict, evaluation.frame))
+        _write(csv_path, lambda: report.to_csv(evaluation.frame))
+        _write(json_path, lambda: report.to_json(evaluation.frame, evaluation.summary, evaluation.info))
+        with _stdout_reader_may_leave():
+            if github:
+                for line in check.github_annotations(verdict):
+                    sys.stdout.write(line + "\n")
+            if output_format == CheckFormat.markdown:
+                sys.stdout.write(check.check_markdown(verdict))
+            else:
+                check.render_check(Console(), verdict)
+        code = verdict.exit_code
+    raise typer.Exit(code)
 
 
-class MetricsFormat(str, Enum):
-    table = "table"
-    json = "json"
+COMPARE_EPILOG = """[b]Examples[/b]
+
+  lossctl compare main.json pr.json
+  lossctl compare main.json pr.json --tolerance psnr=0.1 --tolerance ssim=0.001 --rel-tolerance l1=0.05
+  lossctl compare main.csv pr.csv --format markdown > comment.md
+
+Exit codes: 0 no regression beyond tolerance; 1 regressions (or pairs removed or no longer computed); 2 usage or input error, including reports made with different metric parameters."""
+
+
+@app.command("compare", epilog=COMPARE_EPILOG)
+def compare_command(
+    base: Annotated[
+        Path, typer.Argument(help="The reference report (lossctl eval --csv/--json).", show_default=False)
+    ],
+    new: Annotated[Path, typer.Argument(help="The report to check against it.", show_default=False)],
+    tolerance: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tolerance", metavar="METRIC=VALUE", help="Absolute tolerance for METRIC; repeatable."
+        ),
+    ] = None,
+    rel_tolerance: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rel-tolerance",
+            metavar="METRIC=VALUE",
+            help="Tolerance relative to the base value; repeatable.",
+        ),
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="What goes to stdout.")
+    ] = OutputFormat.table,
+    debug: DebugOption = False,
+) -> None:
+    """Compare two reports: per-image, direction-aware regressions, worst first."""
+    from . import compare
+
+    with _reported_errors(debug):
+        tolerances = compare.parse_tolerances(tolerance or [], rel_tolerance or [])
+        comparison = compare.compare_reports(compare.load_report(base), compare.load_report(new), tolerances)
+        with _stdout_reader_may_leave():
+            if output_format == OutputFormat.table:
+                compare.render_comparison(Console(), comparison)
+            elif output_format == OutputFormat.csv:
+                sys.stdout.write(compare.comparison_csv(comparison))
+            elif output_format == OutputFormat.json:
+                sys.stdout.write(compare.comparison_json(comparison))
+            else:
+                sys.stdout.write(compare.comparison_markdown(comparison))
+        code = comparison.exit_code
+    raise typer.Exit(code)
 
 
 @app.command("metrics")

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from rich import box
@@ -18,8 +18,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .engine import PairResult
 from .metrics import METRICS, ParamValue
+
+if TYPE_CHECKING:
+    from .engine import PairResult
 
 ROW_COLUMNS = ["name", "pred", "gt", "height", "width", "channels", "bit_depth", "status", "error", "notes"]
 STATUSES = ("ok", "error", "unmatched")
@@ -201,15 +203,17 @@ def markdown_text(text: object) -> str:
     return MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A GitHub-flavoured Markdown table, every cell escaped."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(markdown_text(cell) for cell in row) + " |" for row in rows]
+
+
 def to_markdown(
     frame: pd.DataFrame, summary: dict[str, dict[str, Any]], info: ReportInfo, per_image: bool
 ) -> str:
-    def table(header: list[str], rows: list[list[str]]) -> list[str]:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        return lines + ["| " + " | ".join(markdown_text(cell) for cell in row) + " |" for row in rows]
-
     out = [f"**lossctl eval** — {_counts_line(frame, info)}", ""]
-    out += table(SUMMARY_HEADER, _summary_rows(summary))
+    out += markdown_table(SUMMARY_HEADER, _summary_rows(summary))
     if (psnr_line := _psnr_line(summary)) is not None:
         out += ["", psnr_line]
     if per_image:
@@ -217,7 +221,7 @@ def to_markdown(
             [row["name"], row["status"], *(format_value(row[name]) for name in info.metrics)]
             for _, row in frame.iterrows()
         ]
-        out += [""] + table(["name", "status", *info.metrics], rows)
+        out += [""] + markdown_table(["name", "status", *info.metrics], rows)
     if problems := _problem_lines(frame):
         out += ["", *(f"- {markdown_text(line)}" for line in problems)]
     return "\n".join(out) + "\n"

@@ -307,13 +307,14 @@ def test_readme_example_output_is_what_lossctl_prints(monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("COLUMNS", "80")
     readme = (REPO / "README.md").read_text()
-    command, shown = re.search(r"```\n\$ (lossctl .*?)\n(.*?)```", readme, flags=re.S).groups()
-    printed = invoke(*shlex.split(command)[1:]).stdout
+    examples = re.findall(r"```\n\$ (lossctl .*?)\n(.*?)```", readme, flags=re.S)
+    assert len(examples) >= 2
 
     def lines(text: str) -> list[str]:  # the closing line names the device, which varies
         return [line.rstrip() for line in text.strip().splitlines() if "device" not in line]
 
-    assert lines(printed) == lines(shown)
+    for command, shown in examples:
+        assert lines(invoke(*shlex.split(command)[1:]).stdout) == lines(shown), command
 
 
 def test_readme_examples_run(tmp_path, monkeypatch):
@@ -325,8 +326,8 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     for example in examples:
         result = invoke(*shlex.split(example)[1:])
         assert result.exit_code == 0, (example, result.output)
-    help_text = invoke("eval", "--help").stdout
-    for example in re.findall(r"lossctl eval (?:pred/|sample_images).*", help_text):
+    help_text = invoke("eval", "--help").stdout + invoke("check", "--help").stdout
+    for example in re.findall(r"lossctl (?:eval|check) (?:pred/|sample_images).*", help_text):
         arguments = shlex.split(example.replace("pred/ gt/", f"{SAMPLE_PRED} {SAMPLE_GT}"))[1:]
         if ">" in arguments:
             arguments = arguments[: arguments.index(">")]

@@ -1,0 +1,78 @@
+"""One evaluation from two folders to report data: pair, compute, build the frame and summary.
+
+Shared by ``lossctl eval`` and ``lossctl check``; it knows nothing of the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__
+from .errors import LossctlError
+from .metrics import ParamValue
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    pred_root: Path
+    gt_root: Path
+    metrics: Sequence[str]
+    params: dict[str, dict[str, ParamValue]]
+    weights_root: Path | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    workers: int | None = None
+    precision: str = "float32"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    frame: pd.DataFrame
+    summary: dict[str, dict[str, Any]]
+    info: Any  # report.ReportInfo
+
+
+def run_evaluation(
+    request: EvalRequest, on_start: Callable[[int], Callable[[int], None]] | None = None
+) -> Evaluation:
+    """Evaluate every pair of ``request``. ``on_start(total)`` may return a progress callback."""
+    if request.weights_root is not None and "weighted_tv" not in request.metrics:
+        raise LossctlError("--weights is only used by weighted_tv, which is not among the selected metrics")
+
+    import torch
+
+    from . import io, report
+    from .engine import EvalConfig, evaluate, resolve_device
+
+    pairing = io.pair_folders(request.pred_root, request.gt_root, request.weights_root)
+    config = EvalConfig(
+        metrics=request.metrics,
+        params=request.params,
+        device=request.device,
+        batch_size=request.batch_size,
+        workers=request.workers if request.workers is not None else (os.cpu_count() or 1),
+        precision=request.precision,
+        with_weights=request.weights_root is not None,
+    )
+    device = resolve_device(request.device)
+    on_progress = on_start(len(pairing.pairs)) if on_start else None
+    results = evaluate(pairing.pairs, config, on_progress=on_progress)
+    frame = report.results_frame(results, request.metrics)
+    info = report.ReportInfo(
+        pred_root=str(request.pred_root),
+        gt_root=str(request.gt_root),
+        metrics=request.metrics,
+        params=request.params,
+        device=str(device),
+        precision=request.precision,
+        lossctl_version=__version__,
+        torch_version=torch.__version__,
+        skipped_files=len(pairing.skipped),
+    )
+    return Evaluation(frame, report.summarize(frame, request.metrics), info)

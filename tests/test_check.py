@@ -1,0 +1,257 @@
+"""lossctl check: thresholds, config files, verdicts, exit codes, JUnit and GitHub output."""
+
+from __future__ import annotations
+
+import json
+import math
+from xml.etree import ElementTree
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lossctl.check import CheckConfig, Limit, Rule, check_frame, glob_regex, limits_for
+from lossctl.cli import app
+
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
+
+runner = CliRunner()
+SAMPLES = [str(SAMPLE_PRED), str(SAMPLE_GT)]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def sample_values(metric: str) -> dict[str, float]:
+    document = json.loads(invoke("eval", *SAMPLES, "-m", metric, "--format", "json").stdout)
+    return {row["name"]: row[metric] for row in document["rows"]}
+
+
+@pytest.fixture
+def psnr_of_samples():
+    return sample_values("psnr")
+
+
+def test_passing_check_prints_the_verdict_and_exits_0(psnr_of_samples):
+    result = invoke("check", *SAMPLES, "--min", "psnr=15", "--min", "ssim=0.25")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("PASS: 7 pairs, 0 failed")
+
+
+def test_a_value_exactly_at_the_limit_passes(psnr_of_samples):
+    lowest = min(psnr_of_samples.values())
+    assert invoke("check", *SAMPLES, "--min", f"psnr={lowest!r}").exit_code == 0
+    assert (
+        invoke("check", *SAMPLES, "--min", f"psnr={float(np.nextafter(lowest, math.inf))!r}").exit_code == 1
+    )
+    highest_l1 = max(sample_values("l1").values())
+    assert invoke("check", *SAMPLES, "--max", f"l1={highest_l1!r}").exit_code == 0
+
+
+def test_failing_pairs_are_listed_with_value_limit_and_excess(psnr_of_samples):
+    result = invoke("check", *SAMPLES, "--min", "psnr=27")
+    assert result.exit_code == 1
+    failing = sorted(name for name, value in psnr_of_samples.items() if value < 27)
+    assert f"FAIL: {len(failing)} of 7 pairs failed" in result.stdout
+    for name in failing:
+        assert name in result.stdout
+    coins = psnr_of_samples["mask/coins_mask"]
+    assert f"{coins:.6g}" in result.stdout and f"{27 - coins:.6g}" in result.stdout
+    assert "blur" not in result.stdout  # 28.03 dB passes: only failing pairs are shown
+
+
+def test_only_thresholded_metrics_are_computed_unless_metrics_adds_more(tmp_path):
+    report = tmp_path / "r.csv"
+    invoke("check", *SAMPLES, "--min", "psnr=10", "--csv", report)
+    assert list(pd.read_csv(report).columns)[10:] == ["psnr"]
+    invoke("check", *SAMPLES, "--min", "psnr=10", "--metrics", "l1,ssim", "--csv", report)
+    assert list(pd.read_csv(report).columns)[10:] == ["l1", "psnr", "ssim"]
+
+
+def test_mean_mode_applies_thresholds_to_the_mean(psnr_of_samples):
+    mean = float(np.mean(list(psnr_of_samples.values())))
+    assert invoke("check", *SAMPLES, "--min", f"psnr={mean - 0.01}", "--mean").exit_code == 0
+    result = invoke("check", *SAMPLES, "--min", f"psnr={mean + 0.01}", "--mean")
+    assert result.exit_code == 1 and "mean (all pairs)" in result.stdout
+
+
+def test_nan_values_fail_and_never_pass_silently(folders, rng):
+    pred, gt = folders
+    save_image(pred / "tiny.png", random_rgb(rng, 8, 8))  # too small for SSIM's window: NaN
+    save_image(gt / "tiny.png", random_rgb(rng, 8, 8))
+    result = invoke("check", pred, gt, "--min", "ssim=0")
+    assert result.exit_code == 1 and "NaN" in result.stdout
+    assert invoke("check", pred, gt, "--min", "ssim=0", "--mean").exit_code == 1
+
+
+def test_missing_and_unreadable_pairs_exit_3_unless_allowed(folders, rng):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(pred / "good.png", clean)
+    save_image(gt / "good.png", clean)
+    save_image(pred / "orphan.png", clean)
+    (pred / "broken.png").write_bytes(b"junk")
+    save_image(gt / "broken.png", clean)
+    result = invoke("check", pred, gt, "--min", "psnr=20")
+    assert result.exit_code == 3 and "FAIL: 2 of 3 pairs failed" in result.stdout
+    assert "orphan: unmatched: no ground truth with this name (fails the check)" in result.stdout
+    allowed = invoke("check", pred, gt, "--min", "psnr=20", "--allow-missing")
+    assert (
+        allowed.exit_code == 0
+        and "PASS: 3 pairs, 0 failed (2 missing or unreadable, allowed)" in allowed.stdout
+    )
+
+
+def test_junit_xml_parses_with_the_right_counts(tmp_path, folders, rng):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    for name, spread in (("good", 1), ("bad", 60)):
+        save_image(pred / f"{name}.png", noisy(rng, clean, spread))
+        save_image(gt / f"{name}.png", clean)
+    save_image(pred / "orphan.png", clean)
+    junit = tmp_path / "results.xml"
+    assert invoke("check", pred, gt, "--min", "psnr=30", "--junit", junit).exit_code == 3
+    suite = ElementTree.parse(junit).getroot()
+    assert suite.tag == "testsuite"
+    assert {key: suite.get(key) for key in ("tests", "failures", "errors", "skipped")} == {
+        "tests": "3",
+        "failures": "1",
+        "errors": "1",
+        "skipped": "0",
+    }
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert "psnr" in cases["bad"].find("failure").get("message")
+    assert cases["good"].find("failure") is None
+    assert cases["orphan"].find("error").get("type") == "unmatched"
+    invoke("check", pred, gt, "--min", "psnr=30", "--junit", junit, "--allow-missing")
+    assert ElementTree.parse(junit).getroot().get("skipped") == "1"
+
+
+def test_github_annotations_name_the_failing_files(folders, rng):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(pred / "a,b.png", noisy(rng, clean, 60))
+    save_image(gt / "a,b.png", clean)
+    result = invoke("check", pred, gt, "--min", "psnr=30", "--github")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("::error"))
+    assert line.startswith(f"::error file={pred}/a%2Cb.png,title=lossctl check::a,b: psnr = ")
+    assert "limit psnr >= 30" in line
+
+
+def test_markdown_format_for_pull_request_comments():
+    text = invoke("check", *SAMPLES, "--min", "psnr=27", "--format", "markdown").stdout
+    assert text.startswith("❌ **FAIL: ") and "| name | metric | value | limit | by |" in text
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_config_file_thresholds_and_command_line_override(tmp_path, monkeypatch, psnr_of_samples):
+    config = write(tmp_path / "lossctl.toml", "[min]\npsnr = 27\n")
+    assert invoke("check", *SAMPLES, "--config", config).exit_code == 1
+    assert invoke("check", *SAMPLES, "--config", config, "--min", "psnr=10").exit_code == 0
+    monkeypatch.chdir(tmp_path)  # found from the working folder without --config
+    assert invoke("check", *SAMPLES).exit_code == 1
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    monkeypatch.chdir(nested)  # and from a folder below it
+    assert invoke("check", *SAMPLES).exit_code == 1
+
+
+def test_pyproject_tool_table_is_read(tmp_path, monkeypatch):
+    write(
+        tmp_path / "pyproject.toml",
+        '[project]\nname = "x"\n\n[tool.lossctl]\nmode = "mean"\n\n[tool.lossctl.min]\npsnr = 20\n',
+    )
+    monkeypatch.chdir(tmp_path)
+    result = invoke("check", *SAMPLES)
+    assert result.exit_code == 0 and "PASS" in result.stdout
+
+
+def test_per_path_rules_tighten_the_limits(tmp_path, psnr_of_samples):
+    config = write(
+        tmp_path / "lossctl.toml",
+        '[min]\npsnr = 15\n\n[[rules]]\npaths = ["gray/**", "hdr16/*"]\nmin = { psnr = 40 }\n',
+    )
+    result = invoke("check", *SAMPLES, "--config", config)
+    assert result.exit_code == 1 and "FAIL: 1 of 7 pairs failed" in result.stdout
+    assert "gray/camera_denoise" in result.stdout  # 29 dB < 40; hdr16/rgb16 has 46.8 dB
+
+
+def test_params_from_the_config_reach_the_metrics(tmp_path):
+    report = tmp_path / "r.json"
+    config = write(tmp_path / "lossctl.toml", '[max]\ncharbonnier = 1\nparams = ["charbonnier.eps=0.5"]\n')
+    result = invoke("check", *SAMPLES, "--config", config, "--json", report)
+    assert (
+        result.exit_code == 2 and "unknown metric 'params'" in result.stderr
+    )  # params under [max] is a typo
+    write(config, 'params = ["charbonnier.eps=0.5"]\n[max]\ncharbonnier = 1\n')
+    assert invoke("check", *SAMPLES, "--config", config, "--json", report).exit_code == 0
+    assert json.loads(report.read_text())["params"]["charbonnier"] == {"eps": 0.5}
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("[min]\npsnrr = 30\n", "unknown metric 'psnrr' in min thresholds"),
+        ("minimum = 3\n", "unknown key 'minimum'; allowed keys: min, max, mode"),
+        ('mode = "median"\n', "mode must be 'each' or 'mean'"),
+        ('[min]\npsnr = "high"\n', "threshold min psnr must be a number"),
+        ("[[rules]]\nmin = { psnr = 3 }\n", "rules[0].paths must name at least one glob"),
+        ('[[rules]]\npaths = "a/*"\nlimit = 3\n', "unknown key 'rules[0].limit'"),
+        ("[min\npsnr = 3\n", "is not valid TOML"),
+    ],
+)
+def test_config_mistakes_exit_2_naming_the_key_and_file(tmp_path, content, fragment):
+    config = write(tmp_path / "lossctl.toml", content)
+    result = invoke("check", *SAMPLES, "--config", config, "--min", "psnr=1")
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr and str(config) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_pyproject_key_names_carry_the_tool_prefix(tmp_path):
+    config = write(tmp_path / "pyproject.toml", "[tool.lossctl]\nthreshold = 1\n")
+    result = invoke("check", *SAMPLES, "--config", config)
+    assert result.exit_code == 2 and "unknown key 'tool.lossctl.threshold'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ([], "no thresholds given"),
+        (["--min", "psnr"], "--min must look like METRIC=VALUE"),
+        (["--max", "nope=1"], "unknown metric 'nope'"),
+        (["--min", "psnr=abc"], "threshold min psnr must be a number"),
+        (["--min", "psnr=3", "--config", "/no/such.toml"], "config file not found"),
+        (["--min", "psnr=3", "--junit", "/no/such/dir/x.xml"], "does not exist"),
+    ],
+)
+def test_usage_errors_exit_2(args, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no config file above
+    result = invoke("check", *SAMPLES, *args)
+    assert result.exit_code == 2 and fragment in result.stderr, result.output
+
+
+def test_glob_rules():
+    assert glob_regex("faces/**").fullmatch("faces/a/b")
+    assert glob_regex("**/x").fullmatch("x") and glob_regex("**/x").fullmatch("a/b/x")
+    assert not glob_regex("faces/*").fullmatch("faces/a/b")
+    assert glob_regex("img_??").fullmatch("img_01") and not glob_regex("img_??").fullmatch("img_1/")
+    rules = [Rule((Limit("psnr", "min", 30),)), Rule((Limit("psnr", "min", 35),), ("faces/**",))]
+    assert limits_for("faces/x", rules) == [Limit("psnr", "min", 35)]
+    assert limits_for("cars/x", rules) == [Limit("psnr", "min", 30)]
+
+
+def test_infinite_psnr_passes_a_minimum():
+    frame = pd.DataFrame(
+        [{"name": "same", "pred": "p", "gt": "g", "status": "ok", "error": "", "psnr": math.inf}]
+    )
+    verdict = check_frame(frame, CheckConfig((Rule((Limit("psnr", "min", 60),)),)))
+    assert verdict.exit_code == 0
+    mean = check_frame(frame, CheckConfig((Rule((Limit("psnr", "min", 60),)),), mode="mean"))
+    assert mean.exit_code == 0

@@ -1,0 +1,189 @@
+"""lossctl compare: direction-aware regressions between two reports, tolerances, exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import shlex
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lossctl.cli import app
+from lossctl.compare import worsening
+
+from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+@pytest.fixture(scope="module")
+def base_document(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reports") / "base.json"
+    assert invoke("eval", SAMPLE_PRED, SAMPLE_GT, "--json", path, "-q", "--format", "csv").exit_code == 0
+    return json.loads(path.read_text())
+
+
+def write_report(path, document, edit=None):
+    document = json.loads(json.dumps(document))
+    if edit:
+        edit({row["name"]: row for row in document["rows"]}, document)
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_identical_reports_pass(tmp_path, base_document):
+    base = write_report(tmp_path / "base.json", base_document)
+    result = invoke("compare", base, base)
+    assert result.exit_code == 0 and "OK: no regression beyond tolerance (7 pairs compared)" in result.stdout
+
+
+def test_regressions_are_direction_aware_and_worst_first(tmp_path, base_document):
+    def worse(rows, _):
+        rows["blur"]["psnr"] -= 0.5  # PSNR down: worse
+        rows["noise"]["psnr"] += 1.0  # PSNR up: better
+        rows["noise"]["l1"] *= 1.2  # L1 up: worse
+        rows["jpeg_artifacts"]["l1"] *= 0.5  # L1 down: better
+        rows["upscale_x4"]["psnr"] -= 2.0
+
+    base = write_report(tmp_path / "base.json", base_document)
+    new = write_report(tmp_path / "new.json", base_document, worse)
+    result = invoke("compare", base, new, "--format", "csv")
+    assert result.exit_code == 1
+    rows = pd.read_csv(io.StringIO(result.stdout))
+    regressions = rows[rows["regression"]]
+    assert list(zip(regressions["name"], regressions["metric"], strict=True)) == [
+        ("upscale_x4", "psnr"),
+        ("blur", "psnr"),
+        ("noise", "l1"),
+    ]
+    assert regressions.iloc[0]["worse_by"] == pytest.approx(2.0)
+    assert not rows[(rows["name"] == "jpeg_artifacts") & (rows["metric"] == "l1")]["regression"].item()
+    table = invoke("compare", base, new)
+    assert "REGRESSED: 3 pairs regressed beyond tolerance" in table.stdout
+
+
+def test_tolerances_absolute_and_relative(tmp_path, base_document):
+    def worse(rows, _):
+        rows["blur"]["psnr"] -= 0.05
+        rows["noise"]["l1"] *= 1.04
+
+    base = write_report(tmp_path / "base.json", base_document)
+    new = write_report(tmp_path / "new.json", base_document, worse)
+    assert invoke("compare", base, new).exit_code == 1
+    assert invoke("compare", base, new, "--tolerance", "psnr=0.1").exit_code == 1
+    assert (
+        invoke("compare", base, new, "--tolerance", "psnr=0.1", "--rel-tolerance", "l1=0.05").exit_code == 0
+    )
+    assert (
+        invoke("compare", base, new, "--tolerance", "psnr=0.01", "--rel-tolerance", "l1=0.05").exit_code == 1
+    )
+
+
+def test_removed_added_and_no_longer_computed_pairs(tmp_path, base_document):
+    def change(rows, document):
+        document["rows"] = [row for row in document["rows"] if row["name"] != "noise"]
+        document["rows"].append({**rows["blur"], "name": "brand_new"})
+        rows["blur"].update(status="error", error="pred blur.png: not a recognised image file")
+
+    base = write_report(tmp_path / "base.json", base_document)
+    new = write_report(tmp_path / "new.json", base_document, change)
+    result = invoke("compare", base, new)
+    assert result.exit_code == 1
+    assert "removed: noise (in BASE, not in NEW)" in result.stdout
+    assert "added: brand_new (in NEW only)" in result.stdout
+    assert "no longer computed: blur: error: pred blur.png" in result.stdout
+    document = json.loads(invoke("compare", base, new, "--format", "json").stdout)
+    assert document["removed"] == ["noise"] and document["added"] == ["brand_new"]
+    assert document["no_longer_computed"][0]["name"] == "blur" and document["regressed"] is True
+
+
+def test_nan_and_infinite_values(tmp_path, base_document):
+    def change(rows, document):
+        rows["blur"]["ssim"] = None  # became NaN: infinitely worse
+        rows["noise"]["psnr"] = "inf"  # became identical: better
+
+    base = write_report(tmp_path / "base.json", base_document)
+    new = write_report(tmp_path / "new.json", base_document, change)
+    document = json.loads(invoke("compare", base, new, "--format", "json", "--tolerance", "ssim=1").stdout)
+    first = document["rows"][0]
+    assert (first["name"], first["metric"], first["worse_by"], first["regression"]) == (
+        "blur",
+        "ssim",
+        "inf",
+        True,
+    )
+    assert worsening("psnr", math.inf, math.inf) == 0 and worsening("psnr", math.inf, 40.0) == math.inf
+    assert worsening("l1", math.nan, math.nan) == 0 and worsening("l1", 0.1, math.nan) == math.inf
+
+
+def test_reports_with_different_parameters_are_refused(tmp_path, base_document):
+    def change(rows, document):
+        document["params"]["charbonnier"]["eps"] = 1e-4
+
+    base = write_report(tmp_path / "base.json", base_document)
+    new = write_report(tmp_path / "new.json", base_document, change)
+    result = invoke("compare", base, new)
+    assert result.exit_code == 2
+    assert "different metric parameters" in result.stderr and "charbonnier" in result.stderr
+
+
+def test_csv_reports_are_compared_on_the_columns_they_share(tmp_path, base_document):
+    base = write_report(tmp_path / "base.json", base_document)
+    subset = tmp_path / "subset.csv"
+    invoke("eval", SAMPLE_PRED, SAMPLE_GT, "-m", "psnr,l1", "--csv", subset, "-q", "--format", "csv")
+    result = invoke("compare", base, subset)
+    assert result.exit_code == 0, result.output
+    assert "only in BASE (base.json), not compared: mse, rmse, ssim" in result.stdout
+    assert "metric parameters not checked: NEW (subset.csv) is CSV" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["missing.json", "missing.json"], "report not found"),
+        (["base.json", "base.json", "--tolerance", "psnr"], "--tolerance must look like METRIC=VALUE"),
+        (["base.json", "base.json", "--tolerance", "psnr=-1"], "must be a finite number >= 0"),
+        (["base.json", "base.json", "--rel-tolerance", "nope=1"], "unknown metric 'nope'"),
+        (["base.json", "bad.json"], "not a lossctl JSON report"),
+        (["base.json", "bad.csv"], "has no 'name' column"),
+        (["base.json", "psnr_only.csv", "--tolerance", "ssim=1"], "tolerance given for ssim"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, base_document, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    write_report(tmp_path / "base.json", base_document)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "psnr_only.csv").write_text("name,status,psnr\nblur,ok,28\n")
+    result = invoke("compare", *args)
+    assert result.exit_code == 2 and fragment in result.stderr, result.output
+
+
+def test_markdown_output(tmp_path, base_document):
+    def worse(rows, _):
+        rows["blur"]["psnr"] -= 1
+
+    base = write_report(tmp_path / "base.json", base_document)
+    new = write_report(tmp_path / "new.json", base_document, worse)
+    text = invoke("compare", base, new, "--format", "markdown").stdout
+    assert text.startswith("❌ **REGRESSED: 1 pairs regressed") and "| blur | psnr |" in text
+
+
+def test_ci_doc_commands_run_on_the_samples(tmp_path, monkeypatch):
+    """docs/ci.md's own sample commands, as written, pass on sample_images/."""
+    (tmp_path / "sample_images").symlink_to(REPO / "sample_images")
+    monkeypatch.chdir(tmp_path)
+    text = (REPO / "docs" / "ci.md").read_text()
+    block = re.findall(r"```bash\n(.*?)```", text, flags=re.S)[-1]
+    for command in block.strip().splitlines():
+        result = invoke(*shlex.split(command)[1:])
+        assert result.exit_code == 0, (command, result.output)
+    assert (tmp_path / "lossctl.xml").exists()
