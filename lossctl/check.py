@@ -306,9 +306,9 @@ def check_frame(frame: pd.DataFrame, config: CheckConfig) -> Verdict:
 
 
 def _format(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    return "inf" if math.isinf(value) else f"{value:.6g}"
+    from .report import format_value
+
+    return format_value(value, digits=6, missing="NaN")
 
 
 def failure_rows(verdict: Verdict) -> list[list[str]]:

@@ -99,6 +99,13 @@ WorkersOption = Annotated[
 PrecisionOption = Annotated[
     Precision, typer.Option("--precision", help="Compute in float32, or float64 for exact reference work.")
 ]
+CsvOption = Annotated[
+    Path | None, typer.Option("--csv", metavar="FILE", help="Write the per-pair report as CSV to FILE.")
+]
+JsonOption = Annotated[
+    Path | None,
+    typer.Option("--json", metavar="FILE", help="Write rows, summary and parameters as JSON to FILE."),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error.")]
 
@@ -246,13 +253,8 @@ def eval_command(
     batch_size: BatchSizeOption = 16,
     workers: WorkersOption = None,
     precision: PrecisionOption = Precision.float32,
-    csv_path: Annotated[
-        Path | None, typer.Option("--csv", help="Write the per-pair report as CSV to FILE.", metavar="FILE")
-    ] = None,
-    json_path: Annotated[
-        Path | None,
-        typer.Option("--json", help="Write rows, summary and parameters as JSON to FILE.", metavar="FILE"),
-    ] = None,
+    csv_path: CsvOption = None,
+    json_path: JsonOption = None,
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="What goes to stdout.")
     ] = OutputFormat.table,
@@ -372,12 +374,8 @@ def check_command(
     batch_size: BatchSizeOption = 16,
     workers: WorkersOption = None,
     precision: PrecisionOption = Precision.float32,
-    csv_path: Annotated[
-        Path | None, typer.Option("--csv", help="Also write the full per-pair report as CSV.", metavar="FILE")
-    ] = None,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the full report as JSON.", metavar="FILE")
-    ] = None,
+    csv_path: CsvOption = None,
+    json_path: JsonOption = None,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:

@@ -247,11 +247,9 @@ def _summary_changes(base: LoadedReport, new: LoadedReport, metrics: Sequence[st
 
 
 def _fmt(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.6g}"
+    from .report import format_value
+
+    return format_value(value, digits=6, missing="NaN")
 
 
 REGRESSION_HEADER = ["name", "metric", "base", "new", "worse by", "tolerance"]

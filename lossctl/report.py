@@ -108,12 +108,13 @@ def summarize(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict[str
     return summary
 
 
-def format_value(value: float | None) -> str:
+def format_value(value: float | None, digits: int = 4, missing: str = "—") -> str:
+    """A metric value for people: ``digits`` significant digits, ``inf``, and ``missing`` for NaN/None."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
+        return missing
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
-    return f"{value:.4g}"
+    return f"{value:.{digits}g}"
 
 
 def _json_number(value: Any) -> Any:

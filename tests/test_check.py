@@ -255,3 +255,12 @@ def test_infinite_psnr_passes_a_minimum():
     assert verdict.exit_code == 0
     mean = check_frame(frame, CheckConfig((Rule((Limit("psnr", "min", 60),)),), mode="mean"))
     assert mean.exit_code == 0
+
+
+def test_each_overrides_a_config_in_mean_mode_and_param_reaches_the_metric(tmp_path, psnr_of_samples):
+    config = write(tmp_path / "lossctl.toml", 'mode = "mean"\n[min]\npsnr = 20\n')
+    assert invoke("check", *SAMPLES, "--config", config).exit_code == 0  # the mean is 29 dB
+    assert invoke("check", *SAMPLES, "--config", config, "--each").exit_code == 1  # coins_mask: 15.8 dB
+    report = tmp_path / "r.json"
+    invoke("check", *SAMPLES, "--max", "charbonnier=1", "-p", "charbonnier.eps=0.25", "--json", report)
+    assert json.loads(report.read_text())["params"]["charbonnier"] == {"eps": 0.25}
