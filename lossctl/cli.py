@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .conventions import resolve_convention
 from .errors import LossctlError
 from .metrics import METRICS, parse_metric_names, resolve_params
 
@@ -98,6 +99,36 @@ WorkersOption = Annotated[
 ]
 PrecisionOption = Annotated[
     Precision, typer.Option("--precision", help="Compute in float32, or float64 for exact reference work.")
+]
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        metavar="NAME",
+        help="Convention: skimage (default: RGB, Wang et al. SSIM), basicsr (Y channel, crop --scale), matlab (SSIM downsampled as ssim.m).",
+        show_default=False,
+    ),
+]
+ScaleOption = Annotated[
+    int | None,
+    typer.Option("--scale", metavar="N", help="Super-resolution scale; --preset basicsr crops N pixels."),
+]
+YChannelOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--y-channel/--rgb",
+        help="Compute on the BT.601 luma of RGB images, as BasicSR and MATLAB's rgb2ycbcr \\[default: the preset's].",
+        show_default=False,
+    ),
+]
+CropBorderOption = Annotated[
+    int | None,
+    typer.Option(
+        "--crop-border",
+        metavar="N",
+        help="Drop N pixels on every side before every metric \\[default: the preset's].",
+        show_default=False,
+    ),
 ]
 CsvOption = Annotated[
     Path | None, typer.Option("--csv", metavar="FILE", help="Write the per-pair report as CSV to FILE.")
@@ -215,6 +246,17 @@ def _write(path: Path | None, make_text: Callable[[], str]) -> None:
         raise LossctlError(f"cannot write {path}: {error.strerror or error}") from None
 
 
+def _write_reports(csv_path: Path | None, json_path: Path | None, evaluation) -> None:
+    """``--csv`` (with its ``.meta.json`` sidecar of parameters and summary) and ``--json``."""
+    from . import report
+
+    frame, summary, info = evaluation.frame, evaluation.summary, evaluation.info
+    if csv_path is not None:
+        _write(csv_path, lambda: report.to_csv(frame))
+        _write(report.sidecar_path(csv_path), lambda: report.to_json(frame, summary, info, rows=False))
+    _write(json_path, lambda: report.to_json(frame, summary, info))
+
+
 @contextmanager
 def _stdout_reader_may_leave() -> Iterator[None]:
     """``lossctl ... | head`` closes the pipe early: that is the reader's choice, not an error."""
@@ -253,6 +295,10 @@ def eval_command(
     batch_size: BatchSizeOption = 16,
     workers: WorkersOption = None,
     precision: PrecisionOption = Precision.float32,
+    preset: PresetOption = None,
+    scale: ScaleOption = None,
+    y_channel: YChannelOption = None,
+    crop_border: CropBorderOption = None,
     csv_path: CsvOption = None,
     json_path: JsonOption = None,
     output_format: Annotated[
@@ -274,16 +320,10 @@ def eval_command(
 
     with _reported_errors(debug):
         names = parse_metric_names(metrics)
+        convention = resolve_convention(preset, scale, y_channel, crop_border)
+        params = resolve_params(names, param or [], convention.param_defaults)
         request = EvalRequest(
-            pred,
-            gt,
-            names,
-            resolve_params(names, param or []),
-            weights,
-            device,
-            batch_size,
-            workers,
-            precision.value,
+            pred, gt, names, params, weights, device, batch_size, workers, precision.value, convention
         )
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
@@ -293,8 +333,7 @@ def eval_command(
         from . import report
 
         frame, summary, info = evaluation.frame, evaluation.summary, evaluation.info
-        _write(csv_path, lambda: report.to_csv(frame))
-        _write(json_path, lambda: report.to_json(frame, summary, info))
+        _write_reports(csv_path, json_path, evaluation)
         show_per_image = per_image if per_image is not None else len(frame) <= PER_IMAGE_AUTO_LIMIT
         with _stdout_reader_may_leave():
             if output_format == OutputFormat.table:
@@ -374,6 +413,10 @@ def check_command(
     batch_size: BatchSizeOption = 16,
     workers: WorkersOption = None,
     precision: PrecisionOption = Precision.float32,
+    preset: PresetOption = None,
+    scale: ScaleOption = None,
+    y_channel: YChannelOption = None,
+    crop_border: CropBorderOption = None,
     csv_path: CsvOption = None,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
@@ -412,20 +455,20 @@ def check_command(
         if weights is not None:
             wanted.add("weighted_tv")
         names = [name for name in METRICS if name in wanted]
-        params = resolve_params(names, [*config.params, *(param or [])])
+        convention = resolve_convention(preset, scale, y_channel, crop_border)
+        params = resolve_params(names, [*config.params, *(param or [])], convention.param_defaults)
         _check_output_path(junit, "--junit")
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
-        request = EvalRequest(pred, gt, names, params, weights, device, batch_size, workers, precision.value)
+        request = EvalRequest(
+            pred, gt, names, params, weights, device, batch_size, workers, precision.value, convention
+        )
         with _progress(quiet) as on_start:
             evaluation = run_evaluation(request, on_start)
 
-        from . import report
-
         verdict = check.check_frame(evaluation.frame, config)
         _write(junit, lambda: check.to_junit(verdict, evaluation.frame))
-        _write(csv_path, lambda: report.to_csv(evaluation.frame))
-        _write(json_path, lambda: report.to_json(evaluation.frame, evaluation.summary, evaluation.info))
+        _write_reports(csv_path, json_path, evaluation)
         with _stdout_reader_may_leave():
             if github:
                 for line in check.github_annotations(verdict):

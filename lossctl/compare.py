@@ -25,11 +25,7 @@ class LoadedReport:
     path: Path
     frame: pd.DataFrame
     metrics: list[str]
-    params: dict[str, Any] | None  # None: a CSV report, which records no parameters
-
-    @property
-    def kind(self) -> str:
-        return "CSV" if self.params is None else "JSON"
+    params: dict[str, Any] | None  # None: a CSV report without its .meta.json sidecar
 
 
 def _from_json_number(value: Any) -> Any:
@@ -51,7 +47,10 @@ def load_report(path: Path) -> LoadedReport:
             frame = pd.read_csv(
                 path, keep_default_na=False, na_values=[""], dtype={"name": str, "error": str}
             )
-            params = None
+            sidecar = Path(f"{path}.meta.json")
+            params = (
+                json.loads(sidecar.read_text(encoding="utf-8")).get("params") if sidecar.is_file() else None
+            )
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
         raise LossctlError(f"cannot read report {path}: {str(error).splitlines()[0]}") from None
     for column in ("name", "status"):
@@ -156,12 +155,14 @@ def _check_parameters(
         csv = " and ".join(
             f"{which} ({r.path.name})" for which, r in (("BASE", base), ("NEW", new)) if r.params is None
         )
-        notes.append(f"metric parameters not checked: {csv} is CSV, which records none (use --json reports)")
+        notes.append(
+            f"metric parameters not checked: {csv} is CSV without its .meta.json sidecar, which records them"
+        )
         return
     differing = [
-        f"{metric}: {base.params.get(metric, {})} vs {new.params.get(metric, {})}"
-        for metric in metrics
-        if base.params.get(metric, {}) != new.params.get(metric, {})
+        f"{key}: {base.params.get(key, {})} vs {new.params.get(key, {})}"
+        for key in ("convention", *metrics)
+        if base.params.get(key, {}) != new.params.get(key, {})
     ]
     if differing:
         raise LossctlError(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .conventions import Convention
 from .errors import ImageReadError, LossctlError
 from .io import LoadedPair, Pair, load_pair
 from .metrics import METRICS, PairBatch, ParamValue
@@ -33,6 +34,7 @@ class EvalConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     precision: str = "float32"
     with_weights: bool = False
+    convention: Convention = field(default_factory=Convention)
 
 
 @dataclass
@@ -103,6 +105,9 @@ def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch
     """Compute every selected metric for a batch of pairs with equal :attr:`LoadedPair.batch_key`."""
     dtype = PRECISIONS[config.precision]
     first = items[0]
+    convention = config.convention
+    if (problem := convention.check_size(first.pred.height, first.pred.width)) is not None:
+        return [PairResult(pair=item.pair, status="error", error=problem) for item in items]
     raw_pred = _to_device([item.pred.pixels for item in items], device)
     raw_gt = _to_device([item.gt.pixels for item in items], device)
     channels = first.channels
@@ -122,7 +127,9 @@ def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch
     if config.with_weights:
         nan_map = np.full(first.gt.pixels.shape[:2] + (1,), np.nan, dtype=np.float32)
         weight_arrays = [nan_map if item.weight is None else item.weight for item in items]
-        weights = _to_device(weight_arrays, device).to(dtype)
+        weights = convention.apply(_to_device(weight_arrays, device).to(dtype))
+    pred, target = convention.apply(pred), convention.apply(target)
+    diff = None if diff is None else convention.apply(diff, offset=False)
     batch = PairBatch(pred, target, weights, diff=diff)
     _note_nan_images(batch, raw_pred, "pred")
     _note_nan_images(batch, raw_gt, "gt")

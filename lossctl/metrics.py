@@ -108,15 +108,40 @@ def _nan_where(values: torch.Tensor, invalid: torch.Tensor) -> torch.Tensor:
     return values.masked_fill(invalid, float("nan"))
 
 
+def _all_nan(batch: PairBatch, note: str) -> torch.Tensor:
+    batch.note([True] * len(batch.notes), note)
+    return batch.pred.new_full((batch.pred.shape[0],), float("nan"))
+
+
 def _ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
+    window, downsample = int(p["window"]), bool(p["downsample"])
+    height, width = batch.pred.shape[-2:]
+    factor = L.matlab_downsample_factor(height, width) if downsample else 1
+    if min(-(-height // factor), -(-width // factor)) < window:
+        shrunk = f" after downsampling by {factor}" if factor > 1 else ""
+        return _all_nan(batch, f"ssim: {width}x{height} is smaller than the {window}x{window} window{shrunk}")
+    return L.ssim(
+        batch.pred,
+        batch.target,
+        1.0,
+        window,
+        p["sigma"],
+        p["k1"],
+        p["k2"],
+        reduction="none",
+        downsample=downsample,
+    )
+
+
+def _ms_ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     window = int(p["window"])
     height, width = batch.pred.shape[-2:]
-    if min(height, width) < window:
-        batch.note(
-            [True] * len(batch.notes), f"ssim: {width}x{height} is smaller than the {window}x{window} window"
+    smallest = L.ms_ssim_min_size(window)
+    if min(height, width) < smallest:
+        return _all_nan(
+            batch, f"ms_ssim: {width}x{height} is smaller than the {smallest} px that 5 scales need"
         )
-        return batch.pred.new_full((batch.pred.shape[0],), float("nan"))
-    return L.ssim(batch.pred, batch.target, 1.0, window, p["sigma"], p["k1"], p["k2"], reduction="none")
+    return L.ms_ssim(batch.pred, batch.target, 1.0, window, p["sigma"], p["k1"], p["k2"], reduction="none")
 
 
 def _bce(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
@@ -140,6 +165,13 @@ def _non_negative(value: ParamValue) -> bool:
     return value >= 0
 
 
+SSIM_WINDOW = (
+    Param("window", 11, "an odd integer >= 3", lambda v: v >= 3 and v % 2 == 1, integer=True),
+    Param("sigma", 1.5, "> 0", _positive),
+    Param("k1", 0.01, "> 0", _positive),
+    Param("k2", 0.03, "> 0", _positive),
+)
+
 METRICS: dict[str, Metric] = {
     metric.name: metric
     for metric in (
@@ -158,11 +190,16 @@ METRICS: dict[str, Metric] = {
             "SSIM (Wang et al. 2004) as scikit-image: Gaussian window, valid region, mean over channels",
             _ssim,
             (
-                Param("window", 11, "an odd integer >= 3", lambda v: v >= 3 and v % 2 == 1, integer=True),
-                Param("sigma", 1.5, "> 0", _positive),
-                Param("k1", 0.01, "> 0", _positive),
-                Param("k2", 0.03, "> 0", _positive),
+                *SSIM_WINDOW,
+                Param("downsample", 0, "0 or 1 (1: as MATLAB's ssim.m)", lambda v: v in (0, 1), integer=True),
             ),
+        ),
+        Metric(
+            "ms_ssim",
+            "higher",
+            "multi-scale SSIM as pytorch-msssim: 5 scales, NaN under 161 px",
+            _ms_ssim,
+            SSIM_WINDOW,
         ),
         Metric(
             "charbonnier",
@@ -233,9 +270,17 @@ def parse_metric_names(text: str | None) -> list[str]:
     return [name for name in METRICS if name in names]
 
 
-def resolve_params(names: Sequence[str], overrides: Sequence[str]) -> dict[str, dict[str, ParamValue]]:
-    """Default parameters of the metrics ``names``, updated by ``METRIC.KEY=VALUE`` overrides."""
+def resolve_params(
+    names: Sequence[str],
+    overrides: Sequence[str],
+    defaults: Mapping[str, Mapping[str, ParamValue]] | None = None,
+) -> dict[str, dict[str, ParamValue]]:
+    """Default parameters of the metrics ``names`` (updated by a preset's ``defaults``), then the
+    ``METRIC.KEY=VALUE`` overrides."""
     params = {name: METRICS[name].defaults for name in names if METRICS[name].params}
+    for metric, values in (defaults or {}).items():
+        if metric in params:
+            params[metric].update(values)
     for override in overrides:
         target, _, text = override.partition("=")
         metric, _, key = target.strip().partition(".")

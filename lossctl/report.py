@@ -41,6 +41,12 @@ class ReportInfo:
     lossctl_version: str
     torch_version: str
     skipped_files: int = 0
+    convention: dict[str, Any] | None = None
+
+    @property
+    def all_params(self) -> dict[str, Any]:
+        """Every parameter a report needs to be reproduced: the convention and each metric's."""
+        return {"convention": self.convention or {}, **self.params}
 
 
 def results_frame(results: Sequence[PairResult], metrics: Sequence[str]) -> pd.DataFrame:
@@ -136,7 +142,15 @@ def to_csv(frame: pd.DataFrame) -> str:
     return frame.to_csv(index=False, lineterminator="\n")
 
 
-def to_json(frame: pd.DataFrame, summary: dict[str, dict[str, Any]], info: ReportInfo) -> str:
+def sidecar_path(csv_path: Path) -> Path:
+    """Where ``--csv FILE`` records its header (parameters, convention, summary): ``FILE.meta.json``."""
+    return Path(f"{csv_path}.meta.json")
+
+
+def to_json(
+    frame: pd.DataFrame, summary: dict[str, dict[str, Any]], info: ReportInfo, rows: bool = True
+) -> str:
+    """The JSON report; ``rows=False`` gives its header alone (the CSV sidecar)."""
     document = {
         "lossctl": info.lossctl_version,
         "torch": info.torch_version,
@@ -145,11 +159,12 @@ def to_json(frame: pd.DataFrame, summary: dict[str, dict[str, Any]], info: Repor
         "pred": info.pred_root,
         "gt": info.gt_root,
         "metrics": list(info.metrics),
-        "params": info.params,
+        "params": info.all_params,
         "counts": {**status_counts(frame), "skipped_files": info.skipped_files},
         "summary": {name: _clean(entry) for name, entry in summary.items()},
-        "rows": [_clean(record) for record in frame.astype(object).to_dict(orient="records")],
     }
+    if rows:
+        document["rows"] = [_clean(record) for record in frame.astype(object).to_dict(orient="records")]
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
 
 
@@ -159,6 +174,12 @@ def _counts_line(frame: pd.DataFrame, info: ReportInfo) -> str:
     if info.skipped_files:
         line += f" ({info.skipped_files} non-image files skipped)"
     return line
+
+
+def _convention_text(info: ReportInfo) -> str:
+    from .conventions import Convention
+
+    return Convention(**info.convention).describe() if info.convention else "preset skimage"
 
 
 def _psnr_line(summary: dict[str, dict[str, Any]]) -> str | None:
@@ -213,7 +234,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> l
 def to_markdown(
     frame: pd.DataFrame, summary: dict[str, dict[str, Any]], info: ReportInfo, per_image: bool
 ) -> str:
-    out = [f"**lossctl eval** — {_counts_line(frame, info)}", ""]
+    out = [f"**lossctl eval** — {_counts_line(frame, info)} — {_convention_text(info)}", ""]
     out += markdown_table(SUMMARY_HEADER, _summary_rows(summary))
     if (psnr_line := _psnr_line(summary)) is not None:
         out += ["", psnr_line]
@@ -252,7 +273,7 @@ def render_table(
     per_image: bool,
 ) -> None:
     """Print the summary table (and the per-image table) sized to the console's width."""
-    title = f"lossctl eval — {_counts_line(frame, info)}"
+    title = f"lossctl eval — {_counts_line(frame, info)} — {_convention_text(info)}"
     summary_table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for index, header in enumerate(SUMMARY_HEADER):
         summary_table.add_column(header, justify="right" if index else "left", no_wrap=True)

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
+from .conventions import Convention
 from .errors import LossctlError
 from .metrics import ParamValue
 
@@ -29,6 +30,7 @@ class EvalRequest:
     batch_size: int = 16
     workers: int | None = None
     precision: str = "float32"
+    convention: Convention = Convention()
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ def run_evaluation(
         workers=request.workers if request.workers is not None else (os.cpu_count() or 1),
         precision=request.precision,
         with_weights=request.weights_root is not None,
+        convention=request.convention,
     )
     device = resolve_device(request.device)
     on_progress = on_start(len(pairing.pairs)) if on_start else None
@@ -74,5 +77,6 @@ def run_evaluation(
         lossctl_version=__version__,
         torch_version=torch.__version__,
         skipped_files=len(pairing.skipped),
+        convention=request.convention.as_dict(),
     )
     return Evaluation(frame, report.summarize(frame, request.metrics), info)

@@ -114,7 +114,8 @@ def test_json_report_has_rows_summary_params_device_and_versions(tmp_path):
     assert result.exit_code == 0
     document = json.loads(report.read_text())
     assert document["params"]["charbonnier"] == {"eps": 1e-4}
-    assert document["params"]["ssim"] == {"window": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03}
+    assert document["params"]["ssim"] == {"window": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "downsample": 0}
+    assert document["params"]["convention"] == {"preset": "skimage", "y_channel": False, "crop_border": 0}
     assert document["device"] == "cpu" and document["precision"] == "float32"
     assert document["lossctl"] and document["torch"]
     assert document["counts"] == {"pairs": 7, "ok": 7, "error": 0, "unmatched": 0, "skipped_files": 0}

@@ -142,7 +142,14 @@ def test_csv_reports_are_compared_on_the_columns_they_share(tmp_path, base_docum
     result = invoke("compare", base, subset)
     assert result.exit_code == 0, result.output
     assert "only in BASE (base.json), not compared: mse, rmse, ssim" in result.stdout
-    assert "metric parameters not checked: NEW (subset.csv) is CSV" in result.stdout
+    assert "not checked" not in result.stdout  # the CSV's .meta.json sidecar records its parameters
+    (tmp_path / "subset.csv.meta.json").unlink()
+    result = invoke("compare", base, subset)
+    assert result.exit_code == 0
+    assert (
+        "metric parameters not checked: NEW (subset.csv) is CSV without its .meta.json sidecar"
+        in result.stdout
+    )
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from lossctl.metrics import METRICS, parse_metric_names, resolve_params
 from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
 
 METRICS_MD_NAMES = [
-    "l1", "mse", "rmse", "psnr", "ssim", "charbonnier", "smooth_l1", "huber",
+    "l1", "mse", "rmse", "psnr", "ssim", "ms_ssim", "charbonnier", "smooth_l1", "huber",
     "log_cosh", "quantile", "bce", "dice", "tv", "weighted_tv",
 ]  # fmt: skip
 
@@ -34,7 +34,12 @@ def run(pred, gt, metrics=None, weights=None, **options):
 def test_registry_has_exactly_the_metrics_md_names():
     assert list(METRICS) == METRICS_MD_NAMES
     assert {metric.better for metric in METRICS.values()} == {"higher", "lower"}
-    assert [name for name, metric in METRICS.items() if metric.better == "higher"] == ["psnr", "ssim", "dice"]
+    assert [name for name, metric in METRICS.items() if metric.better == "higher"] == [
+        "psnr",
+        "ssim",
+        "ms_ssim",
+        "dice",
+    ]
 
 
 def test_metric_selection_and_parameters():
@@ -44,7 +49,7 @@ def test_metric_selection_and_parameters():
     params = resolve_params(["charbonnier", "ssim"], ["charbonnier.eps=1e-4", "ssim.window=7"])
     assert params == {
         "charbonnier": {"eps": 1e-4},
-        "ssim": {"window": 7, "sigma": 1.5, "k1": 0.01, "k2": 0.03},
+        "ssim": {"window": 7, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "downsample": 0},
     }
     for override, message in [
         ("eps=1", "METRIC.KEY=VALUE"),
@@ -116,7 +121,10 @@ def test_results_do_not_depend_on_batching_or_workers(folders, rng):
         other = run(pred, gt, batch_size=batch_size, workers=workers)
         for name, result in reference.items():
             for metric, value in result.values.items():
-                assert other[name].values[metric] == pytest.approx(value, rel=1e-6, abs=1e-12), (name, metric)
+                assert other[name].values[metric] == pytest.approx(value, rel=1e-6, abs=1e-12, nan_ok=True), (
+                    name,
+                    metric,
+                )
 
 
 def test_grayscale_prediction_is_repeated_against_rgb_ground_truth(folders, rng):
@@ -160,10 +168,16 @@ def test_undefined_values_are_nan_with_a_note_and_the_pair_stays_ok(folders, rng
     results = run(pred, gt)
     tiny, floating = results["tiny"], results["float"]
     assert tiny.status == "ok" and math.isnan(tiny.values["ssim"])
-    assert tiny.notes == ["ssim: 9x8 is smaller than the 11x11 window"]
+    assert tiny.notes == [
+        "ssim: 9x8 is smaller than the 11x11 window",
+        "ms_ssim: 9x8 is smaller than the 161 px that 5 scales need",
+    ]
     assert not math.isnan(tiny.values["psnr"])
     assert floating.status == "ok" and math.isnan(floating.values["bce"])
-    assert floating.notes == ["bce: prediction outside [0, 1]"]
+    assert floating.notes == [
+        "ms_ssim: 16x16 is smaller than the 161 px that 5 scales need",
+        "bce: prediction outside [0, 1]",
+    ]
 
 
 def test_weight_maps_drive_weighted_tv_and_missing_ones_are_noted(tmp_path, folders, rng):

@@ -26,6 +26,7 @@ from .modules import (
     L1Loss,
     LogCoshLoss,
     MSELoss,
+    MSSSIMLoss,
     PSNRLoss,
     QuantileLoss,
     RMSELoss,
@@ -55,7 +56,15 @@ from .pixel import (
     smooth_l1_loss,
     squared_error,
 )
-from .ssim import ssim, ssim_loss
+from .ssim import (
+    matlab_downsample,
+    matlab_downsample_factor,
+    ms_ssim,
+    ms_ssim_loss,
+    ms_ssim_min_size,
+    ssim,
+    ssim_loss,
+)
 from .tv import edge_aware_weights, image_gradients, tv_loss, weighted_tv_loss
 
 __all__ = [
@@ -68,6 +77,7 @@ __all__ = [
     "L1Loss",
     "LogCoshLoss",
     "MSELoss",
+    "MSSSIMLoss",
     "PSNRLoss",
     "QuantileLoss",
     "RMSELoss",
@@ -105,6 +115,11 @@ __all__ = [
     "smooth_l1_error",
     "smooth_l1_loss",
     "squared_error",
+    "matlab_downsample",
+    "matlab_downsample_factor",
+    "ms_ssim",
+    "ms_ssim_loss",
+    "ms_ssim_min_size",
     "ssim",
     "ssim_loss",
     "tv_loss",

@@ -18,7 +18,7 @@ from .pixel import (
     rmse,
     smooth_l1_loss,
 )
-from .ssim import check_ssim_window, ssim_loss
+from .ssim import check_ssim_window, ms_ssim_loss, ssim_loss
 from .tv import tv_loss, weighted_tv_loss
 
 
@@ -197,5 +197,14 @@ class SSIMLoss(_Loss):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return ssim_loss(
+            pred, target, self.data_range, self.window_size, self.sigma, self.k1, self.k2, self.reduction
+        )
+
+
+class MSSSIMLoss(SSIMLoss):
+    """``1 - ms_ssim`` per image; see :func:`lossctl.losses.ms_ssim`."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ms_ssim_loss(
             pred, target, self.data_range, self.window_size, self.sigma, self.k1, self.k2, self.reduction
         )

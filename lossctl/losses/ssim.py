@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-from ._common import check_pair, per_image_mean, reduce
+from ._common import check_pair, reduce
 
 
 def gaussian_window(size: int, sigma: float) -> tuple[float, ...]:
@@ -49,34 +50,10 @@ def check_ssim_window(window_size: int, sigma: float) -> None:
         raise ValueError(f"sigma must be > 0; got {sigma}")
 
 
-def ssim(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    data_range: float = 1.0,
-    window_size: int = 11,
-    sigma: float = 1.5,
-    k1: float = 0.01,
-    k2: float = 0.03,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """Mean SSIM of each image pair over its valid region and channels.
-
-    ``pred``, ``target``: ``(N, C, H, W)`` with ``H, W >= window_size``. With ``C1 = (k1 L)^2``,
-    ``C2 = (k2 L)^2`` and Gaussian-weighted local means ``mu``, variances ``sigma^2`` and covariance
-    ``sigma_xy``::
-
-        SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2))
-
-    ``reduction='none'`` gives the ``(N,)`` per-image SSIM. Higher is better (1 for identical images).
-    """
-    pred, target = check_pair(pred, target, image=True)
-    check_ssim_window(window_size, sigma)
-    height, width = pred.shape[-2:]
-    if height < window_size or width < window_size:
-        raise ValueError(
-            f"images of {height}x{width} are smaller than the {window_size}x{window_size} SSIM window"
-        )
-    taps = gaussian_window(window_size, sigma)
+def _ssim_and_contrast_structure(
+    pred: torch.Tensor, target: torch.Tensor, data_range: float, taps: tuple[float, ...], k1: float, k2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means over the valid region of the SSIM map and of its contrast-structure term, ``(N, C)`` each."""
     # Variances are differences of two large terms (E[x^2] - E[x]^2); centring each channel first
     # keeps float32 within 1e-5 of float64. SSIM's variances do not depend on the shift.
     shift = ((pred + target) / 2).mean(dim=(2, 3), keepdim=True).detach()
@@ -89,8 +66,80 @@ def ssim(
     mu_x, mu_y = mean_x + shift, mean_y + shift
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     luminance = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
-    structure = (2 * cov_xy + c2) / (var_x + var_y + c2)
-    return reduce(per_image_mean(luminance * structure), reduction)
+    contrast_structure = (2 * cov_xy + c2) / (var_x + var_y + c2)
+    return (luminance * contrast_structure).mean(dim=(2, 3)), contrast_structure.mean(dim=(2, 3))
+
+
+def _check_size(pred: torch.Tensor, smallest: int, what: str) -> None:
+    height, width = pred.shape[-2:]
+    if height < smallest or width < smallest:
+        raise ValueError(f"images of {height}x{width} are smaller than {what}")
+
+
+def matlab_downsample_factor(height: int, width: int) -> int:
+    """``max(1, round(min(H, W) / 256))`` with MATLAB's rounding (halves away from zero)."""
+    return max(1, math.floor(min(height, width) / 256 + 0.5))
+
+
+def _matlab_downsample_along(images: torch.Tensor, factor: int, dim: int) -> torch.Tensor:
+    dim %= images.dim()
+    size = images.shape[dim]
+    before = (factor + 1) // 2 - 1  # MATLAB's kernel centre is floor((f + 1) / 2), 1-based
+    rows = []
+    for start in range(0, size, factor):
+        for k in range(factor):
+            index = start - before + k
+            rows.append(-index - 1 if index < 0 else 2 * size - index - 1 if index >= size else index)
+    picked = images.index_select(dim, torch.tensor(rows, device=images.device))
+    shape = list(images.shape)
+    shape[dim : dim + 1] = [len(rows) // factor, factor]
+    return picked.reshape(shape).mean(dim=dim + 1)
+
+
+def matlab_downsample(images: torch.Tensor) -> torch.Tensor:
+    """The downsampling of the original ``ssim.m``: a ``f x f`` mean filter with symmetric padding
+    ('same'), then every ``f``-th pixel from the first, ``f = max(1, round(min(H, W) / 256))``.
+
+    For even ``f`` this is ``f x f`` block averaging (``avg_pool2d``, as piq and pyiqa do); for odd
+    ``f`` MATLAB's window is centred on the kept pixel.
+    """
+    factor = matlab_downsample_factor(*images.shape[-2:])
+    if factor == 1:
+        return images
+    return _matlab_downsample_along(_matlab_downsample_along(images, factor, -2), factor, -1)
+
+
+def ssim(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    reduction: str = "mean",
+    downsample: bool = False,
+) -> torch.Tensor:
+    """Mean SSIM of each image pair over its valid region and channels.
+
+    ``pred``, ``target``: ``(N, C, H, W)`` with ``H, W >= window_size``. With ``C1 = (k1 L)^2``,
+    ``C2 = (k2 L)^2`` and Gaussian-weighted local means ``mu``, variances ``sigma^2`` and covariance
+    ``sigma_xy``::
+
+        SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2))
+
+    ``downsample=True`` first applies :func:`matlab_downsample`, as MATLAB's original ``ssim.m``.
+    ``reduction='none'`` gives the ``(N,)`` per-image SSIM. Higher is better (1 for identical images).
+    """
+    pred, target = check_pair(pred, target, image=True)
+    check_ssim_window(window_size, sigma)
+    if downsample:
+        pred, target = matlab_downsample(pred), matlab_downsample(target)
+    _check_size(pred, window_size, f"the {window_size}x{window_size} SSIM window")
+    per_channel, _ = _ssim_and_contrast_structure(
+        pred, target, data_range, gaussian_window(window_size, sigma), k1, k2
+    )
+    return reduce(per_channel.mean(dim=1), reduction)
 
 
 def ssim_loss(
@@ -105,4 +154,67 @@ def ssim_loss(
 ) -> torch.Tensor:
     """``1 - ssim(pred, target)`` per image (see :func:`ssim`)."""
     score = ssim(pred, target, data_range, window_size, sigma, k1, k2, reduction="none")
+    return reduce(1.0 - score, reduction)
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim_min_size(window_size: int = 11, scales: int = len(MS_SSIM_WEIGHTS)) -> int:
+    """The shortest side MS-SSIM accepts: ``(window_size - 1) * 2^(scales - 1) + 1`` (161 by default)."""
+    return (window_size - 1) * 2 ** (scales - 1) + 1
+
+
+def ms_ssim(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    weights: tuple[float, ...] = MS_SSIM_WEIGHTS,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Multi-scale SSIM (Wang, Simoncelli and Bovik 2003) as pytorch-msssim computes it.
+
+    At each of the ``len(weights)`` scales the valid-region SSIM terms are taken per channel; the
+    contrast-structure term of every scale but the last, and the full SSIM of the last, are clipped
+    at 0 (ReLU), raised to their weight and multiplied; scales are 2x2 average-pooled (zero padding
+    of 1 on odd sides, counted in the mean). The result is averaged over channels.
+    ``pred``, ``target``: ``(N, C, H, W)`` with ``min(H, W) >= 161`` for the defaults.
+    Equals ``pytorch_msssim.ms_ssim(pred, target, data_range, size_average=False)``.
+    ``reduction='none'`` gives ``(N,)``.
+    """
+    pred, target = check_pair(pred, target, image=True)
+    check_ssim_window(window_size, sigma)
+    smallest = ms_ssim_min_size(window_size, len(weights))
+    _check_size(pred, smallest, f"the {smallest} px MS-SSIM needs for {len(weights)} scales")
+    taps = gaussian_window(window_size, sigma)
+    factors = []
+    for scale in range(len(weights)):
+        full, contrast_structure = _ssim_and_contrast_structure(pred, target, data_range, taps, k1, k2)
+        if scale < len(weights) - 1:
+            factors.append(F.relu(contrast_structure))
+            padding = [side % 2 for side in pred.shape[-2:]]
+            pred = F.avg_pool2d(pred, kernel_size=2, padding=padding)
+            target = F.avg_pool2d(target, kernel_size=2, padding=padding)
+    factors.append(F.relu(full))
+    exponents = torch.tensor(weights, dtype=pred.dtype, device=pred.device).view(-1, 1, 1)
+    per_channel = torch.prod(torch.stack(factors) ** exponents, dim=0)
+    return reduce(per_channel.mean(dim=1), reduction)
+
+
+def ms_ssim_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``1 - ms_ssim(pred, target)`` per image (see :func:`ms_ssim`)."""
+    score = ms_ssim(pred, target, data_range, window_size, sigma, k1, k2, reduction="none")
     return reduce(1.0 - score, reduction)
