@@ -55,6 +55,12 @@ class MetricsFormat(str, Enum):
     json = "json"
 
 
+class PredKind(str, Enum):
+    auto = "auto"
+    probs = "probs"
+    logits = "logits"
+
+
 class Precision(str, Enum):
     float32 = "float32"
     float64 = "float64"
@@ -127,6 +133,28 @@ CropBorderOption = Annotated[
         "--crop-border",
         metavar="N",
         help="Drop N pixels on every side before every metric \\[default: the preset's].",
+        show_default=False,
+    ),
+]
+PredKindOption = Annotated[
+    PredKind,
+    typer.Option(
+        "--pred-kind",
+        help="Segmentation .npy predictions hold probabilities or logits (auto: probabilities if they sum to 1).",
+    ),
+]
+IgnoreIndexOption = Annotated[
+    int | None,
+    typer.Option(
+        "--ignore-index", metavar="N", help="Label of pixels that segmentation metrics skip (VOC: 255)."
+    ),
+]
+ThresholdOption = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        metavar="T",
+        help="Binary masks: iou counts prediction >= T as foreground \\[default: 0.5].",
         show_default=False,
     ),
 ]
@@ -246,6 +274,15 @@ def _write(path: Path | None, make_text: Callable[[], str]) -> None:
         raise LossctlError(f"cannot write {path}: {error.strerror or error}") from None
 
 
+def _threshold_override(threshold: float | None, names: list[str]) -> list[str]:
+    """``--threshold T`` is ``--param iou.threshold=T``."""
+    if threshold is None:
+        return []
+    if "iou" not in names:
+        raise LossctlError("--threshold is used by iou, which is not among the selected metrics")
+    return [f"iou.threshold={threshold!r}"]
+
+
 def _write_reports(csv_path: Path | None, json_path: Path | None, evaluation) -> None:
     """``--csv`` (with its ``.meta.json`` sidecar of parameters and summary) and ``--json``."""
     from . import report
@@ -299,6 +336,9 @@ def eval_command(
     scale: ScaleOption = None,
     y_channel: YChannelOption = None,
     crop_border: CropBorderOption = None,
+    pred_kind: PredKindOption = PredKind.auto,
+    ignore_index: IgnoreIndexOption = None,
+    threshold: ThresholdOption = None,
     csv_path: CsvOption = None,
     json_path: JsonOption = None,
     output_format: Annotated[
@@ -321,9 +361,22 @@ def eval_command(
     with _reported_errors(debug):
         names = parse_metric_names(metrics)
         convention = resolve_convention(preset, scale, y_channel, crop_border)
-        params = resolve_params(names, param or [], convention.param_defaults)
+        overrides = [*(param or []), *_threshold_override(threshold, names)]
+        params = resolve_params(names, overrides, convention.param_defaults)
         request = EvalRequest(
-            pred, gt, names, params, weights, device, batch_size, workers, precision.value, convention
+            pred,
+            gt,
+            names,
+            params,
+            weights,
+            device,
+            batch_size,
+            workers,
+            precision.value,
+            convention,
+            pred_kind.value,
+            ignore_index,
+            all_metrics=metrics is None,
         )
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
@@ -417,6 +470,9 @@ def check_command(
     scale: ScaleOption = None,
     y_channel: YChannelOption = None,
     crop_border: CropBorderOption = None,
+    pred_kind: PredKindOption = PredKind.auto,
+    ignore_index: IgnoreIndexOption = None,
+    threshold: ThresholdOption = None,
     csv_path: CsvOption = None,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
@@ -456,12 +512,24 @@ def check_command(
             wanted.add("weighted_tv")
         names = [name for name in METRICS if name in wanted]
         convention = resolve_convention(preset, scale, y_channel, crop_border)
-        params = resolve_params(names, [*config.params, *(param or [])], convention.param_defaults)
+        overrides = [*config.params, *(param or []), *_threshold_override(threshold, names)]
+        params = resolve_params(names, overrides, convention.param_defaults)
         _check_output_path(junit, "--junit")
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
         request = EvalRequest(
-            pred, gt, names, params, weights, device, batch_size, workers, precision.value, convention
+            pred,
+            gt,
+            names,
+            params,
+            weights,
+            device,
+            batch_size,
+            workers,
+            precision.value,
+            convention,
+            pred_kind.value,
+            ignore_index,
         )
         with _progress(quiet) as on_start:
             evaluation = run_evaluation(request, on_start)

@@ -11,15 +11,15 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from .conventions import Convention
 from .errors import ImageReadError, LossctlError
-from .io import LoadedPair, Pair, load_pair
-from .metrics import METRICS, PairBatch, ParamValue
+from .io import SCORE_EXTENSION, LoadedPair, LoadedSegmentation, Pair, load_pair
+from .metrics import METRICS, PairBatch, ParamValue, SegmentationBatch
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 MAX_BATCH_VALUES = 1 << 25  # values per input tensor of a batch; SSIM needs about 10x that in memory
@@ -35,6 +35,11 @@ class EvalConfig:
     precision: str = "float32"
     with_weights: bool = False
     convention: Convention = field(default_factory=Convention)
+    pred_kind: str = (
+        "auto"  # segmentation scores: "probs", "logits" or "auto" (probabilities if they sum to 1)
+    )
+    ignore_index: int | None = None
+    num_classes: int | None = None  # set by evaluate() from the first segmentation prediction
 
 
 @dataclass
@@ -137,8 +142,7 @@ def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch
         if item.weight_problem and "weighted_tv" in config.metrics:
             batch.notes[index].append(f"weighted_tv: {item.weight_problem}")
     with torch.no_grad():
-        columns = [METRICS[name].compute(batch, config.params.get(name, {})) for name in config.metrics]
-        values = torch.stack([column.to(torch.float64) for column in columns]).cpu().tolist()
+        values = _metric_values(batch, config, lambda metric: metric.compute)
     return [
         PairResult(
             pair=item.pair,
@@ -148,10 +152,117 @@ def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch
             channels=item.channels,
             bit_depth=item.bit_depth,
             notes=batch.notes[index],
-            values={name: values[row][index] for row, name in enumerate(config.metrics)},
+            values=values[index],
         )
         for index, item in enumerate(items)
     ]
+
+
+def _metric_values(batch, config: EvalConfig, kernel_of) -> list[dict[str, float]]:
+    """Each image's values of the selected metrics that apply to this kind of batch (NaN for the
+    others), with one device-to-host copy for the whole batch."""
+    count = len(batch.notes)
+    nan = torch.full((count,), float("nan"), dtype=torch.float64)
+    columns = []
+    for name in config.metrics:
+        kernel = kernel_of(METRICS[name])
+        columns.append(
+            nan if kernel is None else kernel(batch, config.params.get(name, {})).to(torch.float64).cpu()
+        )
+    values = torch.stack(columns).tolist() if columns else [[] for _ in range(count)]
+    rows = [{name: values[row][index] for row, name in enumerate(config.metrics)} for index in range(count)]
+    for name, per_class in getattr(batch, "per_class", {}).items():
+        for index, classes in enumerate(per_class.to(torch.float64).cpu().tolist()):
+            rows[index].update({f"{name}_class_{k}": value for k, value in enumerate(classes)})
+    return rows
+
+
+def compute_segmentation_batch(
+    items: Sequence[LoadedSegmentation], config: EvalConfig, device: torch.device
+) -> list[PairResult]:
+    """Segmentation metrics for same-shaped ``.npy`` predictions and their label maps.
+
+    Per-pair errors: a class count other than the run's, labels outside the classes (unless
+    ``ignore_index``), and, under ``pred_kind='probs'``, scores that are not probabilities.
+    """
+    dtype = PRECISIONS[config.precision]
+    scores = torch.from_numpy(np.stack([item.scores for item in items])).to(device).to(dtype)
+    labels = torch.from_numpy(np.stack([item.labels for item in items])).to(device)
+    classes = scores.shape[1]
+    valid = (
+        labels != config.ignore_index
+        if config.ignore_index is not None
+        else torch.ones_like(labels, dtype=torch.bool)
+    )
+    outside = (((labels < 0) | (labels >= classes)) & valid).flatten(1)
+    in_range = ((scores >= 0) & (scores <= 1)).flatten(1).all(dim=1)
+    deviation = (scores.sum(dim=1) - 1).abs().flatten(1).amax(dim=1)
+    is_probs = in_range & (deviation <= 1e-3)
+    problems: list[str | None] = []
+    for index in range(len(items)):
+        if config.num_classes is not None and classes != config.num_classes:
+            problems.append(
+                f"prediction has {classes} classes, but this run's first prediction has {config.num_classes}"
+            )
+        elif outside[index].any():
+            label = int(labels[index].flatten()[outside[index]][0])
+            ignore = f" or --ignore-index {config.ignore_index}" if config.ignore_index is not None else ""
+            problems.append(
+                f"label {label} is not a class of the {classes}-class prediction (0..{classes - 1}{ignore})"
+            )
+        elif config.pred_kind == "probs" and not is_probs[index]:
+            problems.append(
+                f"scores are not probabilities (in [0, 1], summing to 1; largest deviation {float(deviation[index]):.3g}); use --pred-kind logits"
+            )
+        else:
+            problems.append(None)
+    good = [index for index, problem in enumerate(problems) if problem is None]
+    results = {
+        index: PairResult(pair=items[index].pair, status="error", error=problem)
+        for index, problem in enumerate(problems)
+        if problem is not None
+    }
+    if good:
+        keep = torch.tensor(good, device=device)
+        scores, labels, valid = scores[keep], labels[keep], valid[keep]
+        probabilities = (
+            is_probs[keep]
+            if config.pred_kind == "auto"
+            else torch.full_like(keep, config.pred_kind == "probs", dtype=torch.bool)
+        )
+        log_probs = torch.where(
+            probabilities.view(-1, 1, 1, 1), scores.log(), torch.log_softmax(scores, dim=1)
+        )
+        batch = SegmentationBatch(log_probs, labels.where(valid, 0), valid)
+        with torch.no_grad():
+            values = _metric_values(batch, config, lambda metric: metric.segmentation)
+        for position, index in enumerate(good):
+            item = items[index]
+            kind = "probabilities" if bool(probabilities[position]) else "logits"
+            results[index] = PairResult(
+                pair=item.pair,
+                status="ok",
+                height=item.height,
+                width=item.width,
+                channels=classes,
+                bit_depth=item.bit_depth,
+                notes=[f"scores read as {kind}", *batch.notes[position]],
+                values=values[position],
+            )
+    return [results[index] for index in range(len(items))]
+
+
+def first_class_count(pairs: Sequence[Pair]) -> int | None:
+    """The class count of the first ``.npy`` prediction (by name) that can be read, from its header."""
+    for pair in pairs:
+        if pair.pred is not None and pair.pred.suffix.lower() == SCORE_EXTENSION:
+            try:
+                shape = np.load(pair.pred, mmap_mode="r", allow_pickle=False).shape
+            except (OSError, ValueError, EOFError):
+                continue
+            if len(shape) == 3:
+                return int(shape[0])
+    return None
 
 
 def _load(pair: Pair, with_weights: bool) -> LoadedPair | PairResult:
@@ -161,9 +272,9 @@ def _load(pair: Pair, with_weights: bool) -> LoadedPair | PairResult:
         return PairResult(pair=pair, status="error", error=str(error))
 
 
-def _batch_values(items: Sequence[LoadedPair]) -> int:
+def _batch_values(items: Sequence[LoadedPair | LoadedSegmentation]) -> int:
     first = items[0]
-    return len(items) * first.channels * first.pred.height * first.pred.width
+    return len(items) * first.channels * first.height * first.width
 
 
 class _Batcher:
@@ -220,6 +331,8 @@ def evaluate(
         raise LossctlError(f"--batch-size must be at least 1; got {config.batch_size}")
     if config.workers < 1:
         raise LossctlError(f"--workers must be at least 1; got {config.workers}")
+    if config.pred_kind not in ("auto", "probs", "logits"):
+        raise LossctlError(f"--pred-kind must be auto, probs or logits; got {config.pred_kind!r}")
     if config.precision not in PRECISIONS:
         raise LossctlError(f"--precision must be float32 or float64; got {config.precision!r}")
     device = resolve_device(config.device)
@@ -241,13 +354,20 @@ def evaluate(
     )
     batcher = _Batcher(config.batch_size, max_buffered=4 * config.batch_size)
     prefetch = 2 * config.batch_size + 2 * config.workers
+    config = replace(config, num_classes=first_class_count(computable))
+
+    def compute(ready: list[LoadedPair | LoadedSegmentation]) -> list[PairResult]:
+        if isinstance(ready[0], LoadedSegmentation):
+            return compute_segmentation_batch(ready, config, device)
+        return compute_batch(ready, config, device)
+
     for item in _decoded(computable, config, prefetch):
         if isinstance(item, PairResult):
             record([item])
         elif (ready := batcher.add(item)) is not None:
-            record(compute_batch(ready, config, device))
+            record(compute(ready))
     for ready in batcher.drain():
-        record(compute_batch(ready, config, device))
+        record(compute(ready))
     return [results[pair.name] for pair in pairs]
 
 

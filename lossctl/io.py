@@ -21,6 +21,9 @@ from .errors import ImageReadError, LossctlError
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
+SCORE_EXTENSION = ".npy"  # segmentation predictions: C x H x W class probabilities or logits
+INPUT_EXTENSIONS = IMAGE_EXTENSIONS | {SCORE_EXTENSION}
+LABEL_MODES = {"L", "P", "1", "I;16", "I;16L", "I;16B", "I;16N", "I"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
 PNG_GRAY_ALPHA = 4
@@ -86,6 +89,14 @@ class LoadedPair:
     weight_problem: str | None = None
 
     @property
+    def height(self) -> int:
+        return self.pred.height
+
+    @property
+    def width(self) -> int:
+        return self.pred.width
+
+    @property
     def channels(self) -> int:
         return max(self.pred.channels, self.gt.channels)
 
@@ -111,6 +122,36 @@ class LoadedPair:
         )
 
 
+@dataclass(frozen=True)
+class LoadedSegmentation:
+    """A segmentation pair: class scores ``(C, H, W)`` and a label map ``(H, W)`` of class indices."""
+
+    pair: Pair
+    scores: np.ndarray
+    labels: np.ndarray
+    label_bit_depth: int
+
+    @property
+    def height(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.labels.shape[1]
+
+    @property
+    def channels(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def bit_depth(self) -> int:
+        return self.label_bit_depth
+
+    @property
+    def batch_key(self) -> tuple:
+        return ("segmentation", *self.scores.shape, self.scores.dtype.str)
+
+
 def find_images(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     """Map each image's key (relative path without extension, '/'-separated) to its files.
 
@@ -132,7 +173,7 @@ def find_images(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
         subdirectories.sort()
         for file_name in sorted(files):
             path = Path(directory) / file_name
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            if path.suffix.lower() not in INPUT_EXTENSIONS:
                 skipped.append(path)
                 continue
             key = path.relative_to(root).with_suffix("").as_posix()
@@ -315,13 +356,71 @@ def _load_weight(path: Path | None, height: int, width: int) -> tuple[np.ndarray
     return (weight.pixels.astype(np.float32) / np.float32(weight.scale)), None
 
 
-def load_pair(pair: Pair, with_weights: bool = False) -> LoadedPair:
+def decode_scores(path: Path) -> np.ndarray:
+    """A segmentation prediction: a ``.npy`` array ``C x H x W`` of probabilities or logits."""
+    try:
+        scores = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise ImageReadError(
+            f"not a readable .npy array ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        ) from None
+    if scores.ndim != 3:
+        raise ImageReadError(f"a segmentation prediction must be C x H x W; this array is {scores.shape}")
+    if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
+        raise ImageReadError(f"a segmentation prediction must hold numbers; this array holds {scores.dtype}")
+    return np.ascontiguousarray(scores, dtype=np.float64 if scores.dtype == np.float64 else np.float32)
+
+
+def decode_label_map(path: Path) -> tuple[np.ndarray, int]:
+    """A ground-truth label map: single-channel class indices (8- or 16-bit; a palette PNG's indices)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in LABEL_MODES:
+                raise ImageReadError(
+                    f"a label map must be single-channel class indices; this image is {image.mode}"
+                )
+            labels = np.asarray(image)
+    except UnidentifiedImageError:
+        raise ImageReadError("not a recognised image file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageReadError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+    bit_depth = 1 if labels.dtype == bool else 16 if labels.dtype.itemsize > 1 else 8
+    return labels.astype(np.int64), bit_depth
+
+
+def load_segmentation(pair: Pair) -> LoadedSegmentation:
+    """Decode a ``.npy`` prediction and its label map; raise :class:`ImageReadError` on a mismatch."""
+    assert pair.pred is not None and pair.gt is not None, "load_segmentation needs a matched pair"
+    try:
+        scores = decode_scores(pair.pred)
+    except ImageReadError as error:
+        raise ImageReadError(f"pred {pair.pred.name}: {error}") from None
+    if pair.gt.suffix.lower() == SCORE_EXTENSION:
+        raise ImageReadError(f"gt {pair.gt.name}: the ground truth of a segmentation must be a label image")
+    try:
+        labels, bit_depth = decode_label_map(pair.gt)
+    except ImageReadError as error:
+        raise ImageReadError(f"gt {pair.gt.name}: {error}") from None
+    if scores.shape[1:] != labels.shape:
+        raise ImageReadError(
+            f"size mismatch: pred is {scores.shape[2]}x{scores.shape[1]}, gt is {labels.shape[1]}x{labels.shape[0]}"
+        )
+    return LoadedSegmentation(pair, scores, labels, bit_depth)
+
+
+def load_pair(pair: Pair, with_weights: bool = False) -> LoadedPair | LoadedSegmentation:
     """Decode both sides of a pair and check that they can be compared.
 
-    Raises :class:`ImageReadError` when a file is unreadable or the sizes differ. A missing or
-    unusable weight map is not an error for the pair: it is reported in ``weight_problem``.
+    A ``.npy`` prediction makes a segmentation pair (:func:`load_segmentation`). Raises
+    :class:`ImageReadError` when a file is unreadable or the sizes differ. A missing or unusable
+    weight map is not an error for the pair: it is reported in ``weight_problem``.
     """
     assert pair.pred is not None and pair.gt is not None, "load_pair needs a matched pair"
+    if pair.pred.suffix.lower() == SCORE_EXTENSION:
+        return load_segmentation(pair)
+    if pair.gt.suffix.lower() == SCORE_EXTENSION:
+        raise ImageReadError(f"gt {pair.gt.name}: a .npy ground truth needs a .npy prediction")
     pred = _decode_side(pair.pred, "pred")
     gt = _decode_side(pair.gt, "gt")
     if (pred.height, pred.width) != (gt.height, gt.width):

@@ -91,13 +91,56 @@ class PairBatch:
                 self.notes[index].append(text)
 
 
+class SegmentationBatch:
+    """Same-shaped segmentation pairs on the device: ``log_probs`` ``(N, C, H, W)`` and ``labels``
+    ``(N, H, W)`` (ignored pixels hold any class; ``valid`` marks the others).
+
+    Per-class values (``(N, C)``, NaN for a class in neither the labels nor the prediction) are
+    collected in ``per_class`` for the report's ``dice_class_K`` / ``iou_class_K`` columns.
+    """
+
+    def __init__(self, log_probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor):
+        self.log_probs, self.labels, self.valid = log_probs, labels, valid
+        self.notes: list[list[str]] = [[] for _ in range(labels.shape[0])]
+        self.per_class: dict[str, torch.Tensor] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return self.log_probs.shape[1]
+
+    @cached_property
+    def predicted(self) -> torch.Tensor:
+        return self.log_probs.argmax(dim=1)
+
+    @cached_property
+    def overlaps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return L.class_overlaps(self.predicted, self.labels, self.num_classes, self.valid)
+
+    @cached_property
+    def valid_pixels(self) -> torch.Tensor:
+        return self.valid.flatten(1).sum(dim=1)
+
+    def absent(self) -> torch.Tensor:
+        """``(N, C)``: classes in neither the (valid) labels nor the predicted map."""
+        _, predicted, truth = self.overlaps
+        return (predicted + truth) == 0
+
+    def note(self, images: Sequence[bool], text: str) -> None:
+        for index, flagged in enumerate(images):
+            if flagged:
+                self.notes[index].append(text)
+
+
 @dataclass(frozen=True)
 class Metric:
+    """A metric of image pairs (``compute``), of segmentation pairs (``segmentation``), or both."""
+
     name: str
     better: str  # "higher" or "lower"
     definition: str
-    compute: Callable[[PairBatch, Mapping[str, ParamValue]], torch.Tensor]
+    compute: Callable[[PairBatch, Mapping[str, ParamValue]], torch.Tensor] | None
     params: tuple[Param, ...] = field(default=())
+    segmentation: Callable[[SegmentationBatch, Mapping[str, ParamValue]], torch.Tensor] | None = None
 
     @property
     def defaults(self) -> dict[str, ParamValue]:
@@ -155,6 +198,38 @@ def _weighted_tv(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     if batch.weights is None:
         return L.weighted_tv_loss(batch.pred, L.edge_aware_weights(batch.target), reduction="none")
     return L.weighted_tv_loss(batch.pred, batch.weights, reduction="none")
+
+
+def _class_mean(batch: SegmentationBatch, name: str, per_class: torch.Tensor) -> torch.Tensor:
+    per_class = per_class.masked_fill(batch.absent(), float("nan"))
+    batch.per_class[name] = per_class
+    return per_class.nanmean(dim=1)
+
+
+def _segmentation_dice(batch: SegmentationBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
+    probs = batch.log_probs.exp() * batch.valid.unsqueeze(1)
+    one_hot = L.one_hot_labels(batch.labels, batch.num_classes, probs.dtype) * batch.valid.unsqueeze(1)
+    intersection = (probs * one_hot).sum(dim=(2, 3))
+    total = probs.sum(dim=(2, 3)) + one_hot.sum(dim=(2, 3))
+    return _class_mean(batch, "dice", L.dice_from_sums(intersection, total))
+
+
+def _segmentation_iou(batch: SegmentationBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
+    hits, predicted, truth = (count.to(batch.log_probs.dtype) for count in batch.overlaps)
+    return _class_mean(batch, "iou", hits / (predicted + truth - hits))
+
+
+def _cross_entropy(batch: SegmentationBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
+    picked = batch.log_probs.gather(1, batch.labels.unsqueeze(1)).squeeze(1)
+    total = (-picked).where(batch.valid, 0.0).flatten(1).sum(dim=1)
+    empty = batch.valid_pixels == 0
+    batch.note(empty.tolist(), "ce: every pixel is --ignore-index")
+    return (total / batch.valid_pixels.clamp_min(1)).masked_fill(empty, float("nan"))
+
+
+def _pixel_accuracy(batch: SegmentationBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
+    hits = batch.overlaps[0].sum(dim=1).to(batch.log_probs.dtype)
+    return hits / batch.valid_pixels.to(hits.dtype)
 
 
 def _positive(value: ParamValue) -> bool:
@@ -238,8 +313,31 @@ METRICS: dict[str, Metric] = {
         Metric(
             "dice",
             "higher",
-            "soft Dice 2 sum(p g) / (sum(p) + sum(g)); 1 when both are empty",
+            "soft Dice 2 sum(p g) / (sum(p) + sum(g)); 1 when both are empty; segmentation: mean over classes",
             lambda b, p: L.dice_coefficient(b.pred, b.target, reduction="none"),
+            segmentation=_segmentation_dice,
+        ),
+        Metric(
+            "iou",
+            "higher",
+            "intersection over union of p >= threshold and g >= 0.5; segmentation: mean over classes of argmax",
+            lambda b, p: L.binary_iou(b.pred, b.target, p["threshold"], reduction="none"),
+            (Param("threshold", 0.5, "in [0, 1]", lambda v: 0 <= v <= 1),),
+            segmentation=_segmentation_iou,
+        ),
+        Metric(
+            "ce",
+            "lower",
+            "segmentation: cross-entropy of the class scores against the label map (torch cross_entropy)",
+            None,
+            segmentation=_cross_entropy,
+        ),
+        Metric(
+            "pixel_accuracy",
+            "higher",
+            "segmentation: share of pixels whose argmax class is the label",
+            None,
+            segmentation=_pixel_accuracy,
         ),
         Metric(
             "tv",

@@ -42,11 +42,13 @@ class ReportInfo:
     torch_version: str
     skipped_files: int = 0
     convention: dict[str, Any] | None = None
+    segmentation: dict[str, Any] | None = None
 
     @property
     def all_params(self) -> dict[str, Any]:
         """Every parameter a report needs to be reproduced: the convention and each metric's."""
-        return {"convention": self.convention or {}, **self.params}
+        extra = {"segmentation": self.segmentation} if self.segmentation else {}
+        return {"convention": self.convention or {}, **extra, **self.params}
 
 
 def results_frame(results: Sequence[PairResult], metrics: Sequence[str]) -> pd.DataFrame:
@@ -64,10 +66,11 @@ def results_frame(results: Sequence[PairResult], metrics: Sequence[str]) -> pd.D
             "error": result.error,
             "notes": "; ".join(result.notes),
             **{name: result.values.get(name, math.nan) for name in metrics},
+            **{name: value for name, value in result.values.items() if name not in metrics},
         }
         for result in results
     ]
-    frame = pd.DataFrame(rows, columns=ROW_COLUMNS + list(metrics))
+    frame = pd.DataFrame(rows, columns=ROW_COLUMNS + list(metrics) + per_class_columns(results, metrics))
     # Object dtype keeps 8 an integer (and "8/16" a string) beside the empty cells of failed pairs.
     frame["bit_depth"] = pd.Series([result.bit_depth for result in results], dtype=object)
     for column in ("height", "width", "channels"):
@@ -75,6 +78,17 @@ def results_frame(results: Sequence[PairResult], metrics: Sequence[str]) -> pd.D
     for name in metrics:
         frame[name] = frame[name].astype("float64")
     return frame
+
+
+def per_class_columns(results: Sequence[PairResult], metrics: Sequence[str]) -> list[str]:
+    """The ``METRIC_class_K`` columns of segmentation pairs, by metric then class number."""
+    names = {name for result in results for name in result.values if name not in metrics}
+
+    def order(name: str) -> tuple[str, int]:
+        metric, _, number = name.rpartition("_class_")
+        return metric, int(number) if number.isdigit() else -1
+
+    return sorted(names, key=order)
 
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pandas as pd
 from . import __version__
 from .conventions import Convention
 from .errors import LossctlError
-from .metrics import ParamValue
+from .metrics import METRICS, ParamValue
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class EvalRequest:
     workers: int | None = None
     precision: str = "float32"
     convention: Convention = Convention()
+    pred_kind: str = "auto"
+    ignore_index: int | None = None
+    all_metrics: bool = False  # True: keep only the metrics that apply to the pairs found
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ def run_evaluation(
     from .engine import EvalConfig, evaluate, resolve_device
 
     pairing = io.pair_folders(request.pred_root, request.gt_root, request.weights_root)
+    metrics = list(request.metrics)
+    if request.all_metrics:
+        metrics = applicable_metrics(metrics, pairing.pairs)
+        request = replace(
+            request, metrics=metrics, params={k: v for k, v in request.params.items() if k in metrics}
+        )
     config = EvalConfig(
         metrics=request.metrics,
         params=request.params,
@@ -62,6 +71,8 @@ def run_evaluation(
         precision=request.precision,
         with_weights=request.weights_root is not None,
         convention=request.convention,
+        pred_kind=request.pred_kind,
+        ignore_index=request.ignore_index,
     )
     device = resolve_device(request.device)
     on_progress = on_start(len(pairing.pairs)) if on_start else None
@@ -78,5 +89,24 @@ def run_evaluation(
         torch_version=torch.__version__,
         skipped_files=len(pairing.skipped),
         convention=request.convention.as_dict(),
+        segmentation={"pred_kind": request.pred_kind, "ignore_index": request.ignore_index}
+        if any(pair.pred and pair.pred.suffix.lower() == io.SCORE_EXTENSION for pair in pairing.pairs)
+        else None,
     )
     return Evaluation(frame, report.summarize(frame, request.metrics), info)
+
+
+def applicable_metrics(metrics: Sequence[str], pairs: Sequence[Any]) -> list[str]:
+    """The metrics that apply to the kinds of pair present: image metrics for image predictions,
+    segmentation metrics for ``.npy`` predictions."""
+    from .io import SCORE_EXTENSION
+
+    scores = [pair.pred is not None and pair.pred.suffix.lower() == SCORE_EXTENSION for pair in pairs]
+    wanted = []
+    for name in metrics:
+        metric = METRICS[name]
+        if (metric.compute is not None and not all(scores)) or (
+            metric.segmentation is not None and any(scores)
+        ):
+            wanted.append(name)
+    return wanted

@@ -140,14 +140,65 @@ def make_coins_mask() -> None:
     save_png(to_uint8(prob + rng.normal(0.0, 0.05, prob.shape)), "pred/mask/coins_mask.png")
 
 
+SEGMENTATION_CLASSES = 4
+SEGMENTATION_SIZE = 64
+IGNORE_LABEL = 255
+
+
+def camera_label_map() -> np.ndarray:
+    """A 4-class label map: the camera photo's intensity quartiles, downscaled to 64x64."""
+    small = np.asarray(Image.fromarray(data.camera()).resize((SEGMENTATION_SIZE,) * 2, Image.BILINEAR))
+    edges = np.quantile(small, [0.25, 0.5, 0.75])
+    return np.digitize(small, edges).astype(np.uint8)
+
+
+def noisy_class_scores(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Logits C x H x W that mostly, not always, favour the true class (a plausible network output)."""
+    rng = np.random.default_rng(seed)
+    one_hot = np.eye(SEGMENTATION_CLASSES, dtype=np.float64)[labels].transpose(2, 0, 1)
+    smooth = np.stack([filters.gaussian(channel, sigma=1.5) for channel in one_hot])
+    return (4.0 * smooth + rng.normal(0.0, 0.8, smooth.shape)).astype(np.float32)
+
+
+def make_segmentation() -> None:
+    """Segmentation pairs under seg/: .npy class scores against single-channel label maps.
+
+    ``scene_probs``: softmax probabilities against a palette PNG whose 2-pixel border is the
+    ignore label 255 (VOC style: run with --ignore-index 255). ``scene_logits``: raw logits
+    against an 8-bit grayscale label map.
+    """
+    labels = camera_label_map()
+    for name, seed in (("scene_probs", 11), ("scene_logits", 12)):
+        logits = noisy_class_scores(labels, seed)
+        if name == "scene_probs":
+            scores = np.exp(logits - logits.max(axis=0))
+            scores = (scores / scores.sum(axis=0)).astype(np.float32)
+            gt = labels.copy()
+            gt[:2, :], gt[-2:, :], gt[:, :2], gt[:, -2:] = (IGNORE_LABEL,) * 4
+            image = Image.fromarray(gt, mode="P")
+            palette = [0, 0, 0, 200, 40, 40, 40, 160, 40, 40, 40, 200] + [255, 255, 255] * 252
+            image.putpalette(palette)
+        else:
+            scores, image = logits, Image.fromarray(labels, mode="L")
+        (OUT_DIR / "seg" / "pred").mkdir(parents=True, exist_ok=True)
+        (OUT_DIR / "seg" / "gt").mkdir(parents=True, exist_ok=True)
+        np.save(OUT_DIR / "seg" / "pred" / f"{name}.npy", scores)
+        image.save(OUT_DIR / "seg" / "gt" / f"{name}.png", optimize=True)
+
+
 def print_summary() -> None:
     """Print file, Pillow mode, pixel dtype, size and bytes of every generated image."""
     total = 0
     paths = sorted(p for d in ("gt", "pred") for p in (OUT_DIR / d).rglob("*") if p.is_file())
+    paths += sorted((OUT_DIR / "seg").rglob("*.*"))
     for path in paths:
-        with Image.open(path) as im:
-            mode, size = im.mode, im.size
-        dtype = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype
+        if path.suffix == ".npy":
+            array = np.load(path)
+            mode, size, dtype = "npy", (array.shape[2], array.shape[1]), array.dtype
+        else:
+            with Image.open(path) as im:
+                mode, size = im.mode, im.size
+            dtype = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype
         nbytes = path.stat().st_size
         total += nbytes
         print(f"{path.relative_to(OUT_DIR)!s:32} {mode:5} {dtype!s:7} {size[0]}x{size[1]} {nbytes:8d} B")
@@ -162,6 +213,7 @@ def main() -> None:
     make_gray_denoise()
     make_rgb16()
     make_coins_mask()
+    make_segmentation()
     print_summary()
 
 

@@ -19,7 +19,7 @@ from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
 
 METRICS_MD_NAMES = [
     "l1", "mse", "rmse", "psnr", "ssim", "ms_ssim", "charbonnier", "smooth_l1", "huber",
-    "log_cosh", "quantile", "bce", "dice", "tv", "weighted_tv",
+    "log_cosh", "quantile", "bce", "dice", "iou", "ce", "pixel_accuracy", "tv", "weighted_tv",
 ]  # fmt: skip
 
 
@@ -31,7 +31,7 @@ def run(pred, gt, metrics=None, weights=None, **options):
     return {result.pair.name: result for result in evaluate(pair_folders(pred, gt, weights).pairs, config)}
 
 
-def test_registry_has_exactly_the_metrics_md_names():
+def test_registry_has_the_metrics_md_names_plus_iou_and_pixel_accuracy():
     assert list(METRICS) == METRICS_MD_NAMES
     assert {metric.better for metric in METRICS.values()} == {"higher", "lower"}
     assert [name for name, metric in METRICS.items() if metric.better == "higher"] == [
@@ -39,6 +39,8 @@ def test_registry_has_exactly_the_metrics_md_names():
         "ssim",
         "ms_ssim",
         "dice",
+        "iou",
+        "pixel_accuracy",
     ]
 
 

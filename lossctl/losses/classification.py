@@ -107,6 +107,11 @@ def dice_coefficient(
     return reduce(dice_from_sums(intersection, total, smooth), reduction)
 
 
+def one_hot_labels(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(N, H, W)`` class indices as ``(N, num_classes, H, W)`` one-hot maps of ``dtype``."""
+    return F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).to(dtype)
+
+
 def multiclass_dice(
     probs: torch.Tensor, labels: torch.Tensor, smooth: float = 0.0, ignore_index: int | None = None
 ) -> torch.Tensor:
@@ -126,7 +131,7 @@ def multiclass_dice(
     kept = torch.ones_like(labels, dtype=torch.bool) if ignore_index is None else labels != ignore_index
     if ((labels < 0) | (labels >= classes))[kept].any():
         raise ValueError(f"labels must be class indices in 0..{classes - 1}")
-    one_hot = F.one_hot(torch.where(kept, labels, 0).long(), classes).permute(0, 3, 1, 2).to(probs.dtype)
+    one_hot = one_hot_labels(torch.where(kept, labels, 0), classes, probs.dtype)
     mask = kept.unsqueeze(1).to(probs.dtype)
     probs, one_hot = probs * mask, one_hot * mask
     intersection = (probs * one_hot).sum(dim=(2, 3))
@@ -149,3 +154,37 @@ def dice_loss(
     else:
         score = dice_coefficient(pred, target, smooth, reduction="none")
     return reduce(1.0 - score, reduction)
+
+
+def binary_iou(
+    pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.5, reduction: str = "mean"
+) -> torch.Tensor:
+    """Intersection over union of binary masks per image: ``|P & G| / |P | G|`` over ``C*H*W``.
+
+    ``P = pred >= threshold``, ``G = target >= 0.5`` (a 0/255 mask scales to 0/1). Two empty masks
+    score 1.0, as Dice does. Not differentiable (it thresholds). ``reduction='none'`` gives ``(N,)``.
+    """
+    pred, target = check_pair(pred, target, image=True)
+    predicted, truth = pred >= threshold, target >= 0.5
+    intersection = per_image_sum((predicted & truth).to(pred.dtype))
+    union = per_image_sum((predicted | truth).to(pred.dtype))
+    return reduce(safe_divide(intersection, union, if_zero=1.0), reduction)
+
+
+def class_overlaps(
+    predicted: torch.Tensor, labels: torch.Tensor, num_classes: int, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image and class, over the ``valid`` pixels: ``|P_c & G_c|``, ``|P_c|`` and ``|G_c|``.
+
+    ``predicted``, ``labels``: ``(N, H, W)`` class indices; ``valid``: ``(N, H, W)`` bool. Each result
+    is ``(N, num_classes)``, counted with ``bincount`` (no one-hot maps in memory).
+    """
+    batch = labels.shape[0]
+    offsets = (torch.arange(batch, device=labels.device) * num_classes).view(-1, 1, 1)
+
+    def counts(indices: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        flat = (indices.long() + offsets)[mask]
+        return torch.bincount(flat, minlength=batch * num_classes).view(batch, num_classes)
+
+    hits = counts(labels, valid & (predicted == labels))
+    return hits, counts(predicted, valid), counts(labels, valid)
