@@ -196,3 +196,17 @@ def test_the_report_records_the_segmentation_options(tmp_path):
     params = json.loads(report.read_text())["params"]
     assert params["segmentation"] == {"pred_kind": "auto", "ignore_index": 255}
     assert params["iou"] == {"threshold": 0.5}
+
+
+def test_16_bit_label_maps_hold_many_classes(folders, rng):
+    pred, gt = folders
+    classes = 300
+    labels = rng.integers(0, classes, size=(8, 9)).astype(np.uint16)
+    logits = rng.normal(0, 1, size=(classes, 8, 9)) + 6 * np.eye(classes)[labels].transpose(2, 0, 1)
+    np.save(pred / "x.npy", logits.astype(np.float32))
+    Image.fromarray(labels).save(gt / "x.png")
+    row = evaluate(pred, gt, "-m", "pixel_accuracy,ce").loc["x"]
+    assert row["bit_depth"] == 16
+    expected = reference(logits.astype(np.float32), labels.astype(np.int64), False)
+    assert row["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"])
+    assert row["ce"] == pytest.approx(expected["ce"], rel=1e-5)
