@@ -158,6 +158,15 @@ ThresholdOption = Annotated[
         show_default=False,
     ),
 ]
+MaxPixelsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pixels",
+        metavar="N",
+        help="Largest image decoded, in pixels (a decompression-bomb guard) \\[default: Pillow's, 89,478,485].",
+        show_default=False,
+    ),
+]
 CsvOption = Annotated[
     Path | None, typer.Option("--csv", metavar="FILE", help="Write the per-pair report as CSV to FILE.")
 ]
@@ -283,6 +292,21 @@ def _threshold_override(threshold: float | None, names: list[str]) -> list[str]:
     return [f"iou.threshold={threshold!r}"]
 
 
+def _evaluate_or_keep_partial(request, quiet: bool, csv_path: Path | None, json_path: Path | None):
+    """Run the evaluation; on Ctrl-C keep what is done as ``FILE.partial`` reports and exit 130."""
+    from .run import RunInterrupted, run_evaluation
+
+    try:
+        with _progress(quiet) as on_start:
+            return run_evaluation(request, on_start)
+    except RunInterrupted as interrupted:
+        partial = [Path(f"{path}.partial") if path else None for path in (csv_path, json_path)]
+        _write_reports(*partial, interrupted.evaluation)
+        kept = ", ".join(str(path) for path in partial if path)
+        done = f"interrupted after {len(interrupted.evaluation.frame)} of {interrupted.total} pairs"
+        raise _fail(done + (f"; partial report kept in {kept}" if kept else ""), 130) from None
+
+
 def _write_reports(csv_path: Path | None, json_path: Path | None, evaluation) -> None:
     """``--csv`` (with its ``.meta.json`` sidecar of parameters and summary) and ``--json``."""
     from . import report
@@ -339,6 +363,7 @@ def eval_command(
     pred_kind: PredKindOption = PredKind.auto,
     ignore_index: IgnoreIndexOption = None,
     threshold: ThresholdOption = None,
+    max_pixels: MaxPixelsOption = None,
     csv_path: CsvOption = None,
     json_path: JsonOption = None,
     output_format: Annotated[
@@ -356,7 +381,7 @@ def eval_command(
     debug: DebugOption = False,
 ) -> None:
     """Compute every loss and quality metric for each prediction / ground-truth pair."""
-    from .run import EvalRequest, run_evaluation
+    from .run import EvalRequest
 
     with _reported_errors(debug):
         names = parse_metric_names(metrics)
@@ -364,24 +389,12 @@ def eval_command(
         overrides = [*(param or []), *_threshold_override(threshold, names)]
         params = resolve_params(names, overrides, convention.param_defaults)
         request = EvalRequest(
-            pred,
-            gt,
-            names,
-            params,
-            weights,
-            device,
-            batch_size,
-            workers,
-            precision.value,
-            convention,
-            pred_kind.value,
-            ignore_index,
-            all_metrics=metrics is None,
-        )
+            pred, gt, names, params, weights, device, batch_size, workers, precision.value, convention,
+            pred_kind=pred_kind.value, ignore_index=ignore_index, all_metrics=metrics is None, max_pixels=max_pixels,
+        )  # fmt: skip
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
-        with _progress(quiet) as on_start:
-            evaluation = run_evaluation(request, on_start)
+        evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path)
 
         from . import report
 
@@ -473,6 +486,7 @@ def check_command(
     pred_kind: PredKindOption = PredKind.auto,
     ignore_index: IgnoreIndexOption = None,
     threshold: ThresholdOption = None,
+    max_pixels: MaxPixelsOption = None,
     csv_path: CsvOption = None,
     json_path: JsonOption = None,
     quiet: QuietOption = False,
@@ -480,7 +494,7 @@ def check_command(
 ) -> None:
     """Pass or fail image outputs against metric thresholds: a gate for CI."""
     from . import check
-    from .run import EvalRequest, run_evaluation
+    from .run import EvalRequest
 
     with _reported_errors(debug):
         if config_path is not None and not config_path.is_file():
@@ -518,21 +532,10 @@ def check_command(
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
         request = EvalRequest(
-            pred,
-            gt,
-            names,
-            params,
-            weights,
-            device,
-            batch_size,
-            workers,
-            precision.value,
-            convention,
-            pred_kind.value,
-            ignore_index,
-        )
-        with _progress(quiet) as on_start:
-            evaluation = run_evaluation(request, on_start)
+            pred, gt, names, params, weights, device, batch_size, workers, precision.value, convention,
+            pred_kind=pred_kind.value, ignore_index=ignore_index, max_pixels=max_pixels,
+        )  # fmt: skip
+        evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path)
 
         verdict = check.check_frame(evaluation.frame, config)
         _write(junit, lambda: check.to_junit(verdict, evaluation.frame))

@@ -32,6 +32,13 @@ def _from_json_number(value: Any) -> Any:
     return {"inf": math.inf, "-inf": -math.inf}.get(value, value) if isinstance(value, str) else value
 
 
+def _unquote_formula(name: str) -> str:
+    """Undo :func:`lossctl.report.spreadsheet_safe` on a name read from a CSV report."""
+    from .report import FORMULA_STARTS
+
+    return name[1:] if name.startswith("'") and name[1:].startswith(FORMULA_STARTS) else name
+
+
 def load_report(path: Path) -> LoadedReport:
     """Read a report written by ``lossctl eval --csv`` or ``--json``."""
     if not path.is_file():
@@ -47,6 +54,8 @@ def load_report(path: Path) -> LoadedReport:
             frame = pd.read_csv(
                 path, keep_default_na=False, na_values=[""], dtype={"name": str, "error": str}
             )
+            if "name" in frame.columns:
+                frame["name"] = frame["name"].map(_unquote_formula)
             sidecar = Path(f"{path}.meta.json")
             params = (
                 json.loads(sidecar.read_text(encoding="utf-8")).get("params") if sidecar.is_file() else None

@@ -18,7 +18,7 @@ import torch
 
 from .conventions import Convention
 from .errors import ImageReadError, LossctlError
-from .io import SCORE_EXTENSION, LoadedPair, LoadedSegmentation, Pair, load_pair
+from .io import SCORE_EXTENSION, LoadedPair, LoadedSegmentation, Pair, load_pair, set_max_pixels
 from .metrics import METRICS, PairBatch, ParamValue, SegmentationBatch
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
@@ -40,6 +40,7 @@ class EvalConfig:
     )
     ignore_index: int | None = None
     num_classes: int | None = None  # set by evaluate() from the first segmentation prediction
+    max_pixels: int | None = None  # None: Pillow's decompression-bomb limit
 
 
 @dataclass
@@ -306,8 +307,12 @@ class _Batcher:
 
 
 def _decoded(pairs: Iterable[Pair], config: EvalConfig, prefetch: int) -> Iterator[LoadedPair | PairResult]:
-    """Decode ``pairs`` in a thread pool, at most ``prefetch`` ahead, yielding in input order."""
-    with ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="lossctl-decode") as pool:
+    """Decode ``pairs`` in a thread pool, at most ``prefetch`` ahead, yielding in input order.
+
+    When the consumer stops early (Ctrl-C), queued decodes are cancelled rather than awaited.
+    """
+    pool = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="lossctl-decode")
+    try:
         in_flight: deque[Future] = deque()
         for pair in pairs:
             in_flight.append(pool.submit(_load, pair, config.with_weights))
@@ -315,6 +320,16 @@ def _decoded(pairs: Iterable[Pair], config: EvalConfig, prefetch: int) -> Iterat
                 yield in_flight.popleft().result()
         while in_flight:
             yield in_flight.popleft().result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+class EvaluationInterrupted(Exception):
+    """Ctrl-C during :func:`evaluate`: ``results`` holds the pairs finished so far, in input order."""
+
+    def __init__(self, results: list[PairResult]):
+        super().__init__(f"interrupted after {len(results)} pairs")
+        self.results = results
 
 
 def evaluate(
@@ -335,7 +350,10 @@ def evaluate(
         raise LossctlError(f"--pred-kind must be auto, probs or logits; got {config.pred_kind!r}")
     if config.precision not in PRECISIONS:
         raise LossctlError(f"--precision must be float32 or float64; got {config.precision!r}")
+    if config.max_pixels is not None and config.max_pixels < 1:
+        raise LossctlError(f"--max-pixels must be at least 1; got {config.max_pixels}")
     device = resolve_device(config.device)
+    set_max_pixels(config.max_pixels)
     results: dict[str, PairResult] = {}
 
     def record(batch_results: Iterable[PairResult]) -> None:
@@ -361,20 +379,23 @@ def evaluate(
             return compute_segmentation_batch(ready, config, device)
         return compute_batch(ready, config, device)
 
-    for item in _decoded(computable, config, prefetch):
-        if isinstance(item, PairResult):
-            record([item])
-        elif (ready := batcher.add(item)) is not None:
+    try:
+        for item in _decoded(computable, config, prefetch):
+            if isinstance(item, PairResult):
+                record([item])
+            elif (ready := batcher.add(item)) is not None:
+                record(compute(ready))
+        for ready in batcher.drain():
             record(compute(ready))
-    for ready in batcher.drain():
-        record(compute(ready))
+    except KeyboardInterrupt:
+        raise EvaluationInterrupted([results[pair.name] for pair in pairs if pair.name in results]) from None
     return [results[pair.name] for pair in pairs]
 
 
 def _reason(pair: Pair) -> str:
-    reasons = [pair.problem] if pair.problem else []
+    reasons = []
     if pair.gt is None:
         reasons.append("no ground truth with this name")
     elif pair.pred is None:
         reasons.append("no prediction with this name")
-    return "; ".join(reasons)
+    return "; ".join([*reasons, pair.problem] if pair.problem else reasons)

@@ -193,6 +193,13 @@ def _ambiguity(side: str, paths: list[Path]) -> str:
     return f"ambiguous {side}: {len(paths)} files share this name ({names})"
 
 
+def _casefolded(images: dict[str, list[Path]]) -> dict[str, list[str]]:
+    folded: dict[str, list[str]] = {}
+    for key in images:
+        folded.setdefault(key.casefold(), []).append(key)
+    return folded
+
+
 def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = None) -> Pairing:
     """Pair the images of two folders by relative path without extension, recursively.
 
@@ -213,11 +220,16 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
         raise LossctlError(f"no images found in ground-truth folder {gt_root}")
 
     pairs = []
+    by_case = {"pred": _casefolded(gt_images), "gt": _casefolded(pred_images)}  # the other side's keys
     for key in sorted(pred_images.keys() | gt_images.keys()):
         preds, gts, weights = pred_images.get(key, []), gt_images.get(key, []), weight_images.get(key, [])
         problems = [
             _ambiguity(side, paths) for side, paths in (("pred", preds), ("gt", gts)) if len(paths) > 1
         ]
+        lonely = "pred" if not gts else "gt" if not preds else None
+        if lonely and (twins := [other for other in by_case[lonely].get(key.casefold(), []) if other != key]):
+            other_side = "gt" if lonely == "pred" else "pred"
+            problems.append(f"{other_side} has {', '.join(twins)}, which differs only in case")
         pairs.append(
             Pair(
                 name=key,
@@ -228,8 +240,13 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
             )
         )
     if not any(pair.pred and pair.gt for pair in pairs):
+        look_alikes = [
+            (key, twin) for key in sorted(pred_images) for twin in by_case["pred"].get(key.casefold(), [])
+        ]
+        example = f", e.g. {look_alikes[0][0]} and {look_alikes[0][1]}" if look_alikes else ""
+        hint = f" ({len(look_alikes)} would match if case were ignored{example})" if look_alikes else ""
         raise LossctlError(
-            f"no prediction in {pred_root} has a ground truth with the same relative path in {gt_root}"
+            f"no prediction in {pred_root} has a ground truth with the same relative path in {gt_root}{hint}"
         )
     return Pairing(pairs=pairs, skipped=pred_skipped + gt_skipped)
 
@@ -307,6 +324,26 @@ def _decode_with_pillow(image: Image.Image) -> DecodedImage:
     raise ImageReadError(f"unsupported image mode {mode!r}")
 
 
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb guard, about 89.5 Mpx
+max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def set_max_pixels(limit: int | None) -> None:
+    """Raise (or lower) the largest image decoded, ``--max-pixels``; None restores Pillow's default."""
+    global max_pixels
+    max_pixels = DEFAULT_MAX_PIXELS if limit is None else limit
+    # Pillow refuses images over twice its limit before lossctl could apply its own.
+    Image.MAX_IMAGE_PIXELS = max(max_pixels, DEFAULT_MAX_PIXELS)
+
+
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > max_pixels:
+        raise ImageReadError(
+            f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels} "
+            "(a decompression-bomb guard; raise it with --max-pixels)"
+        )
+
+
 def decode_image(path: Path) -> DecodedImage:
     """Read one image file. Raises :class:`ImageReadError` with a one-line reason."""
     try:
@@ -315,12 +352,16 @@ def decode_image(path: Path) -> DecodedImage:
         raise ImageReadError(f"cannot read file: {error.strerror or error}") from error
     header = _png_bit_depth_and_color_type(data)
     if header and header[0] == 16 and header[1] in PNG_COLOR_TYPES_PILLOW_TRUNCATES:
+        _check_pixels(*struct.unpack(">II", data[16:24]))
         return _decode_with_opencv(data, keep_first_channel=header[1] == PNG_GRAY_ALPHA)
     maxval = _netpbm_maxval(data)
     if maxval is not None and maxval > 255 and data[:2] == b"P6":
+        with Image.open(io.BytesIO(data)) as image:
+            _check_pixels(*image.size)
         return _decode_with_opencv(data, keep_first_channel=False, maxval=maxval)
     try:
         with Image.open(io.BytesIO(data)) as image:
+            _check_pixels(*image.size)
             if image.format == "TIFF" and image.mode in RGB_MODES and _tiff_bits_per_sample(image) > 8:
                 return _decode_with_opencv(data, keep_first_channel=False)
             image.load()
@@ -331,6 +372,8 @@ def decode_image(path: Path) -> DecodedImage:
         raise ImageReadError("not a recognised image file") from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(str(error).splitlines()[0] if str(error) else type(error).__name__) from error
+    except MemoryError:
+        raise ImageReadError("not enough memory to decode it") from None
 
 
 def _decode_side(path: Path, side: str) -> DecodedImage:
@@ -375,6 +418,7 @@ def decode_label_map(path: Path) -> tuple[np.ndarray, int]:
     """A ground-truth label map: single-channel class indices (8- or 16-bit; a palette PNG's indices)."""
     try:
         with Image.open(path) as image:
+            _check_pixels(*image.size)
             image.load()
             if image.mode not in LABEL_MODES:
                 raise ImageReadError(

@@ -151,9 +151,29 @@ def _clean(record: dict[str, Any]) -> dict[str, Any]:
     return {key: _json_number(None if value is pd.NA else value) for key, value in record.items()}
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+TEXT_COLUMNS = ("name", "pred", "gt", "error", "notes")
+
+
+def spreadsheet_safe(text: object) -> object:
+    """Prefix ``'`` to text a spreadsheet would run as a formula (it starts with = + - @, tab or CR).
+
+    Spreadsheets show the cell without the quote; :func:`lossctl.compare.load_report` removes it.
+    """
+    if isinstance(text, str) and text.startswith(FORMULA_STARTS):
+        return "'" + text
+    return text
+
+
 def to_csv(frame: pd.DataFrame) -> str:
-    """CSV, one row per pair. Empty cell: no value (NaN); ``inf``: identical images' PSNR."""
-    return frame.to_csv(index=False, lineterminator="\n")
+    """CSV, one row per pair. Empty cell: no value (NaN); ``inf``: identical images' PSNR.
+
+    Text cells that a spreadsheet would evaluate as a formula are quoted (:func:`spreadsheet_safe`).
+    """
+    safe = frame.copy()
+    for column in TEXT_COLUMNS:
+        safe[column] = safe[column].map(spreadsheet_safe)
+    return safe.to_csv(index=False, lineterminator="\n")
 
 
 def sidecar_path(csv_path: Path) -> Path:

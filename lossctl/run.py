@@ -34,6 +34,7 @@ class EvalRequest:
     pred_kind: str = "auto"
     ignore_index: int | None = None
     all_metrics: bool = False  # True: keep only the metrics that apply to the pairs found
+    max_pixels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,8 @@ def run_evaluation(
     if request.weights_root is not None and "weighted_tv" not in request.metrics:
         raise LossctlError("--weights is only used by weighted_tv, which is not among the selected metrics")
 
-    import torch
-
-    from . import io, report
-    from .engine import EvalConfig, evaluate, resolve_device
+    from . import io
+    from .engine import EvalConfig, EvaluationInterrupted, evaluate, resolve_device
 
     pairing = io.pair_folders(request.pred_root, request.gt_root, request.weights_root)
     metrics = list(request.metrics)
@@ -73,10 +72,31 @@ def run_evaluation(
         convention=request.convention,
         pred_kind=request.pred_kind,
         ignore_index=request.ignore_index,
+        max_pixels=request.max_pixels,
     )
     device = resolve_device(request.device)
     on_progress = on_start(len(pairing.pairs)) if on_start else None
-    results = evaluate(pairing.pairs, config, on_progress=on_progress)
+    try:
+        results = evaluate(pairing.pairs, config, on_progress=on_progress)
+    except EvaluationInterrupted as interrupted:
+        partial = _evaluation(interrupted.results, request, pairing, device)
+        raise RunInterrupted(partial, len(pairing.pairs)) from None
+    return _evaluation(results, request, pairing, device)
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C: ``evaluation`` holds the pairs finished, of ``total``."""
+
+    def __init__(self, evaluation: Evaluation, total: int):
+        super().__init__(f"interrupted after {len(evaluation.frame)} of {total} pairs")
+        self.evaluation, self.total = evaluation, total
+
+
+def _evaluation(results, request: EvalRequest, pairing, device) -> Evaluation:
+    import torch
+
+    from . import io, report
+
     frame = report.results_frame(results, request.metrics)
     info = report.ReportInfo(
         pred_root=str(request.pred_root),

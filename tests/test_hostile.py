@@ -1,0 +1,136 @@
+"""Inputs nobody curated: spreadsheet formulas in names, huge images, Ctrl-C, look-alike names."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lossctl import engine
+from lossctl.cli import app
+
+from .conftest import noisy, random_rgb, save_image
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def test_names_that_look_like_formulas_are_quoted_in_csv_and_compare_reads_them_back(tmp_path, folders, rng):
+    pred, gt = folders
+    names = ["=HYPERLINK(1)", "+cmd", "-2", "@SUM(A1)", "plain"]
+    for name in names:
+        clean = random_rgb(rng, 8, 8)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+        save_image(gt / f"{name}.png", clean)
+    report = tmp_path / "r.csv"
+    assert invoke("eval", pred, gt, "-m", "psnr", "--csv", report).exit_code == 0
+    frame = pd.read_csv(report)
+    assert sorted(frame["name"]) == sorted(["'=HYPERLINK(1)", "'+cmd", "'-2", "'@SUM(A1)", "plain"])
+    assert all(cell.startswith("'") for cell in frame["pred"] if not cell.startswith(str(pred)))
+    assert invoke("compare", report, report).exit_code == 0
+    json_report = tmp_path / "r.json"
+    invoke("eval", pred, gt, "-m", "psnr", "--json", json_report)
+    result = invoke("compare", json_report, report, "--format", "json")
+    document = json.loads(result.stdout)
+    assert result.exit_code == 0 and document["added"] == [] and document["removed"] == []
+
+
+def test_max_pixels_guards_against_decompression_bombs(folders, rng):
+    pred, gt = folders
+    for name, size in (("small", 8), ("large", 40)):
+        clean = random_rgb(rng, size, size)
+        save_image(pred / f"{name}.png", clean)
+        save_image(gt / f"{name}.png", clean)
+    result = invoke("eval", pred, gt, "-m", "l1", "--max-pixels", "1000", "--format", "csv")
+    assert result.exit_code == 3
+    rows = pd.read_csv(io.StringIO(result.stdout)).set_index("name")
+    assert rows.loc["large", "error"] == (
+        "pred large.png: 40x40 = 1600 pixels is over the limit of 1000 (a decompression-bomb guard; raise it with --max-pixels)"
+    )
+    assert rows.loc["small", "status"] == "ok"
+    assert invoke("eval", pred, gt, "-m", "l1", "--max-pixels", "2000").exit_code == 0
+    assert invoke("eval", pred, gt, "-m", "l1", "--max-pixels", "0").exit_code == 2
+
+
+def test_16_bit_colour_png_is_guarded_too(folders, rng):
+    pred, gt = folders
+    image = rng.integers(0, 65535, size=(40, 40, 3), dtype=np.uint16)
+    save_image(pred / "x.png", image)
+    save_image(gt / "x.png", image)
+    result = invoke("eval", pred, gt, "-m", "l1", "--max-pixels", "1000", "--format", "csv")
+    assert "1600 pixels is over the limit of 1000" in result.stdout
+
+
+def test_ctrl_c_keeps_a_partial_report_and_never_a_truncated_one(tmp_path, folders, rng, monkeypatch):
+    pred, gt = folders
+    for index in range(6):
+        clean = random_rgb(rng, 8 + index, 8)  # six shapes: six batches
+        save_image(pred / f"{index}.png", clean)
+        save_image(gt / f"{index}.png", clean)
+    computed = engine.compute_batch
+
+    def interrupt_on_the_fourth(items, config, device, calls=[]):  # noqa: B006 - a call counter
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return computed(items, config, device)
+
+    monkeypatch.setattr(engine, "compute_batch", interrupt_on_the_fourth)
+    csv, report = tmp_path / "r.csv", tmp_path / "r.json"
+    result = invoke("eval", pred, gt, "-m", "l1", "--csv", csv, "--json", report, "--batch-size", "1")
+    assert result.exit_code == 130
+    assert (
+        result.stderr.strip()
+        == f"error: interrupted after 3 of 6 pairs; partial report kept in {csv}.partial, {report}.partial"
+    )
+    assert not csv.exists() and not report.exists()
+    assert len(pd.read_csv(f"{csv}.partial")) == 3
+    assert json.loads((tmp_path / "r.json.partial").read_text())["counts"]["pairs"] == 3
+
+
+def test_names_that_differ_only_in_case_are_pointed_out(folders, rng):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(pred / "Photo.png", clean)
+    save_image(gt / "photo.png", clean)
+    result = invoke("eval", pred, gt)
+    assert (
+        result.exit_code == 2
+        and "(1 would match if case were ignored, e.g. Photo and photo)" in result.stderr
+    )
+    save_image(pred / "other.png", clean)
+    save_image(gt / "other.png", clean)
+    rows = pd.read_csv(io.StringIO(invoke("eval", pred, gt, "-m", "l1", "--format", "csv").stdout)).set_index(
+        "name"
+    )
+    assert (
+        rows.loc["Photo", "error"]
+        == "no ground truth with this name; gt has photo, which differs only in case"
+    )
+    assert (
+        rows.loc["photo", "error"]
+        == "no prediction with this name; pred has Photo, which differs only in case"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_files_are_error_rows(folders, rng):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    for name in ("locked", "open"):
+        save_image(pred / f"{name}.png", clean)
+        save_image(gt / f"{name}.png", clean)
+    (pred / "locked.png").chmod(0)
+    rows = pd.read_csv(io.StringIO(invoke("eval", pred, gt, "-m", "l1", "--format", "csv").stdout)).set_index(
+        "name"
+    )
+    assert rows.loc["locked", "error"] == "pred locked.png: cannot read file: Permission denied"
+    assert rows.loc["open", "status"] == "ok"
