@@ -253,6 +253,39 @@ def compute_segmentation_batch(
     return [results[index] for index in range(len(items))]
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def compute_within_memory(
+    items: Sequence[LoadedPair | LoadedSegmentation], config: EvalConfig, device: torch.device
+) -> list[PairResult]:
+    """Compute a batch; when the device runs out of memory, retry in halves, then a single pair on
+    the CPU, so that no pair is lost to memory (a pair the CPU cannot hold either is an error row)."""
+    compute = compute_segmentation_batch if isinstance(items[0], LoadedSegmentation) else compute_batch
+    try:
+        return compute(items, config, device)
+    except Exception as error:
+        if not _out_of_memory(error):
+            raise
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if len(items) > 1:
+        middle = len(items) // 2
+        return compute_within_memory(items[:middle], config, device) + compute_within_memory(
+            items[middle:], config, device
+        )
+    if device.type != "cpu":
+        results = compute_within_memory(items, config, torch.device("cpu"))
+        for result in results:
+            result.notes.append(f"computed on the CPU: {device} ran out of memory")
+        return results
+    return [PairResult(pair=items[0].pair, status="error", error="out of memory computing this pair")]
+
+
 def first_class_count(pairs: Sequence[Pair]) -> int | None:
     """The class count of the first ``.npy`` prediction (by name) that can be read, from its header."""
     for pair in pairs:
@@ -375,9 +408,7 @@ def evaluate(
     config = replace(config, num_classes=first_class_count(computable))
 
     def compute(ready: list[LoadedPair | LoadedSegmentation]) -> list[PairResult]:
-        if isinstance(ready[0], LoadedSegmentation):
-            return compute_segmentation_batch(ready, config, device)
-        return compute_batch(ready, config, device)
+        return compute_within_memory(ready, config, device)
 
     try:
         for item in _decoded(computable, config, prefetch):

@@ -134,3 +134,28 @@ def test_unreadable_files_are_error_rows(folders, rng):
     )
     assert rows.loc["locked", "error"] == "pred locked.png: cannot read file: Permission denied"
     assert rows.loc["open", "status"] == "ok"
+
+
+def test_out_of_memory_splits_the_batch_and_loses_no_pair(folders, rng, monkeypatch):
+    pred, gt = folders
+    for index in range(5):
+        clean = random_rgb(rng)
+        save_image(pred / f"{index}.png", noisy(rng, clean))
+        save_image(gt / f"{index}.png", clean)
+    reference = pd.read_csv(io.StringIO(invoke("eval", pred, gt, "-m", "psnr", "--format", "csv").stdout))
+    computed, sizes = engine.compute_batch, []
+
+    def small_memory(items, config, device):
+        sizes.append(len(items))
+        if len(items) > 2 or items[0].pair.name == "3":
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 GB")
+        return computed(items, config, device)
+
+    monkeypatch.setattr(engine, "compute_batch", small_memory)
+    result = invoke("eval", pred, gt, "-m", "psnr", "--format", "csv")
+    rows = pd.read_csv(io.StringIO(result.stdout))
+    assert sizes == [5, 2, 3, 1, 2, 1, 1]  # halves until each part fits; pair 3 never does
+    assert result.exit_code == 3
+    assert rows.set_index("name").loc[3, "error"] == "out of memory computing this pair"
+    ok = rows[rows["status"] == "ok"]
+    pd.testing.assert_series_equal(ok["psnr"], reference.loc[ok.index, "psnr"])
