@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -214,6 +215,9 @@ def _root(
     ] = None,
 ) -> None:
     """Image losses and quality metrics for folders of predictions and ground truth."""
+    # Pillow warns about damaged metadata it can read past; a damaged file that cannot be read is
+    # reported in its pair's row, so the warnings would only repeat it as multi-line noise.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
 
 
 class _LazyProgress:
