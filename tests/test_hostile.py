@@ -15,6 +15,7 @@ from lossctl import engine
 from lossctl.cli import app
 
 from .conftest import noisy, random_rgb, save_image
+from .hostile_folders import build_hostile_folders
 
 runner = CliRunner()
 
@@ -159,3 +160,29 @@ def test_out_of_memory_splits_the_batch_and_loses_no_pair(folders, rng, monkeypa
     assert rows.set_index("name").loc[3, "error"] == "out of memory computing this pair"
     ok = rows[rows["status"] == "ok"]
     pd.testing.assert_series_equal(ok["psnr"], reference.loc[ok.index, "psnr"])
+
+
+def test_a_folder_of_every_hostile_case_reports_each_pair_exactly(tmp_path):
+    pred, gt, expected = build_hostile_folders(tmp_path)
+    report = tmp_path / "report.json"
+    result = invoke("eval", pred, gt, "-m", "l1,psnr", "--json", report, "--format", "csv")
+    assert result.exit_code == 3
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("name")
+    assert sorted(rows.index) == sorted(expected)
+    for name, (status, reason) in expected.items():
+        assert rows.loc[name, "status"] == status, name
+        assert rows.loc[name, "error"].startswith(reason), (name, rows.loc[name, "error"])
+        assert "\n" not in rows.loc[name, "error"]
+    assert json.loads(report.read_text())["counts"]["skipped_files"] == 1  # notes.txt
+    assert "Traceback" not in result.output
+
+    check = invoke("check", pred, gt, "--min", "psnr=20")
+    assert check.exit_code == 3
+    failing = sum(status != "ok" for status, _ in expected.values())
+    assert f"FAIL: {failing} of {len(expected)} pairs failed" in check.stdout
+    allowed = invoke("check", pred, gt, "--min", "psnr=20", "--allow-missing")
+    assert (
+        allowed.exit_code == 0
+        and f"PASS: {len(expected)} pairs, 0 failed ({failing} missing or unreadable, allowed)"
+        in allowed.stdout
+    )
