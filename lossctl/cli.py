@@ -84,28 +84,53 @@ ParamOption = Annotated[
         "-p",
         metavar="METRIC.KEY=VALUE",
         help="Metric parameter METRIC.KEY=VALUE, e.g. charbonnier.eps=1e-4; repeatable.",
+        rich_help_panel="Metrics",
     ),
 ]
 WeightsOption = Annotated[
     Path | None,
     typer.Option(
-        "--weights", metavar="DIR", help="Folder of grayscale weight maps for weighted_tv, paired by name."
+        "--weights",
+        metavar="DIR",
+        help="Folder of grayscale weight maps for weighted_tv, paired by name.",
+        rich_help_panel="Metrics",
     ),
 ]
 DeviceOption = Annotated[
-    str, typer.Option("--device", metavar="DEVICE", help="auto (CUDA when available), cpu, cuda or cuda:N.")
+    str,
+    typer.Option(
+        "--device",
+        metavar="DEVICE",
+        help="auto (CUDA when available), cpu, cuda or cuda:N.",
+        rich_help_panel="Computing",
+    ),
 ]
 BatchSizeOption = Annotated[
-    int, typer.Option("--batch-size", metavar="N", help="Pairs per batch (pairs are grouped by shape).")
+    int,
+    typer.Option(
+        "--batch-size",
+        metavar="N",
+        help="Pairs per batch (pairs are grouped by shape).",
+        rich_help_panel="Computing",
+    ),
 ]
 WorkersOption = Annotated[
     int | None,
     typer.Option(
-        "--workers", metavar="N", help="Decoding threads \\[default: number of cores].", show_default=False
+        "--workers",
+        metavar="N",
+        help="Decoding threads \\[default: number of cores].",
+        show_default=False,
+        rich_help_panel="Computing",
     ),
 ]
 PrecisionOption = Annotated[
-    Precision, typer.Option("--precision", help="Compute in float32, or float64 for exact reference work.")
+    Precision,
+    typer.Option(
+        "--precision",
+        help="Compute in float32, or float64 for exact reference work.",
+        rich_help_panel="Computing",
+    ),
 ]
 PresetOption = Annotated[
     str | None,
@@ -114,11 +139,17 @@ PresetOption = Annotated[
         metavar="NAME",
         help="Convention: skimage (default: RGB, Wang et al. SSIM), basicsr (Y channel, crop --scale), matlab (SSIM downsampled as ssim.m).",
         show_default=False,
+        rich_help_panel="Conventions",
     ),
 ]
 ScaleOption = Annotated[
     int | None,
-    typer.Option("--scale", metavar="N", help="Super-resolution scale; --preset basicsr crops N pixels."),
+    typer.Option(
+        "--scale",
+        metavar="N",
+        help="Super-resolution scale; --preset basicsr crops N pixels.",
+        rich_help_panel="Conventions",
+    ),
 ]
 YChannelOption = Annotated[
     bool | None,
@@ -126,6 +157,7 @@ YChannelOption = Annotated[
         "--y-channel/--rgb",
         help="Compute on the BT.601 luma of RGB images, as BasicSR and MATLAB's rgb2ycbcr \\[default: the preset's].",
         show_default=False,
+        rich_help_panel="Conventions",
     ),
 ]
 CropBorderOption = Annotated[
@@ -135,6 +167,7 @@ CropBorderOption = Annotated[
         metavar="N",
         help="Drop N pixels on every side before every metric \\[default: the preset's].",
         show_default=False,
+        rich_help_panel="Conventions",
     ),
 ]
 PredKindOption = Annotated[
@@ -142,12 +175,16 @@ PredKindOption = Annotated[
     typer.Option(
         "--pred-kind",
         help="Segmentation .npy predictions hold probabilities or logits (auto: probabilities if they sum to 1).",
+        rich_help_panel="Segmentation",
     ),
 ]
 IgnoreIndexOption = Annotated[
     int | None,
     typer.Option(
-        "--ignore-index", metavar="N", help="Label of pixels that segmentation metrics skip (VOC: 255)."
+        "--ignore-index",
+        metavar="N",
+        help="Label of pixels that segmentation metrics skip (VOC: 255).",
+        rich_help_panel="Segmentation",
     ),
 ]
 ThresholdOption = Annotated[
@@ -157,6 +194,7 @@ ThresholdOption = Annotated[
         metavar="T",
         help="Binary masks: iou counts prediction >= T as foreground \\[default: 0.5].",
         show_default=False,
+        rich_help_panel="Metrics",
     ),
 ]
 MaxPixelsOption = Annotated[
@@ -166,17 +204,30 @@ MaxPixelsOption = Annotated[
         metavar="N",
         help="Largest image decoded, in pixels (a decompression-bomb guard) \\[default: Pillow's, 89,478,485].",
         show_default=False,
+        rich_help_panel="Computing",
     ),
 ]
 CsvOption = Annotated[
-    Path | None, typer.Option("--csv", metavar="FILE", help="Write the per-pair report as CSV to FILE.")
+    Path | None,
+    typer.Option(
+        "--csv", metavar="FILE", help="Write the per-pair report as CSV to FILE.", rich_help_panel="Output"
+    ),
 ]
 JsonOption = Annotated[
     Path | None,
-    typer.Option("--json", metavar="FILE", help="Write rows, summary and parameters as JSON to FILE."),
+    typer.Option(
+        "--json",
+        metavar="FILE",
+        help="Write rows, summary and parameters as JSON to FILE.",
+        rich_help_panel="Output",
+    ),
 ]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error.")]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel="Output")
+]
+DebugOption = Annotated[
+    bool, typer.Option("--debug", help="Show the traceback of an internal error.", rich_help_panel="Output")
+]
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -352,6 +403,7 @@ def eval_command(
             "-m",
             metavar="NAMES",
             help="Comma-separated metric names (see [b]lossctl metrics[/b]); default: all.",
+            rich_help_panel="Metrics",
         ),
     ] = None,
     param: ParamOption = None,
@@ -371,7 +423,7 @@ def eval_command(
     csv_path: CsvOption = None,
     json_path: JsonOption = None,
     output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="What goes to stdout.")
+        OutputFormat, typer.Option("--format", help="What goes to stdout.", rich_help_panel="Output")
     ] = OutputFormat.table,
     per_image: Annotated[
         bool | None,
@@ -379,6 +431,7 @@ def eval_command(
             "--per-image/--no-per-image",
             help=f"Show per-image rows \\[default: when at most {PER_IMAGE_AUTO_LIMIT} pairs].",
             show_default=False,
+            rich_help_panel="Output",
         ),
     ] = None,
     quiet: QuietOption = False,
@@ -436,11 +489,21 @@ def check_command(
     gt: GtArgument,
     minimum: Annotated[
         list[str] | None,
-        typer.Option("--min", metavar="METRIC=VALUE", help="Fail when METRIC is below VALUE; repeatable."),
+        typer.Option(
+            "--min",
+            metavar="METRIC=VALUE",
+            help="Fail when METRIC is below VALUE; repeatable.",
+            rich_help_panel="Thresholds",
+        ),
     ] = None,
     maximum: Annotated[
         list[str] | None,
-        typer.Option("--max", metavar="METRIC=VALUE", help="Fail when METRIC is above VALUE; repeatable."),
+        typer.Option(
+            "--max",
+            metavar="METRIC=VALUE",
+            help="Fail when METRIC is above VALUE; repeatable.",
+            rich_help_panel="Thresholds",
+        ),
     ] = None,
     mean: Annotated[
         bool | None,
@@ -448,10 +511,14 @@ def check_command(
             "--mean/--each",
             help="Apply thresholds to the mean over the pairs, or to each pair \\[default: each, or the config's mode].",
             show_default=False,
+            rich_help_panel="Thresholds",
         ),
     ] = None,
     config_path: Annotated[
-        Path | None, typer.Option("--config", metavar="FILE", help="Read thresholds from FILE (TOML).")
+        Path | None,
+        typer.Option(
+            "--config", metavar="FILE", help="Read thresholds from FILE (TOML).", rich_help_panel="Thresholds"
+        ),
     ] = None,
     metrics: Annotated[
         str | None,
@@ -460,22 +527,40 @@ def check_command(
             "-m",
             metavar="NAMES",
             help="Also compute these metrics (only thresholded ones by default).",
+            rich_help_panel="Metrics",
         ),
     ] = None,
     allow_missing: Annotated[
         bool | None,
         typer.Option(
-            "--allow-missing", help="Unmatched or unreadable pairs do not fail the check.", show_default=False
+            "--allow-missing",
+            help="Unmatched or unreadable pairs do not fail the check.",
+            show_default=False,
+            rich_help_panel="Thresholds",
         ),
     ] = None,
     junit: Annotated[
-        Path | None, typer.Option("--junit", metavar="FILE", help="Write JUnit XML (one test case per pair).")
+        Path | None,
+        typer.Option(
+            "--junit",
+            metavar="FILE",
+            help="Write JUnit XML (one test case per pair).",
+            rich_help_panel="Output",
+        ),
     ] = None,
     github: Annotated[
-        bool, typer.Option("--github", help="Print GitHub Actions ::error annotations for failing pairs.")
+        bool,
+        typer.Option(
+            "--github",
+            help="Print GitHub Actions ::error annotations for failing pairs.",
+            rich_help_panel="Output",
+        ),
     ] = False,
     output_format: Annotated[
-        CheckFormat, typer.Option("--format", help="table, or markdown for a pull-request comment.")
+        CheckFormat,
+        typer.Option(
+            "--format", help="table, or markdown for a pull-request comment.", rich_help_panel="Output"
+        ),
     ] = CheckFormat.table,
     param: ParamOption = None,
     weights: WeightsOption = None,
@@ -586,7 +671,7 @@ def compare_command(
         ),
     ] = None,
     output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="What goes to stdout.")
+        OutputFormat, typer.Option("--format", help="What goes to stdout.", rich_help_panel="Output")
     ] = OutputFormat.table,
     debug: DebugOption = False,
 ) -> None:
