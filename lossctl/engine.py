@@ -2,7 +2,9 @@
 
 Decoding runs ahead of computing in a thread pool (Pillow and OpenCV release the GIL while they
 decode), with a bounded number of pairs in flight, so decoding the next batch overlaps computing the
-current one and memory is bounded by the batch and the prefetch depth, not by the number of pairs.
+current one; the images held at once are bounded by the batch and the prefetch depth, not by the
+number of pairs (each pair's result row is kept for the report). A batch that does not fit in
+memory is split, and a single pair that does not fit on the GPU is computed on the CPU.
 """
 
 from __future__ import annotations
@@ -35,9 +37,8 @@ class EvalConfig:
     precision: str = "float32"
     with_weights: bool = False
     convention: Convention = field(default_factory=Convention)
-    pred_kind: str = (
-        "auto"  # segmentation scores: "probs", "logits" or "auto" (probabilities if they sum to 1)
-    )
+    # Segmentation scores: "probs", "logits" or "auto" (probabilities where they sum to 1).
+    pred_kind: str = "auto"
     ignore_index: int | None = None
     num_classes: int | None = None  # set by evaluate() from the first segmentation prediction
     max_pixels: int | None = None  # None: Pillow's decompression-bomb limit
@@ -406,18 +407,14 @@ def evaluate(
     batcher = _Batcher(config.batch_size, max_buffered=4 * config.batch_size)
     prefetch = 2 * config.batch_size + 2 * config.workers
     config = replace(config, num_classes=first_class_count(computable))
-
-    def compute(ready: list[LoadedPair | LoadedSegmentation]) -> list[PairResult]:
-        return compute_within_memory(ready, config, device)
-
     try:
         for item in _decoded(computable, config, prefetch):
             if isinstance(item, PairResult):
                 record([item])
             elif (ready := batcher.add(item)) is not None:
-                record(compute(ready))
+                record(compute_within_memory(ready, config, device))
         for ready in batcher.drain():
-            record(compute(ready))
+            record(compute_within_memory(ready, config, device))
     except KeyboardInterrupt:
         raise EvaluationInterrupted([results[pair.name] for pair in pairs if pair.name in results]) from None
     return [results[pair.name] for pair in pairs]
