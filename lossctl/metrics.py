@@ -49,7 +49,20 @@ class Param:
         return value
 
 
-class PairBatch:
+class _Noted:
+    """Why a value is NaN, per image of a batch: metrics add notes, the report shows them."""
+
+    def __init__(self, count: int):
+        self.notes: list[list[str]] = [[] for _ in range(count)]
+
+    def note(self, images: Sequence[bool], text: str) -> None:
+        """Attach ``text`` to the notes of each image flagged in ``images``."""
+        for index, flagged in enumerate(images):
+            if flagged:
+                self.notes[index].append(text)
+
+
+class PairBatch(_Noted):
     """A batch of same-shaped image pairs on the compute device, with shared intermediates.
 
     ``pred``, ``target``: ``(N, C, H, W)`` in [0, 1]; ``diff``, when given, their difference computed
@@ -67,7 +80,7 @@ class PairBatch:
     ):
         self.pred, self.target, self.weights = pred, target, weights
         self._diff = diff
-        self.notes: list[list[str]] = [[] for _ in range(pred.shape[0])]
+        super().__init__(pred.shape[0])
 
     @property
     def diff(self) -> torch.Tensor:
@@ -84,14 +97,8 @@ class PairBatch:
     def image_mean(values: torch.Tensor) -> torch.Tensor:
         return values.flatten(1).mean(dim=1)
 
-    def note(self, images: Sequence[bool], text: str) -> None:
-        """Attach ``text`` to the notes of each image flagged in ``images``."""
-        for index, flagged in enumerate(images):
-            if flagged:
-                self.notes[index].append(text)
 
-
-class SegmentationBatch:
+class SegmentationBatch(_Noted):
     """Same-shaped segmentation pairs on the device: ``log_probs`` ``(N, C, H, W)`` and ``labels``
     ``(N, H, W)`` (ignored pixels hold any class; ``valid`` marks the others).
 
@@ -101,7 +108,7 @@ class SegmentationBatch:
 
     def __init__(self, log_probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor):
         self.log_probs, self.labels, self.valid = log_probs, labels, valid
-        self.notes: list[list[str]] = [[] for _ in range(labels.shape[0])]
+        super().__init__(labels.shape[0])
         self.per_class: dict[str, torch.Tensor] = {}
 
     @property
@@ -124,11 +131,6 @@ class SegmentationBatch:
         """``(N, C)``: classes in neither the (valid) labels nor the predicted map."""
         _, predicted, truth = self.overlaps
         return (predicted + truth) == 0
-
-    def note(self, images: Sequence[bool], text: str) -> None:
-        for index, flagged in enumerate(images):
-            if flagged:
-                self.notes[index].append(text)
 
 
 @dataclass(frozen=True)
