@@ -336,3 +336,13 @@ def test_log_cosh_keeps_relative_precision_for_tiny_errors_in_float32():
     expected = torch.log(torch.cosh(diff))
     got = L.log_cosh_loss(diff.float(), torch.zeros(7), reduction="none")
     torch.testing.assert_close(got.double(), expected, rtol=2e-6, atol=0)
+
+
+def test_large_inputs_compute_ssim_one_channel_at_a_time_with_the_same_result(monkeypatch):
+    import importlib
+
+    ssim_module = importlib.import_module("lossctl.losses.ssim")
+    pred, target = pair(seed=16, shape=(2, 3, 24, 28))
+    whole = L.ssim(pred, target, reduction="none")
+    monkeypatch.setattr(ssim_module, "CHANNEL_AT_A_TIME_VALUES", 100)
+    torch.testing.assert_close(L.ssim(pred, target, reduction="none"), whole, rtol=0, atol=1e-15)

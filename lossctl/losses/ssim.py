@@ -50,23 +50,40 @@ def check_ssim_window(window_size: int, sigma: float) -> None:
         raise ValueError(f"sigma must be > 0; got {sigma}")
 
 
+CHANNEL_AT_A_TIME_VALUES = 1 << 26  # above this many values, SSIM's maps are made one channel at a time
+
+
 def _ssim_and_contrast_structure(
     pred: torch.Tensor, target: torch.Tensor, data_range: float, taps: tuple[float, ...], k1: float, k2: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Means over the valid region of the SSIM map and of its contrast-structure term, ``(N, C)`` each."""
+    """Means over the valid region of the SSIM map and of its contrast-structure term, ``(N, C)`` each.
+
+    Channels are independent, so very large inputs are computed one channel at a time (the same
+    numbers, a third or less of the memory for RGB).
+    """
+    if pred.numel() > CHANNEL_AT_A_TIME_VALUES and pred.shape[1] > 1:
+        parts = [
+            _ssim_and_contrast_structure(pred[:, [c]], target[:, [c]], data_range, taps, k1, k2)
+            for c in range(pred.shape[1])
+        ]
+        return torch.cat([full for full, _ in parts], dim=1), torch.cat([cs for _, cs in parts], dim=1)
     # Variances are differences of two large terms (E[x^2] - E[x]^2); centring each channel first
     # keeps float32 within 1e-5 of float64. SSIM's variances do not depend on the shift.
     shift = ((pred + target) / 2).mean(dim=(2, 3), keepdim=True).detach()
     x, y = pred - shift, target - shift
-    filtered = _gaussian_filter_valid(torch.stack((x, y, x * x, y * y, x * y)), taps)
-    mean_x, mean_y, mean_xx, mean_yy, mean_xy = filtered
-    var_x = mean_xx - mean_x * mean_x
-    var_y = mean_yy - mean_y * mean_y
-    cov_xy = mean_xy - mean_x * mean_y
-    mu_x, mu_y = mean_x + shift, mean_y + shift
+    # The five maps are filtered one at a time, each product made just before its filter: about a
+    # third of the peak memory of filtering them stacked, which matters for very large images.
+    mean_x, mean_y = _gaussian_filter_valid(x, taps), _gaussian_filter_valid(y, taps)
+    var_sum = _gaussian_filter_valid(x * x, taps) - mean_x * mean_x
+    var_sum = var_sum + (_gaussian_filter_valid(y * y, taps) - mean_y * mean_y)
+    cov_xy = _gaussian_filter_valid(x * y, taps) - mean_x * mean_y
+    del x, y
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    contrast_structure = (2 * cov_xy + c2) / (var_sum + c2)
+    del cov_xy, var_sum
+    mu_x, mu_y = mean_x + shift, mean_y + shift
+    del mean_x, mean_y
     luminance = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
-    contrast_structure = (2 * cov_xy + c2) / (var_x + var_y + c2)
     return (luminance * contrast_structure).mean(dim=(2, 3)), contrast_structure.mean(dim=(2, 3))
 
 
