@@ -20,6 +20,7 @@ import pandas as pd
 
 from .errors import LossctlError
 from .metrics import METRICS
+from .report import format_precise
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -245,6 +246,10 @@ class Failure:
     def excess(self) -> float:
         return self.limit.excess(self.value)
 
+    @property
+    def message(self) -> str:
+        return f"{self.limit.metric} = {format_precise(self.value)}, limit {self.limit}"
+
 
 @dataclass
 class Verdict:
@@ -253,6 +258,13 @@ class Verdict:
     missing: list[tuple[str, str, str, str]] = field(default_factory=list)  # name, status, reason, file
     allow_missing: bool = False
     mode: str = "each"
+
+    @property
+    def failures_by_name(self) -> dict[str, list[Failure]]:
+        grouped: dict[str, list[Failure]] = {}
+        for failure in self.failures:
+            grouped.setdefault(failure.name, []).append(failure)
+        return grouped
 
     @property
     def failed_pairs(self) -> set[str]:
@@ -305,12 +317,6 @@ def check_frame(frame: pd.DataFrame, config: CheckConfig) -> Verdict:
     return verdict
 
 
-def _format(value: float) -> str:
-    from .report import format_value
-
-    return format_value(value, digits=6, missing="NaN")
-
-
 def failure_rows(verdict: Verdict) -> list[list[str]]:
     """``[name, metric, value, limit, by]`` for each failure, worst first within each metric."""
     ordered = sorted(
@@ -318,7 +324,13 @@ def failure_rows(verdict: Verdict) -> list[list[str]]:
         key=lambda f: (f.limit.metric, -(f.excess if not math.isnan(f.excess) else math.inf)),
     )
     return [
-        [f.name, f.limit.metric, _format(f.value), str(f.limit).split(" ", 1)[1], _format(f.excess)]
+        [
+            f.name,
+            f.limit.metric,
+            format_precise(f.value),
+            str(f.limit).split(" ", 1)[1],
+            format_precise(f.excess),
+        ]
         for f in ordered
     ]
 
@@ -332,9 +344,7 @@ def to_junit(verdict: Verdict, frame: pd.DataFrame) -> str:
     """JUnit XML: one test case per pair (per mean threshold in mean mode)."""
     suite = ElementTree.Element("testsuite", name="lossctl check")
     failures = errors = skipped = 0
-    by_name: dict[str, list[Failure]] = {}
-    for failure in verdict.failures:
-        by_name.setdefault(failure.name, []).append(failure)
+    by_name = verdict.failures_by_name
     names = list(frame["name"]) if verdict.mode == "each" else [*by_name] or ["mean"]
     missing = {name: (status, reason) for name, status, reason, _ in verdict.missing}
     for name in names:
@@ -349,7 +359,7 @@ def to_junit(verdict: Verdict, frame: pd.DataFrame) -> str:
                 errors += 1
         elif name in by_name:
             failures += 1
-            messages = [f"{f.limit.metric} = {_format(f.value)}, limit {f.limit}" for f in by_name[name]]
+            messages = [failure.message for failure in by_name[name]]
             element = ElementTree.SubElement(case, "failure", message="; ".join(messages), type="threshold")
             element.text = "\n".join(messages)
     tests = len(names)
@@ -367,22 +377,18 @@ def github_annotations(verdict: Verdict) -> list[str]:
         text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
         return text.replace(":", "%3A").replace(",", "%2C") if is_property else text
 
-    lines = []
-    by_name: dict[str, list[Failure]] = {}
-    for failure in verdict.failures:
-        by_name.setdefault(failure.name, []).append(failure)
-    for name, failures in by_name.items():
-        message = "; ".join(f"{f.limit.metric} = {_format(f.value)}, limit {f.limit}" for f in failures)
-        location = f"file={escape(failures[0].file, True)}," if failures[0].file else ""
-        lines.append(
-            f"::error {location}title={escape('lossctl check', True)}::{escape(f'{name}: {message}')}"
-        )
+    def annotation(file: str, text: str) -> str:
+        location = f"file={escape(file, True)}," if file else ""
+        return f"::error {location}title={escape('lossctl check', True)}::{escape(text)}"
+
+    lines = [
+        annotation(failures[0].file, f"{name}: " + "; ".join(failure.message for failure in failures))
+        for name, failures in verdict.failures_by_name.items()
+    ]
     if not verdict.allow_missing:
-        for name, status, reason, file in verdict.missing:
-            location = f"file={escape(file, True)}," if file else ""
-            lines.append(
-                f"::error {location}title={escape('lossctl check', True)}::{escape(f'{name}: {status}: {reason}')}"
-            )
+        lines += [
+            annotation(file, f"{name}: {status}: {reason}") for name, status, reason, file in verdict.missing
+        ]
     return lines
 
 

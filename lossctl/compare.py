@@ -18,6 +18,7 @@ import pandas as pd
 
 from .errors import LossctlError
 from .metrics import METRICS
+from .report import format_precise
 
 
 @dataclass(frozen=True)
@@ -256,19 +257,20 @@ def _summary_changes(base: LoadedReport, new: LoadedReport, metrics: Sequence[st
     return changes
 
 
-def _fmt(value: float | None) -> str:
-    from .report import format_value
-
-    return format_value(value, digits=6, missing="NaN")
-
-
 REGRESSION_HEADER = ["name", "metric", "base", "new", "worse by", "tolerance"]
 SUMMARY_HEADER = ["metric", "base mean", "new mean", "change", "verdict"]
 
 
 def regression_rows(comparison: Comparison) -> list[list[str]]:
     return [
-        [row.name, row.metric, _fmt(row.base), _fmt(row.new), _fmt(row.worse_by), _fmt(row.tolerance)]
+        [
+            row.name,
+            row.metric,
+            format_precise(row.base),
+            format_precise(row.new),
+            format_precise(row.worse_by),
+            format_precise(row.tolerance),
+        ]
         for row in comparison.regressions.itertuples(index=False)
     ]
 
@@ -283,9 +285,9 @@ def summary_rows(comparison: Comparison) -> list[list[str]]:
     return [
         [
             entry["metric"],
-            _fmt(entry["base_mean"]),
-            _fmt(entry["new_mean"]),
-            _fmt(entry["change"]),
+            format_precise(entry["base_mean"]),
+            format_precise(entry["new_mean"]),
+            format_precise(entry["change"]),
             verdict(entry),
         ]
         for entry in comparison.summary

@@ -137,6 +137,11 @@ def format_value(value: float | None, digits: int = 4, missing: str = "—") -> 
     return f"{value:.{digits}g}"
 
 
+def format_precise(value: float | None) -> str:
+    """A value for a threshold or a comparison: 6 significant digits, and NaN spelled out."""
+    return format_value(value, digits=6, missing="NaN")
+
+
 def _json_number(value: Any) -> Any:
     """Strict JSON has no NaN or infinity: NaN becomes null, infinities the strings 'inf'/'-inf'."""
     if isinstance(value, float):
