@@ -11,7 +11,7 @@ import math
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -216,14 +216,7 @@ def merge_command_line(config: CheckConfig, limits: Iterable[Limit]) -> CheckCon
     replaced = {(limit.metric, limit.bound) for limit in given}
     base = config.rules[0].limits if config.rules else ()
     kept = tuple(limit for limit in base if (limit.metric, limit.bound) not in replaced)
-    return CheckConfig(
-        (Rule(kept + tuple(given)), *config.rules[1:]),
-        config.mode,
-        config.metrics,
-        config.params,
-        config.allow_missing,
-        config.source,
-    )
+    return replace(config, rules=(Rule(kept + tuple(given)), *config.rules[1:]))
 
 
 def limits_for(name: str, rules: Sequence[Rule]) -> list[Limit]:

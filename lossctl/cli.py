@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -594,18 +595,9 @@ def check_command(
         command_line += [check.parse_limit(text, "max") for text in maximum or []]
         config = check.merge_command_line(config, command_line)
         if mean is not None:
-            config = check.CheckConfig(
-                config.rules,
-                "mean" if mean else "each",
-                config.metrics,
-                config.params,
-                config.allow_missing,
-                config.source,
-            )
+            config = replace(config, mode="mean" if mean else "each")
         if allow_missing is not None:
-            config = check.CheckConfig(
-                config.rules, config.mode, config.metrics, config.params, allow_missing, config.source
-            )
+            config = replace(config, allow_missing=allow_missing)
         if not config.threshold_metrics:
             source = f" (none in {found})" if found else ""
             raise LossctlError(f"no thresholds given: use --min/--max or a config file{source}")
