@@ -50,15 +50,13 @@ class Convention:
 
     def apply(self, images: torch.Tensor, offset: bool = True) -> torch.Tensor:
         """Crop and convert ``(N, C, H, W)`` images; ``offset=False`` for differences of images."""
-        from .losses.color import Y_OFFSET, Y_WEIGHTS
+        from .losses.color import rgb_to_y
 
         border = self.crop_border
         if border:
             images = images[:, :, border:-border, border:-border]
         if self.y_channel and images.shape[1] == 3:
-            red, green, blue = images.unbind(dim=1)
-            luma = Y_WEIGHTS[0] * red + Y_WEIGHTS[1] * green + Y_WEIGHTS[2] * blue
-            images = ((luma + Y_OFFSET if offset else luma) / 255.0).unsqueeze(1)
+            images = rgb_to_y(images, offset=offset)
         return images
 
 

@@ -344,6 +344,13 @@ def _check_pixels(width: int, height: int) -> None:
         )
 
 
+PILLOW_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what a bad file raises
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def decode_image(path: Path) -> DecodedImage:
     """Read one image file. Raises :class:`ImageReadError` with a one-line reason."""
     try:
@@ -370,8 +377,8 @@ def decode_image(path: Path) -> DecodedImage:
         if data.startswith(TIFF_SIGNATURES):  # e.g. float colour TIFF, which Pillow cannot open
             return _decode_with_opencv(data, keep_first_channel=False)
         raise ImageReadError("not a recognised image file") from error
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(str(error).splitlines()[0] if str(error) else type(error).__name__) from error
+    except PILLOW_ERRORS as error:
+        raise ImageReadError(_first_line(error)) from error
     except MemoryError:
         raise ImageReadError("not enough memory to decode it") from None
 
@@ -404,9 +411,7 @@ def decode_scores(path: Path) -> np.ndarray:
     try:
         scores = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
-        raise ImageReadError(
-            f"not a readable .npy array ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
-        ) from None
+        raise ImageReadError(f"not a readable .npy array ({_first_line(error)})") from None
     if scores.ndim != 3:
         raise ImageReadError(f"a segmentation prediction must be C x H x W; this array is {scores.shape}")
     if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
@@ -427,8 +432,10 @@ def decode_label_map(path: Path) -> tuple[np.ndarray, int]:
             labels = np.asarray(image)
     except UnidentifiedImageError:
         raise ImageReadError("not a recognised image file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+    except PILLOW_ERRORS as error:
+        raise ImageReadError(_first_line(error)) from None
+    except MemoryError:
+        raise ImageReadError("not enough memory to decode it") from None
     bit_depth = 1 if labels.dtype == bool else 16 if labels.dtype.itemsize > 1 else 8
     return labels.astype(np.int64), bit_depth
 
