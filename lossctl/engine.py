@@ -20,7 +20,7 @@ import torch
 
 from .conventions import Convention
 from .errors import ImageReadError, LossctlError
-from .io import SCORE_EXTENSION, LoadedPair, LoadedSegmentation, Pair, load_pair, set_max_pixels
+from .io import LoadedPair, LoadedSegmentation, Pair, load_pair, set_max_pixels
 from .metrics import METRICS, PairBatch, ParamValue, SegmentationBatch
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
@@ -290,7 +290,7 @@ def compute_within_memory(
 def first_class_count(pairs: Sequence[Pair]) -> int | None:
     """The class count of the first ``.npy`` prediction (by name) that can be read, from its header."""
     for pair in pairs:
-        if pair.pred is not None and pair.pred.suffix.lower() == SCORE_EXTENSION:
+        if pair.is_segmentation:
             try:
                 shape = np.load(pair.pred, mmap_mode="r", allow_pickle=False).shape
             except (OSError, ValueError, EOFError):

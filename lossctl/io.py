@@ -45,6 +45,11 @@ class Pair:
     problem: str | None = None
 
     @property
+    def is_segmentation(self) -> bool:
+        """The prediction is a ``.npy`` array of class scores (see :func:`load_segmentation`)."""
+        return self.pred is not None and self.pred.suffix.lower() == SCORE_EXTENSION
+
+    @property
     def status(self) -> str:
         if self.pred is None or self.gt is None:
             return "unmatched"
@@ -468,7 +473,7 @@ def load_pair(pair: Pair, with_weights: bool = False) -> LoadedPair | LoadedSegm
     weight map is not an error for the pair: it is reported in ``weight_problem``.
     """
     assert pair.pred is not None and pair.gt is not None, "load_pair needs a matched pair"
-    if pair.pred.suffix.lower() == SCORE_EXTENSION:
+    if pair.is_segmentation:
         return load_segmentation(pair)
     if pair.gt.suffix.lower() == SCORE_EXTENSION:
         raise ImageReadError(f"gt {pair.gt.name}: a .npy ground truth needs a .npy prediction")

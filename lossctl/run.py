@@ -95,7 +95,7 @@ class RunInterrupted(Exception):
 def _evaluation(results, request: EvalRequest, pairing, device) -> Evaluation:
     import torch
 
-    from . import io, report
+    from . import report
 
     frame = report.results_frame(results, request.metrics)
     info = report.ReportInfo(
@@ -110,7 +110,7 @@ def _evaluation(results, request: EvalRequest, pairing, device) -> Evaluation:
         skipped_files=len(pairing.skipped),
         convention=request.convention.as_dict(),
         segmentation={"pred_kind": request.pred_kind, "ignore_index": request.ignore_index}
-        if any(pair.pred and pair.pred.suffix.lower() == io.SCORE_EXTENSION for pair in pairing.pairs)
+        if any(pair.is_segmentation for pair in pairing.pairs)
         else None,
     )
     return Evaluation(frame, report.summarize(frame, request.metrics), info)
@@ -119,9 +119,7 @@ def _evaluation(results, request: EvalRequest, pairing, device) -> Evaluation:
 def applicable_metrics(metrics: Sequence[str], pairs: Sequence[Any]) -> list[str]:
     """The metrics that apply to the kinds of pair present: image metrics for image predictions,
     segmentation metrics for ``.npy`` predictions."""
-    from .io import SCORE_EXTENSION
-
-    scores = [pair.pred is not None and pair.pred.suffix.lower() == SCORE_EXTENSION for pair in pairs]
+    scores = [pair.is_segmentation for pair in pairs]
     wanted = []
     for name in metrics:
         metric = METRICS[name]
