@@ -18,7 +18,7 @@ import pandas as pd
 
 from .errors import LossctlError
 from .metrics import METRICS
-from .report import format_precise
+from .report import format_precise, sidecar_path
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def load_report(path: Path) -> LoadedReport:
             )
             if "name" in frame.columns:
                 frame["name"] = frame["name"].map(_unquote_formula)
-            sidecar = Path(f"{path}.meta.json")
+            sidecar = sidecar_path(path)
             params = (
                 json.loads(sidecar.read_text(encoding="utf-8")).get("params") if sidecar.is_file() else None
             )
