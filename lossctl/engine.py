@@ -261,6 +261,30 @@ def _out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+CPU_BLOCK_VALUES = 1 << 20  # values per input tensor of one CPU computation (about one 512x512 RGB pair)
+
+
+def compute_in_blocks(
+    items: Sequence[LoadedPair | LoadedSegmentation], config: EvalConfig, device: torch.device
+) -> list[PairResult]:
+    """Compute a batch; on a CPU, in blocks of a few megabytes per tensor.
+
+    A CPU computes each elementwise step of every metric as a pass over memory; blocks that stay in
+    cache make the whole metric set 3-4x faster than batches of 16 large images. A GPU takes the
+    whole batch at once.
+    """
+    if device.type != "cpu":
+        return compute_within_memory(items, config, device)
+    results: list[PairResult] = []
+    start = 0
+    while start < len(items):
+        per_item = _batch_values(items[start : start + 1])
+        stop = start + max(1, CPU_BLOCK_VALUES // per_item)
+        results.extend(compute_within_memory(items[start:stop], config, device))
+        start = stop
+    return results
+
+
 def compute_within_memory(
     items: Sequence[LoadedPair | LoadedSegmentation], config: EvalConfig, device: torch.device
 ) -> list[PairResult]:
@@ -412,9 +436,9 @@ def evaluate(
             if isinstance(item, PairResult):
                 record([item])
             elif (ready := batcher.add(item)) is not None:
-                record(compute_within_memory(ready, config, device))
+                record(compute_in_blocks(ready, config, device))
         for ready in batcher.drain():
-            record(compute_within_memory(ready, config, device))
+            record(compute_in_blocks(ready, config, device))
     except KeyboardInterrupt:
         raise EvaluationInterrupted([results[pair.name] for pair in pairs if pair.name in results]) from None
     return [results[pair.name] for pair in pairs]

@@ -80,6 +80,7 @@ class PairBatch(_Noted):
     ):
         self.pred, self.target, self.weights = pred, target, weights
         self._diff = diff
+        self._ssim_components: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         super().__init__(pred.shape[0])
 
     @property
@@ -96,6 +97,13 @@ class PairBatch(_Noted):
     @staticmethod
     def image_mean(values: torch.Tensor) -> torch.Tensor:
         return values.flatten(1).mean(dim=1)
+
+    def ssim_components(self, p: Mapping[str, ParamValue]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`lossctl.losses.ssim_components` at full scale, computed once for ssim and ms_ssim."""
+        key = (int(p["window"]), float(p["sigma"]), float(p["k1"]), float(p["k2"]))
+        if key not in self._ssim_components:
+            self._ssim_components[key] = L.ssim_components(self.pred, self.target, 1.0, *key)
+        return self._ssim_components[key]
 
 
 class SegmentationBatch(_Noted):
@@ -165,6 +173,8 @@ def _ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     if min(-(-height // factor), -(-width // factor)) < window:
         shrunk = f" after downsampling by {factor}" if factor > 1 else ""
         return _all_nan(batch, f"ssim: {width}x{height} is smaller than the {window}x{window} window{shrunk}")
+    if not downsample:
+        return batch.ssim_components(p)[0].mean(dim=1)
     return L.ssim(
         batch.pred,
         batch.target,
@@ -186,7 +196,17 @@ def _ms_ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
         return _all_nan(
             batch, f"ms_ssim: {width}x{height} is smaller than the {smallest} px that 5 scales need"
         )
-    return L.ms_ssim(batch.pred, batch.target, 1.0, window, p["sigma"], p["k1"], p["k2"], reduction="none")
+    return L.ms_ssim(
+        batch.pred,
+        batch.target,
+        1.0,
+        window,
+        p["sigma"],
+        p["k1"],
+        p["k2"],
+        reduction="none",
+        first_scale=batch.ssim_components(p),
+    )
 
 
 def _bce(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
