@@ -13,6 +13,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -390,16 +391,8 @@ class EvaluationInterrupted(Exception):
         self.results = results
 
 
-def evaluate(
-    pairs: Sequence[Pair],
-    config: EvalConfig,
-    on_progress: Callable[[int], None] | None = None,
-) -> list[PairResult]:
-    """Compute every metric of ``config`` for every pair; one result per pair, in input order.
-
-    Unmatched and conflicting pairs, unreadable files and size mismatches become results with
-    status ``unmatched`` or ``error`` and a reason; every other pair is computed.
-    """
+def check_config(config: EvalConfig) -> None:
+    """Raise :class:`LossctlError` for a setting no evaluation can run with."""
     if config.batch_size < 1:
         raise LossctlError(f"--batch-size must be at least 1; got {config.batch_size}")
     if config.workers < 1:
@@ -410,37 +403,53 @@ def evaluate(
         raise LossctlError(f"--precision must be float32 or float64; got {config.precision!r}")
     if config.max_pixels is not None and config.max_pixels < 1:
         raise LossctlError(f"--max-pixels must be at least 1; got {config.max_pixels}")
+
+
+def iter_results(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]:
+    """Compute every metric of ``config`` for every pair, yielding one result per pair as it is
+    done (not in input order), so that a caller can keep just what its report needs.
+
+    Unmatched and conflicting pairs, unreadable files and size mismatches become results with
+    status ``unmatched`` or ``error`` and a reason; every other pair is computed. Close the iterator
+    (or let it finish) to stop the decoding threads.
+    """
+    check_config(config)
     device = resolve_device(config.device)
     set_max_pixels(config.max_pixels)
-    results: dict[str, PairResult] = {}
-
-    def record(batch_results: Iterable[PairResult]) -> None:
-        done = 0
-        for result in batch_results:
-            results[result.pair.name] = result
-            done += 1
-        if on_progress and done:
-            on_progress(done)
-
+    for pair in pairs:
+        if pair.status != "pending":
+            yield PairResult(pair=pair, status=pair.status, error=_reason(pair))
     computable = [pair for pair in pairs if pair.status == "pending"]
-    record(
-        PairResult(pair=pair, status=pair.status, error=_reason(pair))
-        for pair in pairs
-        if pair.status != "pending"
-    )
     batcher = _Batcher(config.batch_size, max_buffered=4 * config.batch_size)
     prefetch = 2 * config.batch_size + 2 * config.workers
     config = replace(config, num_classes=first_class_count(computable))
-    try:
-        for item in _decoded(computable, config, prefetch):
-            if isinstance(item, PairResult):
-                record([item])
-            elif (ready := batcher.add(item)) is not None:
-                record(compute_in_blocks(ready, config, device))
-        for ready in batcher.drain():
-            record(compute_in_blocks(ready, config, device))
-    except KeyboardInterrupt:
-        raise EvaluationInterrupted([results[pair.name] for pair in pairs if pair.name in results]) from None
+    for item in _decoded(computable, config, prefetch):
+        if isinstance(item, PairResult):
+            yield item
+        elif (ready := batcher.add(item)) is not None:
+            yield from compute_in_blocks(ready, config, device)
+    for ready in batcher.drain():
+        yield from compute_in_blocks(ready, config, device)
+
+
+def evaluate(
+    pairs: Sequence[Pair],
+    config: EvalConfig,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[PairResult]:
+    """:func:`iter_results` collected in input order (one result per pair).
+
+    Ctrl-C raises :class:`EvaluationInterrupted` with the results finished so far.
+    """
+    results: dict[str, PairResult] = {}
+    with closing(iter_results(pairs, config)) as computed:
+        try:
+            for result in computed:
+                results[result.pair.name] = result
+                if on_progress:
+                    on_progress(1)
+        except KeyboardInterrupt:
+            raise EvaluationInterrupted([results[p.name] for p in pairs if p.name in results]) from None
     return [results[pair.name] for pair in pairs]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ def run_evaluation(
         raise LossctlError("--weights is only used by weighted_tv, which is not among the selected metrics")
 
     from . import io
-    from .engine import EvalConfig, EvaluationInterrupted, evaluate, resolve_device
+    from .engine import EvalConfig, iter_results, resolve_device
+    from .results import ResultTable
 
     pairing = io.pair_folders(request.pred_root, request.gt_root, request.weights_root)
     metrics = list(request.metrics)
@@ -76,12 +78,16 @@ def run_evaluation(
     )
     device = resolve_device(request.device)
     on_progress = on_start(len(pairing.pairs)) if on_start else None
-    try:
-        results = evaluate(pairing.pairs, config, on_progress=on_progress)
-    except EvaluationInterrupted as interrupted:
-        partial = _evaluation(interrupted.results, request, pairing, device)
-        raise RunInterrupted(partial, len(pairing.pairs)) from None
-    return _evaluation(results, request, pairing, device)
+    table = ResultTable(pairing.pairs, request.metrics)
+    with closing(iter_results(pairing.pairs, config)) as computed:
+        try:
+            for result in computed:
+                table.add(result)
+                if on_progress:
+                    on_progress(1)
+        except KeyboardInterrupt:
+            raise RunInterrupted(_evaluation(table, request, pairing, device), len(pairing.pairs)) from None
+    return _evaluation(table, request, pairing, device)
 
 
 class RunInterrupted(Exception):
@@ -92,12 +98,12 @@ class RunInterrupted(Exception):
         self.evaluation, self.total = evaluation, total
 
 
-def _evaluation(results, request: EvalRequest, pairing, device) -> Evaluation:
+def _evaluation(table, request: EvalRequest, pairing, device) -> Evaluation:
     import torch
 
     from . import report
 
-    frame = report.results_frame(results, request.metrics)
+    frame = table.frame()
     info = report.ReportInfo(
         pred_root=str(request.pred_root),
         gt_root=str(request.gt_root),

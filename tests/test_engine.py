@@ -113,6 +113,7 @@ def test_every_metric_on_real_photos_matches_a_float64_reference(precision, rel)
 
 def test_results_do_not_depend_on_batching_workers_or_cpu_blocks(folders, rng, monkeypatch):
     import lossctl.engine
+    import lossctl.metrics
 
     pred, gt = folders
     for index in range(7):
@@ -121,8 +122,10 @@ def test_results_do_not_depend_on_batching_workers_or_cpu_blocks(folders, rng, m
         save_image(gt / f"img{index}.png", clean)
         save_image(pred / f"img{index}.png", noisy(rng, clean))
     reference = run(pred, gt, batch_size=1, workers=1)
-    for batch_size, workers, block_values in [(3, 2, 1 << 20), (16, 4, 1 << 20), (16, 2, 1), (16, 2, 5000)]:
+    settings = [(3, 2, 1 << 20, 1 << 24), (16, 4, 1 << 20, 1 << 24), (16, 2, 1, 1000), (16, 2, 5000, 7)]
+    for batch_size, workers, block_values, chunk_values in settings:
         monkeypatch.setattr(lossctl.engine, "CPU_BLOCK_VALUES", block_values)
+        monkeypatch.setattr(lossctl.metrics, "ELEMENTWISE_CHUNK_VALUES", chunk_values)
         other = run(pred, gt, batch_size=batch_size, workers=workers)
         for name, result in reference.items():
             for metric, value in result.values.items():
