@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from . import losses as L
 else:
     L = lazy_import("lossctl.losses")
-    torch = lazy_import("torch")
 
 ParamValue = float | int
 
@@ -106,6 +105,8 @@ class PairBatch(_Noted):
         added in float64, so that a huge image needs the kernel's temporaries of one chunk, not of
         the image; smaller ones are one chunk, exactly ``kernel(*inputs).mean()``.
         """
+        import torch
+
         flat = [values.flatten(1) for values in inputs]
         count = flat[0].shape[1]
         chunk = max(1, ELEMENTWISE_CHUNK_VALUES // flat[0].shape[0])
