@@ -10,9 +10,7 @@ memory is split, and a single pair that does not fit on the GPU is computed on t
 from __future__ import annotations
 
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 
@@ -20,12 +18,18 @@ import numpy as np
 import torch
 
 from .conventions import Convention
-from .errors import ImageReadError, LossctlError
-from .io import LoadedPair, LoadedSegmentation, Pair, load_pair, set_max_pixels
+from .decoding import DecodeFailure, decode_ahead, use_processes
+from .errors import LossctlError
+from .io import LoadedPair, LoadedSegmentation, Pair, set_max_pixels
 from .metrics import METRICS, PairBatch, ParamValue, SegmentationBatch
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
-MAX_BATCH_VALUES = 1 << 25  # values per input tensor of a batch; SSIM needs about 10x that in memory
+MAX_BATCH_VALUES = 1 << 25  # values per input tensor of a batch when the device's memory is not known
+# Peak device memory of a batch, in values of the compute precision per input value: pred, target
+# and their difference, the full-size temporaries of tv and weighted_tv, and headroom. SSIM works in
+# blocks of at most 2^26 values and element-wise metrics in chunks, so they add a bounded amount.
+WORKING_SET_PER_VALUE = 12
+AUTO_BATCH_SIZE = {"cpu": 16, "cuda": 64}
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class EvalConfig:
     metrics: Sequence[str]
     params: dict[str, dict[str, ParamValue]]
     device: str = "auto"
-    batch_size: int = 16
+    batch_size: int | None = None  # None: auto, see resolve_batch
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     precision: str = "float32"
     with_weights: bool = False
@@ -43,6 +47,7 @@ class EvalConfig:
     ignore_index: int | None = None
     num_classes: int | None = None  # set by evaluate() from the first segmentation prediction
     max_pixels: int | None = None  # None: Pillow's decompression-bomb limit
+    decoder: str = "auto"  # decode in "threads", "processes", or "auto" (see decoding.use_processes)
 
 
 @dataclass
@@ -325,13 +330,6 @@ def first_class_count(pairs: Sequence[Pair]) -> int | None:
     return None
 
 
-def _load(pair: Pair, with_weights: bool) -> LoadedPair | PairResult:
-    try:
-        return load_pair(pair, with_weights)
-    except ImageReadError as error:
-        return PairResult(pair=pair, status="error", error=str(error))
-
-
 def _batch_values(items: Sequence[LoadedPair | LoadedSegmentation]) -> int:
     first = items[0]
     return len(items) * first.channels * first.height * first.width
@@ -340,8 +338,8 @@ def _batch_values(items: Sequence[LoadedPair | LoadedSegmentation]) -> int:
 class _Batcher:
     """Collects decoded pairs into same-shape batches; says which batch is ready to compute."""
 
-    def __init__(self, batch_size: int, max_buffered: int):
-        self.batch_size, self.max_buffered = batch_size, max_buffered
+    def __init__(self, batch_size: int, max_buffered: int, max_values: int = MAX_BATCH_VALUES):
+        self.batch_size, self.max_buffered, self.max_values = batch_size, max_buffered, max_values
         self.buckets: dict[tuple, list[LoadedPair]] = {}
         self.buffered = 0
 
@@ -349,7 +347,7 @@ class _Batcher:
         bucket = self.buckets.setdefault(item.batch_key, [])
         bucket.append(item)
         self.buffered += 1
-        if len(bucket) >= self.batch_size or _batch_values(bucket) >= MAX_BATCH_VALUES:
+        if len(bucket) >= self.batch_size or _batch_values(bucket) >= self.max_values:
             return self._take(item.batch_key)
         if self.buffered > self.max_buffered:  # many distinct shapes: flush the fullest bucket
             return self._take(max(self.buckets, key=lambda key: len(self.buckets[key])))
@@ -365,24 +363,6 @@ class _Batcher:
             yield self._take(next(iter(self.buckets)))
 
 
-def _decoded(pairs: Iterable[Pair], config: EvalConfig, prefetch: int) -> Iterator[LoadedPair | PairResult]:
-    """Decode ``pairs`` in a thread pool, at most ``prefetch`` ahead, yielding in input order.
-
-    When the consumer stops early (Ctrl-C), queued decodes are cancelled rather than awaited.
-    """
-    pool = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="lossctl-decode")
-    try:
-        in_flight: deque[Future] = deque()
-        for pair in pairs:
-            in_flight.append(pool.submit(_load, pair, config.with_weights))
-            if len(in_flight) >= prefetch:
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
 class EvaluationInterrupted(Exception):
     """Ctrl-C during :func:`evaluate`: ``results`` holds the pairs finished so far, in input order."""
 
@@ -393,7 +373,7 @@ class EvaluationInterrupted(Exception):
 
 def check_config(config: EvalConfig) -> None:
     """Raise :class:`LossctlError` for a setting no evaluation can run with."""
-    if config.batch_size < 1:
+    if config.batch_size is not None and config.batch_size < 1:
         raise LossctlError(f"--batch-size must be at least 1; got {config.batch_size}")
     if config.workers < 1:
         raise LossctlError(f"--workers must be at least 1; got {config.workers}")
@@ -403,6 +383,22 @@ def check_config(config: EvalConfig) -> None:
         raise LossctlError(f"--precision must be float32 or float64; got {config.precision!r}")
     if config.max_pixels is not None and config.max_pixels < 1:
         raise LossctlError(f"--max-pixels must be at least 1; got {config.max_pixels}")
+
+
+def resolve_batch(config: EvalConfig, device: torch.device) -> tuple[int, int]:
+    """Pairs per batch and the most input values a batch may hold.
+
+    ``batch_size=None`` (auto) takes 64 pairs on a GPU and 16 on a CPU (which computes in
+    cache-sized blocks anyway). On a GPU either way, a batch holds no more values than half of the
+    free device memory can take at ``WORKING_SET_PER_VALUE``; a batch that still runs out of memory
+    is split (see :func:`compute_within_memory`).
+    """
+    batch_size = config.batch_size or AUTO_BATCH_SIZE.get(device.type, 16)
+    if device.type != "cuda":
+        return batch_size, MAX_BATCH_VALUES
+    free, _ = torch.cuda.mem_get_info(device)
+    value_bytes = torch.finfo(PRECISIONS[config.precision]).bits // 8
+    return batch_size, max(1, free // 2 // (WORKING_SET_PER_VALUE * value_bytes))
 
 
 def iter_results(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]:
@@ -420,14 +416,20 @@ def iter_results(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResu
         if pair.status != "pending":
             yield PairResult(pair=pair, status=pair.status, error=_reason(pair))
     computable = [pair for pair in pairs if pair.status == "pending"]
-    batcher = _Batcher(config.batch_size, max_buffered=4 * config.batch_size)
-    prefetch = 2 * config.batch_size + 2 * config.workers
+    batch_size, max_values = resolve_batch(config, device)
+    batcher = _Batcher(batch_size, max_buffered=4 * batch_size, max_values=max_values)
+    prefetch = 2 * batch_size + 2 * config.workers
     config = replace(config, num_classes=first_class_count(computable))
-    for item in _decoded(computable, config, prefetch):
-        if isinstance(item, PairResult):
-            yield item
-        elif (ready := batcher.add(item)) is not None:
-            yield from compute_in_blocks(ready, config, device)
+    processes = use_processes(config.decoder, config.workers, len(computable))
+    decoded = decode_ahead(
+        computable, config.with_weights, config.workers, prefetch, processes, config.max_pixels
+    )
+    with closing(decoded):
+        for item in decoded:
+            if isinstance(item, DecodeFailure):
+                yield PairResult(pair=item.pair, status="error", error=item.reason)
+            elif (ready := batcher.add(item)) is not None:
+                yield from compute_in_blocks(ready, config, device)
     for ready in batcher.drain():
         yield from compute_in_blocks(ready, config, device)
 

@@ -28,7 +28,7 @@ class EvalRequest:
     params: dict[str, dict[str, ParamValue]]
     weights_root: Path | None = None
     device: str = "auto"
-    batch_size: int = 16
+    batch_size: int | None = None  # None: chosen from the device (see engine.resolve_batch)
     workers: int | None = None
     precision: str = "float32"
     convention: Convention = Convention()
@@ -36,6 +36,7 @@ class EvalRequest:
     ignore_index: int | None = None
     all_metrics: bool = False  # True: keep only the metrics that apply to the pairs found
     max_pixels: int | None = None
+    decoder: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def run_evaluation(
         pred_kind=request.pred_kind,
         ignore_index=request.ignore_index,
         max_pixels=request.max_pixels,
+        decoder=request.decoder,
     )
     device = resolve_device(request.device)
     on_progress = on_start(len(pairing.pairs)) if on_start else None
