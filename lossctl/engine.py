@@ -10,8 +10,10 @@ memory is split, and a single pair that does not fit on the GPU is computed on t
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -21,6 +23,10 @@ from .conventions import Convention
 from .decoding import DecodeFailure, decode_ahead, use_processes
 from .errors import LossctlError
 from .io import LoadedPair, LoadedSegmentation, Pair, set_max_pixels
+
+# Executes the lazily imported lossctl.losses now: importlib's LazyLoader is not thread-safe, and
+# the compute threads would otherwise race to load it on first use.
+from .losses import ssim_components  # noqa: F401
 from .metrics import METRICS, PairBatch, ParamValue, SegmentationBatch
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
@@ -48,6 +54,7 @@ class EvalConfig:
     num_classes: int | None = None  # set by evaluate() from the first segmentation prediction
     max_pixels: int | None = None  # None: Pillow's decompression-bomb limit
     decoder: str = "auto"  # decode in "threads", "processes", or "auto" (see decoding.use_processes)
+    compute_threads: int | None = None  # CPU only; None: one per core
 
 
 @dataclass
@@ -270,25 +277,70 @@ def _out_of_memory(error: BaseException) -> bool:
 CPU_BLOCK_VALUES = 1 << 20  # values per input tensor of one CPU computation (about one 512x512 RGB pair)
 
 
-def compute_in_blocks(
-    items: Sequence[LoadedPair | LoadedSegmentation], config: EvalConfig, device: torch.device
-) -> list[PairResult]:
-    """Compute a batch; on a CPU, in blocks of a few megabytes per tensor.
+def cpu_blocks(
+    items: Sequence[LoadedPair | LoadedSegmentation],
+) -> Iterator[Sequence[LoadedPair | LoadedSegmentation]]:
+    """A batch in blocks of about ``CPU_BLOCK_VALUES`` values per tensor (at least one pair).
 
-    A CPU computes each elementwise step of every metric as a pass over memory; blocks that stay in
-    cache make the whole metric set 3-4x faster than batches of 16 large images. A GPU takes the
-    whole batch at once.
+    A CPU computes each element-wise step of every metric as a pass over memory; blocks that stay in
+    cache make the whole metric set 3-4x faster than batches of 16 large images.
     """
-    if device.type != "cpu":
-        return compute_within_memory(items, config, device)
-    results: list[PairResult] = []
     start = 0
     while start < len(items):
-        per_item = _batch_values(items[start : start + 1])
-        stop = start + max(1, CPU_BLOCK_VALUES // per_item)
-        results.extend(compute_within_memory(items[start:stop], config, device))
+        stop = start + max(1, CPU_BLOCK_VALUES // _batch_values(items[start : start + 1]))
+        yield items[start:stop]
         start = stop
-    return results
+
+
+@contextmanager
+def _one_thread_per_operation() -> Iterator[None]:
+    """torch and OpenCV each run an operation on one thread while the engine computes blocks in
+    parallel threads. Splitting every small operation over all cores makes each wait for the
+    slowest core at a barrier: with decoding threads (or another process) busy on the same cores,
+    that made the metrics 3-10x slower than one thread per operation on a 2-core machine."""
+    import cv2
+
+    torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        cv2.setNumThreads(cv2_threads)
+
+
+class _Computer:
+    """Computes ready batches: on a GPU one batch at a time in this thread; on a CPU as blocks
+    (see :func:`cpu_blocks`) in a pool of threads, at most two blocks per thread in flight.
+    Results come back in the order the batches were given."""
+
+    def __init__(self, config: EvalConfig, device: torch.device):
+        self.config, self.device = config, device
+        self.threads = config.compute_threads or (os.cpu_count() or 1)
+        self.pool = None
+        if device.type == "cpu":
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lossctl-compute")
+        self.in_flight: deque[Future] = deque()
+
+    def submit(self, items: Sequence[LoadedPair | LoadedSegmentation]) -> Iterator[PairResult]:
+        """Start computing ``items``; yield the results of earlier blocks that are done or must be
+        waited for to keep the number in flight bounded."""
+        if self.pool is None:
+            yield from compute_within_memory(items, self.config, self.device)
+            return
+        for block in cpu_blocks(items):
+            self.in_flight.append(self.pool.submit(compute_within_memory, block, self.config, self.device))
+            while len(self.in_flight) > 2 * self.threads or (self.in_flight and self.in_flight[0].done()):
+                yield from self.in_flight.popleft().result()
+
+    def finish(self) -> Iterator[PairResult]:
+        while self.in_flight:
+            yield from self.in_flight.popleft().result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def compute_within_memory(
@@ -424,14 +476,20 @@ def iter_results(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResu
     decoded = decode_ahead(
         computable, config.with_weights, config.workers, prefetch, processes, config.max_pixels
     )
-    with closing(decoded):
+    computer = _Computer(config, device)
+    with ExitStack() as stack:
+        stack.enter_context(closing(decoded))
+        stack.callback(computer.close)
+        if device.type == "cpu":
+            stack.enter_context(_one_thread_per_operation())
         for item in decoded:
             if isinstance(item, DecodeFailure):
                 yield PairResult(pair=item.pair, status="error", error=item.reason)
             elif (ready := batcher.add(item)) is not None:
-                yield from compute_in_blocks(ready, config, device)
-    for ready in batcher.drain():
-        yield from compute_in_blocks(ready, config, device)
+                yield from computer.submit(ready)
+        for ready in batcher.drain():
+            yield from computer.submit(ready)
+        yield from computer.finish()
 
 
 def evaluate(
