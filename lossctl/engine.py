@@ -458,9 +458,18 @@ def iter_results(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResu
     done (not in input order), so that a caller can keep just what its report needs.
 
     Unmatched and conflicting pairs, unreadable files and size mismatches become results with
-    status ``unmatched`` or ``error`` and a reason; every other pair is computed. Close the iterator
-    (or let it finish) to stop the decoding threads.
+    status ``unmatched`` or ``error`` and a reason; every other pair is computed. A pair's own notes
+    (see :class:`Pair`) come first in its result's. Close the iterator (or let it finish) to stop
+    the decoding and compute threads.
     """
+    with closing(_computed(pairs, config)) as results:
+        for result in results:
+            if result.pair.notes:
+                result.notes[:0] = result.pair.notes
+            yield result
+
+
+def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]:
     check_config(config)
     device = resolve_device(config.device)
     set_max_pixels(config.max_pixels)
@@ -515,7 +524,9 @@ def evaluate(
 
 def _reason(pair: Pair) -> str:
     reasons = []
-    if pair.gt is None:
+    if pair.pred is None and pair.gt is None:
+        pass  # a folder that could not be read: the problem says so
+    elif pair.gt is None:
         reasons.append("no ground truth with this name")
     elif pair.pred is None:
         reasons.append("no prediction with this name")

@@ -226,3 +226,47 @@ def test_a_pair_that_kills_its_decoding_process_is_an_error_row_and_the_rest_is_
         "the decoding process died on this pair (a decoder crash or out of memory)"
     )
     assert (rows.drop(index="poison")["status"] == "ok").all() and len(rows) == 5
+
+
+def test_one_file_reached_under_two_names_is_noted(folders, rng):
+    pred, gt = folders
+    for name in ("a", "b", "c"):
+        clean = random_rgb(rng, 16, 16)
+        save_image(gt / f"{name}.png", clean)
+    save_image(pred / "a.png", noisy(rng, random_rgb(rng, 16, 16)))
+    (pred / "b.png").symlink_to(pred / "a.png")
+    os.link(gt / "c.png", pred / "c.png")
+    result = invoke("eval", pred, gt, "-m", "psnr", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("name")
+    assert rows.loc["a", "notes"] == "pred is the same file as the pred of b"
+    assert rows.loc["b", "notes"] == "pred is the same file as the pred of a"
+    assert rows.loc["c", "notes"] == "pred and gt are the same file"
+    assert rows.loc["c", "psnr"] == float("inf") and (rows["status"] == "ok").all()
+
+
+def test_an_unreadable_subfolder_is_an_error_row_and_the_rest_is_computed(folders, rng, monkeypatch):
+    pred, gt = folders
+    for name in ("top", "locked/inside", "open/inside"):
+        clean = random_rgb(rng, 16, 16)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == os.fspath(pred / "locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = invoke("eval", pred, gt, "-m", "l1", "--format", "csv")
+    assert result.exit_code == 3, result.output
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("name")
+    assert rows.loc["locked/", "status"] == "error"
+    assert rows.loc["locked/", "error"] == (
+        "cannot read pred folder locked: Permission denied; its images are not in this report"
+    )
+    assert rows.loc["locked/inside", "status"] == "unmatched"
+    assert rows.loc["top", "status"] == "ok" and rows.loc["open/inside", "status"] == "ok"
+    check = invoke("check", pred, gt, "--max", "l1=1")
+    assert check.exit_code == 3 and "Traceback" not in check.output
