@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -355,13 +355,15 @@ def _check_output_path(path: Path | None, option: str) -> None:
         raise LossctlError(f"{option} {path}: folder {path.parent} does not exist")
 
 
-def _write(path: Path | None, make_text: Callable[[], str]) -> None:
+def _write(path: Path | None, write: Callable[[TextIO], object]) -> None:
+    """Write a report file atomically; ``write(stream)`` writes its content (so a large CSV is never
+    held in memory whole)."""
     if path is None:
         return
     from .report import write_atomic
 
     try:
-        write_atomic(path, make_text())
+        write_atomic(path, write)
     except OSError as error:
         raise LossctlError(f"cannot write {path}: {error.strerror or error}") from None
 
@@ -396,9 +398,12 @@ def _write_reports(csv_path: Path | None, json_path: Path | None, evaluation) ->
 
     frame, summary, info = evaluation.frame, evaluation.summary, evaluation.info
     if csv_path is not None:
-        _write(csv_path, lambda: report.to_csv(frame))
-        _write(report.sidecar_path(csv_path), lambda: report.to_json(frame, summary, info, rows=False))
-    _write(json_path, lambda: report.to_json(frame, summary, info))
+        _write(csv_path, lambda stream: report.to_csv(frame, stream))
+        _write(
+            report.sidecar_path(csv_path),
+            lambda stream: stream.write(report.to_json(frame, summary, info, rows=False)),
+        )
+    _write(json_path, lambda stream: stream.write(report.to_json(frame, summary, info)))
 
 
 @contextmanager
@@ -492,7 +497,7 @@ def eval_command(
             if output_format == OutputFormat.table:
                 report.render_table(Console(), frame, summary, info, show_per_image)
             elif output_format == OutputFormat.csv:
-                sys.stdout.write(report.to_csv(frame))
+                report.to_csv(frame, sys.stdout)
             elif output_format == OutputFormat.json:
                 sys.stdout.write(report.to_json(frame, summary, info))
             else:
@@ -649,7 +654,7 @@ def check_command(
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path)
 
         verdict = check.check_frame(evaluation.frame, config)
-        _write(junit, lambda: check.to_junit(verdict, evaluation.frame))
+        _write(junit, lambda stream: stream.write(check.to_junit(verdict, evaluation.frame)))
         _write_reports(csv_path, json_path, evaluation)
         with _stdout_reader_may_leave():
             if github:

@@ -108,7 +108,9 @@ def _to_device(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
 
 def _scaled(raw: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
     values = raw.to(dtype)
-    return values / scale if scale != 1.0 else values
+    if scale == 1.0:
+        return values
+    return values.div_(scale) if values is not raw else values / scale  # in place: one image-sized copy
 
 
 def _expand_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

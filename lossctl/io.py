@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,27 +35,48 @@ SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 NETPBM_FORMATS = {"PPM", "PGM", "PBM", "PNM"}
 
 
-@dataclass(frozen=True)
+def _as_path(text: str | None) -> Path | None:
+    return None if text is None else Path(text)
+
+
+@dataclass(frozen=True, slots=True)
 class Pair:
-    """A prediction and its ground truth, or one side alone (unmatched), or a naming conflict."""
+    """A prediction and its ground truth, or one side alone (unmatched), or a naming conflict.
+
+    The files are kept as strings (``pred_file``...) and given as :class:`Path` by ``pred``, ``gt``
+    and ``weight``: a Path object with its cached parts costs about 600 bytes, which for a folder of
+    20,000 pairs was most of what the run's memory grew by.
+    """
 
     name: str
-    pred: Path | None
-    gt: Path | None
-    weight: Path | None = None
+    pred_file: str | None
+    gt_file: str | None
+    weight_file: str | None = None
     problem: str | None = None
     notes: tuple[str, ...] = ()  # facts worth reporting that do not stop the computation
 
     @property
+    def pred(self) -> Path | None:
+        return _as_path(self.pred_file)
+
+    @property
+    def gt(self) -> Path | None:
+        return _as_path(self.gt_file)
+
+    @property
+    def weight(self) -> Path | None:
+        return _as_path(self.weight_file)
+
+    @property
     def is_segmentation(self) -> bool:
         """The prediction is a ``.npy`` array of class scores (see :func:`load_segmentation`)."""
-        return self.pred is not None and self.pred.suffix.lower() == SCORE_EXTENSION
+        return self.pred_file is not None and self.pred_file.lower().endswith(SCORE_EXTENSION)
 
     @property
     def status(self) -> str:
-        if self.pred is None and self.gt is None:  # a folder that could not be read
+        if self.pred_file is None and self.gt_file is None:  # a folder that could not be read
             return "error"
-        if self.pred is None or self.gt is None:
+        if self.pred_file is None or self.gt_file is None:
             return "unmatched"
         return "error" if self.problem else "pending"
 
@@ -162,11 +184,11 @@ class LoadedSegmentation:
 
 @dataclass
 class FolderScan:
-    """The images under a folder by key (relative path without extension, '/'-separated), the
+    """The image files under a folder by key (relative path without extension, '/'-separated), the
     files skipped because their extension is not an image format's, and the subfolders that could
-    not be read (relative path, reason)."""
+    not be read (relative path, reason). Files are path strings (see :class:`Pair`)."""
 
-    images: dict[str, list[Path]]
+    images: dict[str, list[str]]
     skipped: list[Path]
     unreadable: list[tuple[str, str]]
 
@@ -194,13 +216,15 @@ def find_images(root: Path) -> FolderScan:
             continue
         visited.add(real)
         subdirectories.sort()
+        prefix = os.path.relpath(directory, root).replace(os.sep, "/")
+        prefix = "" if prefix == "." else prefix + "/"
         for file_name in sorted(files):
-            path = Path(directory) / file_name
-            if path.suffix.lower() not in INPUT_EXTENSIONS:
+            stem, extension = os.path.splitext(file_name)
+            path = os.path.join(directory, file_name)
+            if extension.lower() not in INPUT_EXTENSIONS:
                 skipped.append(path)
                 continue
-            key = path.relative_to(root).with_suffix("").as_posix()
-            images.setdefault(key, []).append(path)
+            images.setdefault(prefix + stem, []).append(path)
     return scan
 
 
@@ -211,12 +235,24 @@ def _check_folder(path: Path, role: str) -> None:
         raise LossctlError(f"{role} path is not a folder: {path}")
 
 
-def _ambiguity(side: str, paths: list[Path]) -> str:
-    names = ", ".join(path.name for path in paths)
+def _ambiguity(side: str, paths: list[str]) -> str:
+    names = ", ".join(os.path.basename(path) for path in paths)
     return f"ambiguous {side}: {len(paths)} files share this name ({names})"
 
 
-def _casefolded(images: dict[str, list[Path]]) -> dict[str, list[str]]:
+class _LazyDict(dict):
+    """A dict whose values are made by their factories on first access."""
+
+    def __init__(self, factories: dict[str, Callable[[], object]]):
+        super().__init__()
+        self.factories = factories
+
+    def __missing__(self, key: str) -> object:
+        value = self[key] = self.factories[key]()
+        return value
+
+
+def _casefolded(images: dict[str, list[str]]) -> dict[str, list[str]]:
     folded: dict[str, list[str]] = {}
     for key in images:
         folded.setdefault(key.casefold(), []).append(key)
@@ -243,7 +279,9 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
         raise LossctlError(f"no images found in ground-truth folder {gt_root}")
 
     pairs = []
-    by_case = {"pred": _casefolded(gt_images), "gt": _casefolded(pred_images)}  # the other side's keys
+    # The other side's keys by case-folded key, made only when a pair lacks a side (it costs a few
+    # hundred bytes per image, for nothing when every image has its match).
+    by_case = _LazyDict({"pred": lambda: _casefolded(gt_images), "gt": lambda: _casefolded(pred_images)})
     for key in sorted(pred_images.keys() | gt_images.keys()):
         preds, gts, weights = pred_images.get(key, []), gt_images.get(key, []), weight_images.get(key, [])
         problems = [
@@ -256,9 +294,9 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
         pairs.append(
             Pair(
                 name=key,
-                pred=preds[0] if preds else None,
-                gt=gts[0] if gts else None,
-                weight=weights[0] if len(weights) == 1 else None,
+                pred_file=preds[0] if preds else None,
+                gt_file=gts[0] if gts else None,
+                weight_file=weights[0] if len(weights) == 1 else None,
                 problem="; ".join(problems) or None,
             )
         )
@@ -268,8 +306,8 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
             pairs.append(
                 Pair(
                     name=f"{folder}/",
-                    pred=None,
-                    gt=None,
+                    pred_file=None,
+                    gt_file=None,
                     problem=f"cannot read {side} folder {folder}: {reason}; its images are not in this report",
                 )
             )
@@ -282,39 +320,44 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
         raise LossctlError(
             f"no prediction in {pred_root} has a ground truth with the same relative path in {gt_root}{hint}"
         )
-    return Pairing(pairs=pairs, skipped=pred_scan.skipped + gt_scan.skipped)
+    return Pairing(pairs=pairs, skipped=[Path(path) for path in pred_scan.skipped + gt_scan.skipped])
 
 
-def _file_identity(path: Path | None) -> tuple[int, int] | None:
+def _file_identity(path: str | None) -> int | None:
+    """One integer per file (device and inode), the same for every name that reaches it."""
+    if path is None:
+        return None
     try:
-        stat = path.stat() if path is not None else None
+        stat = os.stat(path)
     except OSError:
         return None
-    return (stat.st_dev, stat.st_ino) if stat is not None else None
+    return stat.st_dev << 64 | stat.st_ino
 
 
 def _note_files_reached_twice(pairs: list[Pair]) -> list[Pair]:
     """Note the pairs whose files are one file reached under two names (a symbolic or hard link):
     a prediction that is also another pair's prediction, or a prediction that is its ground truth."""
-    names_of: dict[tuple[str, tuple[int, int]], list[str]] = {}
-    identities = []
+    sides = ("pred", "gt")
+    first_name: dict[int, str] = {}  # 2 * file identity + side: one int per file, for 20,000 pairs
+    sharing: dict[int, list[str]] = {}  # only files reached more than once
+    same_file: set[str] = set()
     for pair in pairs:
-        pred_id, gt_id = _file_identity(pair.pred), _file_identity(pair.gt)
-        identities.append((pred_id, gt_id))
-        for side, identity in (("pred", pred_id), ("gt", gt_id)):
-            if identity is not None:
-                names_of.setdefault((side, identity), []).append(pair.name)
-    noted = []
-    for pair, (pred_id, gt_id) in zip(pairs, identities, strict=True):
-        notes = []
+        pred_id, gt_id = _file_identity(pair.pred_file), _file_identity(pair.gt_file)
         if pred_id is not None and pred_id == gt_id:
-            notes.append("pred and gt are the same file")
-        for side, identity in (("pred", pred_id), ("gt", gt_id)):
-            others = [name for name in names_of.get((side, identity), []) if name != pair.name]
-            if others:
-                notes.append(f"{side} is the same file as the {side} of {', '.join(others)}")
-        noted.append(replace(pair, notes=tuple(notes)) if notes else pair)
-    return noted
+            same_file.add(pair.name)
+        for side, identity in enumerate((pred_id, gt_id)):
+            if identity is None:
+                continue
+            key = 2 * identity + side
+            if (first := first_name.setdefault(key, pair.name)) != pair.name:
+                sharing.setdefault(key, [first]).append(pair.name)
+    notes: dict[str, list[str]] = {name: ["pred and gt are the same file"] for name in same_file}
+    for key, names in sharing.items():
+        side = sides[key % 2]
+        for name in names:
+            others = ", ".join(other for other in names if other != name)
+            notes.setdefault(name, []).append(f"{side} is the same file as the {side} of {others}")
+    return [replace(pair, notes=tuple(notes[pair.name])) if pair.name in notes else pair for pair in pairs]
 
 
 def _png_bit_depth_and_color_type(data: bytes) -> tuple[int, int] | None:

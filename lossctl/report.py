@@ -7,10 +7,10 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import pandas as pd
 from rich import box
@@ -135,15 +135,19 @@ def spreadsheet_safe(text: object) -> object:
     return text
 
 
-def to_csv(frame: pd.DataFrame) -> str:
-    """CSV, one row per pair. Empty cell: no value (NaN); ``inf``: identical images' PSNR.
+CSV_CHUNK_ROWS = 1000  # rows formatted at a time: pandas would otherwise format every cell at once
+
+
+def to_csv(frame: pd.DataFrame, stream: TextIO | None = None) -> str | None:
+    """CSV, one row per pair, written to ``stream`` (or returned as text when there is none).
+    Empty cell: no value (NaN); ``inf``: identical images' PSNR.
 
     Text cells that a spreadsheet would evaluate as a formula are quoted (:func:`spreadsheet_safe`).
     """
-    safe = frame.copy()
+    safe = frame.copy(deep=False)
     for column in TEXT_COLUMNS:
         safe[column] = safe[column].map(spreadsheet_safe)
-    return safe.to_csv(index=False, lineterminator="\n")
+    return safe.to_csv(stream, index=False, lineterminator="\n", chunksize=CSV_CHUNK_ROWS)
 
 
 def sidecar_path(csv_path: Path) -> Path:
@@ -332,8 +336,9 @@ def _current_umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place.
+def write_atomic(path: Path, content: str | Callable[[TextIO], object]) -> None:
+    """Write ``content`` (text, or a function that writes to a stream) to ``path`` through a
+    temporary file renamed into place.
 
     A symbolic link is followed, so the file it points to is replaced and the link kept.
     """
@@ -341,7 +346,10 @@ def write_atomic(path: Path, text: str) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
+            if isinstance(content, str):
+                stream.write(content)
+            else:
+                content(stream)
         os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:

@@ -39,6 +39,7 @@ class ResultTable:
         self._error: dict[int, str] = {}
         self._notes: dict[int, str] = {}
         self._extra: dict[int, dict[str, float]] = {}  # per-class values of segmentation pairs
+        self._texts: dict[str, str] = {}
 
     @classmethod
     def of(cls, results: Sequence[PairResult], metrics: Sequence[str]) -> ResultTable:
@@ -55,14 +56,19 @@ class ResultTable:
             _MISSING if size is None else size for size in (result.height, result.width, result.channels)
         ]
         if result.error:
-            self._error[row] = result.error
+            self._error[row] = self._shared(result.error)
         if result.notes:
-            self._notes[row] = "; ".join(result.notes)
+            self._notes[row] = self._shared("; ".join(result.notes))
         if result.values:
             self._values[row] = [result.values.get(name, math.nan) for name in self.metrics]
             extra = {name: value for name, value in result.values.items() if name not in self.metrics}
             if extra:
                 self._extra[row] = extra
+
+    def _shared(self, text: str) -> str:
+        """One string object for every row with the same text (e.g. the note of every image too
+        small for MS-SSIM)."""
+        return self._texts.setdefault(text, text)
 
     def add_all(self, results: Iterable[PairResult]) -> None:
         for result in results:
@@ -90,12 +96,12 @@ class ResultTable:
         sizes = self._sizes[rows]
         columns: dict[str, object] = {
             "name": [pair.name for pair in pairs],
-            "pred": [str(pair.pred) if pair.pred else "" for pair in pairs],
-            "gt": [str(pair.gt) if pair.gt else "" for pair in pairs],
+            "pred": [pair.pred_file or "" for pair in pairs],
+            "gt": [pair.gt_file or "" for pair in pairs],
         }
         for index, column in enumerate(("height", "width", "channels")):
-            values = sizes[:, index]
-            columns[column] = pd.array(np.where(values == _MISSING, None, values).tolist(), dtype="Int64")
+            values = sizes[:, index].astype(np.int64)
+            columns[column] = pd.arrays.IntegerArray(values, values == _MISSING)
         # Object dtype keeps 8 an integer (and "8/16" a string) beside the empty cells of failed pairs.
         columns["bit_depth"] = pd.Series(self._bit_depth[rows], dtype=object)
         columns["status"] = self._status[rows].tolist()

@@ -135,7 +135,7 @@ def _ssim_and_contrast_structure(
     window = len(taps)
     # Variances are differences of two large terms (E[x^2] - E[x]^2); centring each plane first
     # keeps float32 within 1e-5 of float64. SSIM's variances do not depend on the shift.
-    shift = ((pred + target) / 2).mean(dim=(2, 3), keepdim=True).detach().reshape(-1, 1, 1)
+    shift = ((pred.mean(dim=(2, 3)) + target.mean(dim=(2, 3))) / 2).detach().reshape(-1, 1, 1)
     x, y = pred.reshape(-1, height, width), target.reshape(-1, height, width)
     block_values = CPU_BLOCK_VALUES if pred.device.type == "cpu" else GPU_BLOCK_VALUES
     full_parts: list[torch.Tensor] = []
