@@ -5,6 +5,7 @@
 2. The CUDA dtype matrix of lossctl.losses: every loss in float32, float64, float16 and bfloat16,
    forward and backward, against a float64 CPU reference.
 3. GPU throughput of `lossctl eval` (bench/throughput.py) on 2,000 pairs of 512x512 and 200 of 2048x2048.
+4. bench/bench.py on the GPU: lossctl against the decode floor and the peers, with their agreement.
 
     PYTHONPATH=. python bench/gpu_check.py | tee gpu_results.md
 """
@@ -127,6 +128,15 @@ def throughput() -> list[str]:
     return lines
 
 
+def against_peers() -> list[str]:
+    """bench/bench.py on the GPU: lossctl, the decode floor and the peers on 2,000 pairs of 512x512."""
+    command = [sys.executable, str(REPO / "bench" / "bench.py"), "--device", "cuda", "--pairs", "2000"]
+    completed = subprocess.run(
+        [*command, "--peer-pairs", "200", "--repeat", "1"], capture_output=True, text=True
+    )
+    return [completed.stdout.strip() or f"failed: {completed.stderr.strip()[-300:]}"]
+
+
 def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("gpu_check.py needs CUDA; none is available here")
@@ -135,6 +145,7 @@ def main() -> None:
         ("CPU vs CUDA agreement", agreement),
         ("CUDA dtype matrix", dtype_matrix),
         ("Throughput", throughput),
+        ("Against the peers (bench/bench.py)", against_peers),
     ):
         print(f"## {title}\n")
         print("\n".join(section()) + "\n", flush=True)

@@ -39,6 +39,21 @@ def make_pairs(root: Path, pairs: int, size: int) -> tuple[Path, Path]:
     return pred, gt
 
 
+def make_huge_pair(root: Path, size: int) -> tuple[Path, Path]:
+    """One RGB PNG pair of ``size`` x ``size``: a smooth field plus noise, and a noisier copy."""
+    rng = np.random.default_rng(0)
+    pred, gt = root / "pred", root / "gt"
+    for folder in (pred, gt):
+        folder.mkdir(parents=True)
+    field = (rng.random((max(2, size // 64), max(2, size // 64), 3)) * 255).astype(np.uint8)
+    clean = np.asarray(Image.fromarray(field).resize((size, size), Image.BICUBIC))
+    clean = np.clip(clean + rng.normal(0, 4, clean.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(clean).save(gt / "huge.png", compress_level=1)
+    noisy = np.clip(clean + rng.normal(0, 6, clean.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(pred / "huge.png", compress_level=1)
+    return pred, gt
+
+
 def measure(pred: Path, gt: Path, report: Path, extra: list[str]) -> tuple[float, int]:
     command = [
         "/usr/bin/time",
@@ -71,7 +86,17 @@ def main() -> None:
     )
     parser.add_argument("--pairs", type=int, nargs="+", default=[1000, 20000])
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--huge", type=int, metavar="SIZE", help="instead: one SIZE x SIZE pair")
     args, extra = parser.parse_known_args()
+    if args.huge:
+        with tempfile.TemporaryDirectory() as folder:
+            pred, gt = make_huge_pair(Path(folder), args.huge)
+            extra = ["--max-pixels", str(args.huge * args.huge + 1), *extra]
+            elapsed, peak_kib = measure(pred, gt, Path(folder) / "report.csv", extra)
+            report = (Path(folder) / "report.csv").read_text()
+        print(f"| 1 | {args.huge}x{args.huge} | {elapsed:.1f} s | - | {peak_kib / 1024 / 1024:.1f} GiB |")
+        print(report)
+        return
     print("| pairs | size | wall time | pairs/s | peak RSS |")
     print("|---|---|---|---|---|")
     for pairs in args.pairs:

@@ -1,0 +1,94 @@
+"""Where `lossctl eval`'s time goes, per pair: decoding, moving the pixels to the device, each metric.
+
+Decodes N generated pairs (bench/throughput.py's generator) with lossctl's own loader, then times,
+on the chosen device, the upload and scaling of a batch and every metric of the default set on the
+engine's blocks (on a CPU: one thread per operation and one pair per block, as the engine runs
+them; each compute thread does this work in parallel). Prints a Markdown table for bench/RESULTS.md.
+
+    python bench/profile.py --pairs 16 --size 512 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from throughput import make_pairs  # noqa: E402
+
+from lossctl import engine  # noqa: E402
+from lossctl.io import load_pair, pair_folders  # noqa: E402
+from lossctl.metrics import METRICS, PairBatch, resolve_params  # noqa: E402
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    device = engine.resolve_device(args.device)
+    names = [name for name, metric in METRICS.items() if metric.compute is not None]
+    params = resolve_params(names, [])
+    with tempfile.TemporaryDirectory() as folder:
+        pred_root, gt_root = make_pairs(Path(folder), args.pairs, args.size)
+        pairs = pair_folders(pred_root, gt_root).pairs
+        start = time.perf_counter()
+        loaded = [load_pair(pair) for pair in pairs]
+        decode = (time.perf_counter() - start) / len(pairs)
+    block = 1 if device.type == "cpu" else len(loaded)  # the engine's CPU block is one 512x512 pair
+    timings = dict.fromkeys(["upload and scale", *names], 0.0)
+    single = engine._one_thread_per_operation() if device.type == "cpu" else nullcontext()
+    with single, torch.no_grad():
+        for repeat in range(args.repeat + 1):
+            for first in range(0, len(loaded), block):
+                items = loaded[first : first + block]
+                synchronize(device)
+                start = time.perf_counter()
+                raw = engine._to_device([item.pred.pixels for item in items], device)
+                raw_gt = engine._to_device([item.gt.pixels for item in items], device)
+                pred = engine._scaled(raw, items[0].pred.scale, torch.float32)
+                target = engine._scaled(raw_gt, items[0].gt.scale, torch.float32)
+                diff = engine._scaled(
+                    raw.to(torch.int32) - raw_gt.to(torch.int32), items[0].pred.scale, torch.float32
+                )
+                synchronize(device)
+                lap = time.perf_counter()
+                if repeat:
+                    timings["upload and scale"] += lap - start
+                batch = PairBatch(pred, target, diff=diff)
+                for name in names:
+                    METRICS[name].compute(batch, params.get(name, {}))
+                    synchronize(device)
+                    now = time.perf_counter()
+                    if repeat:
+                        timings[name] += now - lap
+                    lap = now
+    per_pair = {name: seconds / args.repeat / len(loaded) for name, seconds in timings.items()}
+    compute = sum(per_pair.values())
+    print(f"{args.pairs} pairs of {args.size}x{args.size} RGB, device {device}, torch {torch.__version__}\n")
+    print("| stage | ms per pair | share of one pair's work |")
+    print("|---|---|---|")
+    total = decode + compute
+    print(f"| decode pred + gt (lossctl.io, one core) | {decode * 1e3:.2f} | {decode / total:.0%} |")
+    for name, seconds in per_pair.items():
+        print(f"| {name} | {seconds * 1e3:.2f} | {seconds / total:.0%} |")
+    print(f"| **all metrics + upload** | {compute * 1e3:.2f} | {compute / total:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
