@@ -67,6 +67,7 @@ from .ssim import (
     ms_ssim_min_size,
     ssim,
     ssim_loss,
+    ssim_map,
 )
 from .tv import edge_aware_weights, image_gradients, tv_loss, weighted_tv_loss
 
@@ -128,6 +129,7 @@ __all__ = [
     "ms_ssim_min_size",
     "ssim",
     "ssim_loss",
+    "ssim_map",
     "tv_loss",
     "weighted_tv_loss",
 ]

@@ -53,20 +53,11 @@ def check_ssim_window(window_size: int, sigma: float) -> None:
 CHANNEL_AT_A_TIME_VALUES = 1 << 26  # above this many values, SSIM's maps are made one channel at a time
 
 
-def _ssim_and_contrast_structure(
+def _ssim_and_contrast_structure_maps(
     pred: torch.Tensor, target: torch.Tensor, data_range: float, taps: tuple[float, ...], k1: float, k2: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Means over the valid region of the SSIM map and of its contrast-structure term, ``(N, C)`` each.
-
-    Channels are independent, so very large inputs are computed one channel at a time (the same
-    numbers, a third or less of the memory for RGB).
-    """
-    if pred.numel() > CHANNEL_AT_A_TIME_VALUES and pred.shape[1] > 1:
-        parts = [
-            _ssim_and_contrast_structure(pred[:, [c]], target[:, [c]], data_range, taps, k1, k2)
-            for c in range(pred.shape[1])
-        ]
-        return torch.cat([full for full, _ in parts], dim=1), torch.cat([cs for _, cs in parts], dim=1)
+    """The SSIM map and its contrast-structure term over the valid region, ``(N, C, H', W')`` each,
+    with ``H' = H - len(taps) + 1`` and ``W' = W - len(taps) + 1``."""
     # Variances are differences of two large terms (E[x^2] - E[x]^2); centring each channel first
     # keeps float32 within 1e-5 of float64. SSIM's variances do not depend on the shift.
     shift = ((pred + target) / 2).mean(dim=(2, 3), keepdim=True).detach()
@@ -84,7 +75,25 @@ def _ssim_and_contrast_structure(
     mu_x, mu_y = mean_x + shift, mean_y + shift
     del mean_x, mean_y
     luminance = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
-    return (luminance * contrast_structure).mean(dim=(2, 3)), contrast_structure.mean(dim=(2, 3))
+    return luminance * contrast_structure, contrast_structure
+
+
+def _ssim_and_contrast_structure(
+    pred: torch.Tensor, target: torch.Tensor, data_range: float, taps: tuple[float, ...], k1: float, k2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means over the valid region of the SSIM map and of its contrast-structure term, ``(N, C)`` each.
+
+    Channels are independent, so very large inputs are computed one channel at a time (the same
+    numbers, a third or less of the memory for RGB).
+    """
+    if pred.numel() > CHANNEL_AT_A_TIME_VALUES and pred.shape[1] > 1:
+        parts = [
+            _ssim_and_contrast_structure(pred[:, [c]], target[:, [c]], data_range, taps, k1, k2)
+            for c in range(pred.shape[1])
+        ]
+        return torch.cat([full for full, _ in parts], dim=1), torch.cat([cs for _, cs in parts], dim=1)
+    full, contrast_structure = _ssim_and_contrast_structure_maps(pred, target, data_range, taps, k1, k2)
+    return full.mean(dim=(2, 3)), contrast_structure.mean(dim=(2, 3))
 
 
 def _check_size(pred: torch.Tensor, smallest: int, what: str) -> None:
@@ -157,6 +166,31 @@ def ssim(
         pred, target, data_range, gaussian_window(window_size, sigma), k1, k2
     )
     return reduce(per_channel.mean(dim=1), reduction)
+
+
+def ssim_map(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    downsample: bool = False,
+) -> torch.Tensor:
+    """The per-pixel SSIM map that :func:`ssim` averages, ``(N, C, H', W')``.
+
+    Only the valid region is returned (``H' = H - window_size + 1``, likewise ``W'``; after
+    :func:`matlab_downsample` when ``downsample``), so that the mean of an image's map over its
+    channels and pixels is exactly its ``ssim(..., reduction='none')``. Values lie in [-1, 1].
+    """
+    pred, target = check_pair(pred, target, image=True)
+    check_ssim_window(window_size, sigma)
+    if downsample:
+        pred, target = matlab_downsample(pred), matlab_downsample(target)
+    _check_size(pred, window_size, f"the {window_size}x{window_size} SSIM window")
+    taps = gaussian_window(window_size, sigma)
+    return _ssim_and_contrast_structure_maps(pred, target, data_range, taps, k1, k2)[0]
 
 
 def ssim_loss(
