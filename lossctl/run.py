@@ -52,7 +52,7 @@ def run_evaluation(
         raise LossctlError("--weights is only used by weighted_tv, which is not among the selected metrics")
 
     from . import io
-    from .engine import EvalConfig, EvaluationInterrupted, evaluate, resolve_device
+    from .engine import EvaluationInterrupted, evaluate, resolve_device
 
     pairing = io.pair_folders(request.pred_root, request.gt_root, request.weights_root)
     metrics = list(request.metrics)
@@ -61,7 +61,22 @@ def run_evaluation(
         request = replace(
             request, metrics=metrics, params={k: v for k, v in request.params.items() if k in metrics}
         )
-    config = EvalConfig(
+    config = eval_config(request)
+    device = resolve_device(request.device)
+    on_progress = on_start(len(pairing.pairs)) if on_start else None
+    try:
+        results = evaluate(pairing.pairs, config, on_progress=on_progress)
+    except EvaluationInterrupted as interrupted:
+        partial = _evaluation(interrupted.results, request, pairing, device)
+        raise RunInterrupted(partial, len(pairing.pairs)) from None
+    return _evaluation(results, request, pairing, device)
+
+
+def eval_config(request: EvalRequest):
+    """The engine's :class:`~lossctl.engine.EvalConfig` for ``request`` (also used to draw heat maps)."""
+    from .engine import EvalConfig
+
+    return EvalConfig(
         metrics=request.metrics,
         params=request.params,
         device=request.device,
@@ -74,14 +89,6 @@ def run_evaluation(
         ignore_index=request.ignore_index,
         max_pixels=request.max_pixels,
     )
-    device = resolve_device(request.device)
-    on_progress = on_start(len(pairing.pairs)) if on_start else None
-    try:
-        results = evaluate(pairing.pairs, config, on_progress=on_progress)
-    except EvaluationInterrupted as interrupted:
-        partial = _evaluation(interrupted.results, request, pairing, device)
-        raise RunInterrupted(partial, len(pairing.pairs)) from None
-    return _evaluation(results, request, pairing, device)
 
 
 class RunInterrupted(Exception):
