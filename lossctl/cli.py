@@ -230,6 +230,43 @@ DebugOption = Annotated[
     bool, typer.Option("--debug", help="Show the traceback of an internal error.", rich_help_panel="Output")
 ]
 
+MapMetricOption = Annotated[
+    str,
+    typer.Option(
+        "--map-metric",
+        metavar="NAME",
+        help="Heat map of l1 (|p - g| averaged over channels) or ssim (the SSIM map); its mean is the pair's reported value.",
+        rich_help_panel="Pictures",
+    ),
+]
+MapScaleOption = Annotated[
+    str,
+    typer.Option(
+        "--map-scale",
+        metavar="shared|pair",
+        help="One colour scale for every heat map (colours comparable between pairs), or one per pair.",
+        rich_help_panel="Pictures",
+    ),
+]
+HtmlOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--html",
+        metavar="FILE",
+        help="Write a self-contained HTML report (summary, histograms, gallery worst first) to FILE.",
+        rich_help_panel="Pictures",
+    ),
+]
+HtmlLimitOption = Annotated[
+    int,
+    typer.Option(
+        "--html-limit",
+        metavar="N",
+        help="Pairs in the HTML gallery (the worst N; the summary covers all pairs).",
+        rich_help_panel="Pictures",
+    ),
+]
+
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     stderr.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
@@ -275,8 +312,9 @@ def _root(
 class _LazyProgress:
     """A rich progress bar on stderr that appears only once work has run for over a second."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, description: str = "evaluating"):
         self.total, self.enabled, self.started_at = total, enabled, time.monotonic()
+        self.description = description
         self.done, self.progress, self.task = 0, None, None
 
     def advance(self, count: int) -> None:
@@ -295,7 +333,9 @@ class _LazyProgress:
                 transient=True,
             )
             self.progress.start()
-            self.task = self.progress.add_task("evaluating", total=self.total, completed=self.done - count)
+            self.task = self.progress.add_task(
+                self.description, total=self.total, completed=self.done - count
+            )
         if self.progress is not None:
             self.progress.advance(self.task, count)
 
@@ -305,11 +345,11 @@ class _LazyProgress:
 
 
 @contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[int], Callable[[int], None]]]:
+def _progress(quiet: bool) -> Iterator[Callable[..., Callable[[int], None]]]:
     bars: list[_LazyProgress] = []
 
-    def start(total: int) -> Callable[[int], None]:
-        bars.append(_LazyProgress(total, enabled=not quiet and stderr.is_terminal))
+    def start(total: int, description: str = "evaluating") -> Callable[[int], None]:
+        bars.append(_LazyProgress(total, enabled=not quiet and stderr.is_terminal, description=description))
         return bars[-1].advance
 
     try:
@@ -337,6 +377,42 @@ def _write(path: Path | None, make_text: Callable[[], str]) -> None:
         write_atomic(path, make_text())
     except OSError as error:
         raise LossctlError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _prepare_maps_dir(path: Path | None) -> None:
+    """Create the ``--maps`` folder (and its parents) and check that it can be written."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise LossctlError(f"--maps {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LossctlError(f"cannot create --maps folder {path}: {error.strerror or error}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise LossctlError(f"--maps folder {path} is not writable")
+
+
+def _check_picture_options(
+    map_metric: str,
+    map_scale: str,
+    html_limit: int,
+    metrics: list[str] | None,
+    sort_metric: str | None = None,
+) -> None:
+    """The options of ``--maps`` and ``--html``; ``metrics`` (the run's) when pictures are drawn."""
+    from .maps import check_map_metric, check_map_scale
+
+    check_map_metric(map_metric, metrics)
+    check_map_scale(map_scale)
+    if html_limit < 1:
+        raise LossctlError(f"--html-limit must be at least 1; got {html_limit}")
+    if sort_metric is not None and sort_metric not in METRICS:
+        raise LossctlError(f"--html-sort {sort_metric}: unknown metric; valid metrics: {', '.join(METRICS)}")
+    if sort_metric is not None and metrics is not None and sort_metric not in metrics:
+        raise LossctlError(
+            f"--html-sort {sort_metric}: not among the metrics computed ({', '.join(metrics)})"
+        )
 
 
 def _threshold_override(threshold: float | None, names: list[str]) -> list[str]:
@@ -384,11 +460,42 @@ def _stdout_reader_may_leave() -> Iterator[None]:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _eval_pictures(
+    evaluation, request, quiet: bool, maps_dir, map_metric, map_scale, html_path, limit, sort_metric
+):
+    """``--maps`` and ``--html``: draw the heat maps and write the page."""
+    from . import gallery, html_report
+    from .run import eval_config
+
+    frame, info = evaluation.frame, evaluation.info
+    _check_picture_options(map_metric, map_scale, limit, list(info.metrics), sort_metric)  # a run drops some
+    config = eval_config(replace(request, metrics=info.metrics, params=info.params))
+    names = gallery.worst_first(frame, sort_metric)[:limit] if html_path is not None else []
+    with _progress(quiet) as on_start:
+        pictures = gallery.eval_pictures(
+            frame, info.metrics, config, map_metric, map_scale, maps_dir, names, on_start
+        )
+    if html_path is not None:
+        page = html_report.eval_page(
+            frame,
+            evaluation.summary,
+            info,
+            pictures.cards,
+            sort_metric,
+            limit,
+            map_metric,
+            pictures.scale,
+            map_scale,
+        )
+        _write(html_path, lambda: html_report.render_page(page))
+
+
 EVAL_EPILOG = """[b]Examples[/b]
 
   lossctl eval sample_images/pred sample_images/gt
   lossctl eval pred/ gt/ --metrics psnr,ssim,l1 --csv report.csv
   lossctl eval pred/ gt/ --param charbonnier.eps=1e-4 --format json > report.json
+  lossctl eval pred/ gt/ --maps maps/ --html report.html
 
 Exit codes: 0 every pair computed; 3 some pairs failed or were unmatched (the report is still complete); 2 usage or input error."""
 
@@ -423,6 +530,29 @@ def eval_command(
     max_pixels: MaxPixelsOption = None,
     csv_path: CsvOption = None,
     json_path: JsonOption = None,
+    maps_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--maps",
+            metavar="DIR",
+            help="Write a PNG heat map of each pair, with a labelled colour bar, under DIR at the pair's relative path.",
+            rich_help_panel="Pictures",
+        ),
+    ] = None,
+    map_metric: MapMetricOption = "l1",
+    map_scale: MapScaleOption = "shared",
+    html_path: HtmlOption = None,
+    html_limit: HtmlLimitOption = 30,
+    html_sort: Annotated[
+        str | None,
+        typer.Option(
+            "--html-sort",
+            metavar="METRIC",
+            help="Order the HTML gallery worst-first by METRIC \\[default: the --map-metric].",
+            show_default=False,
+            rich_help_panel="Pictures",
+        ),
+    ] = None,
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="What goes to stdout.", rich_help_panel="Output")
     ] = OutputFormat.table,
@@ -452,12 +582,29 @@ def eval_command(
         )  # fmt: skip
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
+        _check_output_path(html_path, "--html")
+        drawing = maps_dir is not None or html_path is not None
+        sort_metric = html_sort or map_metric
+        _check_picture_options(map_metric, map_scale, html_limit, names if drawing else None, sort_metric)
+        _prepare_maps_dir(maps_dir)
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path)
 
         from . import report
 
         frame, summary, info = evaluation.frame, evaluation.summary, evaluation.info
         _write_reports(csv_path, json_path, evaluation)
+        if maps_dir is not None or html_path is not None:
+            _eval_pictures(
+                evaluation,
+                request,
+                quiet,
+                maps_dir,
+                map_metric,
+                map_scale,
+                html_path,
+                html_limit,
+                sort_metric,
+            )
         show_per_image = per_image if per_image is not None else len(frame) <= PER_IMAGE_AUTO_LIMIT
         with _stdout_reader_may_leave():
             if output_format == OutputFormat.table:
@@ -638,6 +785,7 @@ COMPARE_EPILOG = """[b]Examples[/b]
   lossctl compare main.json pr.json
   lossctl compare main.json pr.json --tolerance psnr=0.1 --tolerance ssim=0.001 --rel-tolerance l1=0.05
   lossctl compare main.csv pr.csv --format markdown > comment.md
+  lossctl compare main.json pr.json --html changes.html
 
 Exit codes: 0 no regression beyond tolerance; 1 regressions (or pairs removed or no longer computed); 2 usage or input error, including reports made with different metric parameters."""
 
@@ -665,6 +813,11 @@ def compare_command(
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="What goes to stdout.", rich_help_panel="Output")
     ] = OutputFormat.table,
+    html_path: HtmlOption = None,
+    map_metric: MapMetricOption = "l1",
+    map_scale: MapScaleOption = "shared",
+    html_limit: HtmlLimitOption = 30,
+    quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Compare two reports: per-image, direction-aware regressions, worst first."""
@@ -672,7 +825,13 @@ def compare_command(
 
     with _reported_errors(debug):
         tolerances = compare.parse_tolerances(tolerance or [], rel_tolerance or [])
+        _check_output_path(html_path, "--html")
+        _check_picture_options(map_metric, map_scale, html_limit, None)
         comparison = compare.compare_reports(compare.load_report(base), compare.load_report(new), tolerances)
+        if html_path is not None:
+            shared = [name for name in comparison.base.metrics if name in comparison.new.metrics]
+            _check_picture_options(map_metric, map_scale, html_limit, shared)
+            _compare_pictures(comparison, quiet, html_path, map_metric, map_scale, html_limit)
         with _stdout_reader_may_leave():
             if output_format == OutputFormat.table:
                 compare.render_comparison(Console(), comparison)
@@ -684,6 +843,20 @@ def compare_command(
                 sys.stdout.write(compare.comparison_markdown(comparison))
         code = comparison.exit_code
     raise typer.Exit(code)
+
+
+def _compare_pictures(comparison, quiet: bool, html_path: Path, map_metric: str, map_scale: str, limit: int):
+    """``compare --html``: before and after, side by side, for the pairs that got worse."""
+    from . import gallery, html_report
+
+    with _progress(quiet) as on_start:
+        pictures = gallery.compare_pictures(
+            comparison, map_metric, map_scale, limit, os.cpu_count() or 1, on_start
+        )
+    page = html_report.compare_page(
+        comparison, pictures.cards, map_metric, pictures.scale, map_scale, pictures.worse
+    )
+    _write(html_path, lambda: html_report.render_page(page))
 
 
 @app.command("metrics")

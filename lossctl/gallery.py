@@ -1,0 +1,364 @@
+"""Pictures of a report's pairs: heat maps for ``--maps``, and the gallery cards of the HTML reports.
+
+Pairs are decoded again with the evaluator's loader and turned into the very batch the metrics saw
+(:func:`lossctl.engine.pair_batch`), so that each map's mean is the number in the report.
+
+The colour scale is, by default, shared by every map drawn in one run: ``l1`` from 0 to the largest
+error of any pair, ``ssim`` from the lowest value of any pair to 1. Colours then mean the same
+number in every picture, so a gallery sorted worst-first also looks worst-first, and no value is
+clipped. That takes two passes over the pairs (one for the range, one to draw). ``--map-scale pair``
+gives each map its own range instead (one pass; it shows where a good pair's small errors are).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from . import maps
+from .engine import EvalConfig, PairResult, decode_ahead, pair_batch, resolve_device
+from .errors import LossctlError
+from .html_report import Card, Panel
+from .io import DecodedImage, LoadedPair, Pair
+from .metrics import METRICS
+from .report import format_value
+
+THUMB_SIZE = 200  # longest side of a gallery thumbnail, in pixels
+LARGE_SIZE = 640  # longest side of the enlarged view (the page stays a few MB per 10 pairs)
+
+
+@dataclass
+class Drawn:
+    """One pair's heat map, or why it has none; ``loaded`` keeps the decoded images for display."""
+
+    pair: Pair
+    loaded: LoadedPair | None = None
+    heat: Image.Image | None = None
+    png_info: Any = None
+    scale: maps.MapScale | None = None
+    mean: float = math.nan
+    size: tuple[int, int] | None = None  # the map's width and height
+    reason: str = ""
+
+
+def _computed(
+    pairs: Sequence[Pair], config: EvalConfig, metric: str
+) -> Iterator[tuple[Pair, LoadedPair | None, np.ndarray | None, str]]:
+    """Each pair with its decoded images and its ``metric`` map (float64), or the reason it has none."""
+    import torch
+
+    device = resolve_device(config.device)
+    params = config.params.get(metric, {})
+    prefetch = 2 * config.workers + 2
+    for pair, item in zip(pairs, decode_ahead(pairs, config, prefetch), strict=True):
+        if isinstance(item, PairResult):
+            yield pair, None, None, item.error
+            continue
+        if not isinstance(item, LoadedPair):
+            yield pair, None, None, "no heat map for segmentation pairs"
+            continue
+        if (problem := config.convention.check_size(item.height, item.width)) is not None:
+            yield pair, item, None, problem
+            continue
+        with torch.no_grad():
+            values = maps.metric_maps(pair_batch([item], config, device), metric, params)[0]
+        yield pair, item, values.to(torch.float64).cpu().numpy(), ""
+
+
+def draw_heat_maps(
+    pairs: Sequence[Pair],
+    config: EvalConfig,
+    metric: str,
+    scale_mode: str,
+    on_drawn: Callable[[int, Drawn], None],
+    on_progress: Callable[[int], None] | None = None,
+) -> maps.MapScale | None:
+    """Draw the ``metric`` heat map of each pair and hand it to ``on_drawn(index, drawn)``, in order.
+
+    ``scale_mode`` ``shared`` puts every map on one scale (returned), ``pair`` gives each its own.
+    """
+    config = replace(config, with_weights=False)
+    shared = None
+    if scale_mode == "shared":
+        lowest, highest = math.inf, -math.inf
+        for _, _, values, _ in _computed(pairs, config, metric):
+            if values is not None:
+                low, high = maps.map_range(values)
+                lowest, highest = min(lowest, low), max(highest, high)
+            if on_progress:
+                on_progress(1)
+        if math.isfinite(lowest):
+            shared = maps.MapScale.natural(metric, lowest, highest)
+    for index, (pair, loaded, values, reason) in enumerate(_computed(pairs, config, metric)):
+        drawn = Drawn(pair, loaded, reason=reason)
+        if values is not None:
+            scale = shared or maps.MapScale.natural(metric, *maps.map_range(values))
+            mean = float(values.mean())
+            heat, box = maps.render_heat_map(values, scale, metric)
+            drawn.heat, drawn.scale, drawn.mean = heat, scale, mean
+            drawn.png_info = maps.heat_map_info(metric, scale, mean, box)
+            drawn.size = (values.shape[1], values.shape[0])
+        on_drawn(index, drawn)
+        if on_progress:
+            on_progress(1)
+    return shared
+
+
+def display_image(image: DecodedImage) -> Image.Image:
+    """An image as stored, scaled to [0, 1] by its bit depth, clipped, as 8-bit gray or RGB."""
+    values = image.pixels.astype(np.float64) / image.scale
+    pixels = np.rint(np.clip(np.nan_to_num(values), 0.0, 1.0) * 255).astype(np.uint8)
+    return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+
+
+def data_uri(image: Image.Image, longest: int) -> str:
+    """A PNG data URI of ``image`` shrunk (never enlarged) to ``longest`` pixels on its longer side."""
+    if max(image.size) > longest:
+        image = image.copy()
+        image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def panel(label: str, image: Image.Image | None, caption: str, missing: str = "") -> Panel:
+    """A gallery picture: thumbnail, enlarged view and caption, or the reason there is none."""
+    if image is None:
+        return Panel(label, None, None, caption, missing)
+    full = data_uri(image, LARGE_SIZE) if max(image.size) > THUMB_SIZE else None  # None: the thumbnail
+    return Panel(label, data_uri(image, THUMB_SIZE), full, caption)
+
+
+def heat_caption(drawn: Drawn, metric: str) -> str:
+    if drawn.scale is None or drawn.size is None:
+        return ""
+    width, height = drawn.size
+    return (
+        f"{drawn.pair.name}: {metric} map {width}x{height}, mean {format_value(drawn.mean, 6)}, "
+        f"colour scale {drawn.scale.text()}"
+    )
+
+
+def heat_panel(drawn: Drawn, metric: str, label: str = "heat map") -> Panel:
+    made = panel(label, drawn.heat, heat_caption(drawn, metric), drawn.reason or "no heat map")
+    return replace(made, scale=(drawn.scale.low, drawn.scale.high)) if drawn.scale else made
+
+
+def worst_first(frame: pd.DataFrame, metric: str) -> list[str]:
+    """Names of the ``ok`` pairs, worst ``metric`` value first (NaN last, then by name)."""
+    ok = frame[frame["status"] == "ok"]
+    values = ok[metric].astype("float64")
+    key = -values if METRICS[metric].better == "lower" else values
+    order = pd.DataFrame({"name": ok["name"], "nan": values.isna(), "key": key.fillna(0.0)})
+    return order.sort_values(["nan", "key", "name"], kind="stable")["name"].tolist()
+
+
+def _pair_of(row: pd.Series) -> Pair:
+    return Pair(name=row["name"], pred=Path(row["pred"]), gt=Path(row["gt"]))
+
+
+def _values(row: pd.Series, metrics: Sequence[str]) -> list[tuple[str, str]]:
+    arrows = {"higher": "↑", "lower": "↓"}
+    return [(f"{name} {arrows[METRICS[name].better]}", format_value(row[name])) for name in metrics]
+
+
+def _no_map_reason(row: pd.Series, metric: str) -> str | None:
+    if str(row["pred"]).lower().endswith(".npy"):
+        return "no heat map for segmentation pairs"
+    if pd.isna(row[metric]):
+        return row["notes"] or f"{metric} is empty for this pair"
+    return None
+
+
+@dataclass(frozen=True)
+class EvalPictures:
+    """What :func:`eval_pictures` made: gallery cards (worst first), the scale, and maps written."""
+
+    cards: list[Card]
+    scale: maps.MapScale | None
+    maps_written: int
+
+
+def eval_pictures(
+    frame: pd.DataFrame,
+    metrics: Sequence[str],
+    config: EvalConfig,
+    metric: str,
+    scale_mode: str,
+    maps_dir: Path | None,
+    gallery: Sequence[str],
+    on_start: Callable[[int, str], Callable[[int], None]] | None = None,
+) -> EvalPictures:
+    """Heat maps of ``metric`` for an evaluation: written under ``maps_dir`` (each pair's relative
+    path, ``.png``) for every ``ok`` pair when given, and a gallery card for each name of ``gallery``.
+
+    The maps of all pairs drawn share one scale (unless ``scale_mode`` is ``pair``).
+    """
+    rows = frame.set_index("name", drop=False)
+    wanted = list(frame.loc[frame["status"] == "ok", "name"]) if maps_dir is not None else list(gallery)
+    in_gallery = set(gallery)
+    reasons = {name: _no_map_reason(rows.loc[name], metric) for name in wanted}
+    drawable = [name for name in wanted if reasons[name] is None]
+    cards: dict[str, Card] = {}
+    written = 0
+
+    def card(name: str, pred: Panel, gt: Panel, heat: Panel) -> Card:
+        row = rows.loc[name]
+        return Card(name, row["status"], _values(row, metrics), [pred, gt, heat], row["notes"] or "")
+
+    def on_drawn(index: int, drawn: Drawn) -> None:
+        nonlocal written
+        name = drawn.pair.name
+        if maps_dir is not None and drawn.heat is not None:
+            target = maps_dir / f"{name}.png"
+            try:
+                maps.save_heat_map(target, drawn.heat, drawn.png_info)
+            except OSError as error:
+                raise LossctlError(f"cannot write heat map {target}: {error.strerror or error}") from None
+            written += 1
+        if name in in_gallery:
+            loaded = drawn.loaded
+            pred = display_image(loaded.pred) if loaded else None
+            gt = display_image(loaded.gt) if loaded else None
+            cards[name] = card(
+                name,
+                panel("prediction", pred, f"{name}: prediction", drawn.reason),
+                panel("ground truth", gt, f"{name}: ground truth", drawn.reason),
+                heat_panel(drawn, metric),
+            )
+
+    pairs = [_pair_of(rows.loc[name]) for name in drawable]
+    passes = 2 if scale_mode == "shared" else 1
+    on_progress = on_start(passes * len(pairs), "drawing heat maps") if on_start else None
+    scale = draw_heat_maps(pairs, config, metric, scale_mode, on_drawn, on_progress)
+    for name in gallery:
+        if name not in cards:  # no map: show the pictures anyway, with the reason
+            cards[name] = _card_without_map(rows.loc[name], metrics, config, reasons[name] or "")
+    return EvalPictures([cards[name] for name in gallery], scale, written)
+
+
+def _card_without_map(row: pd.Series, metrics: Sequence[str], config: EvalConfig, reason: str) -> Card:
+    pictures: list[Panel] = []
+    item = next(decode_ahead([_pair_of(row)], replace(config, workers=1, with_weights=False), 1))
+    for label, side in (("prediction", "pred"), ("ground truth", "gt")):
+        image = display_image(getattr(item, side)) if isinstance(item, LoadedPair) else None
+        pictures.append(panel(label, image, f"{row['name']}: {label}", reason or "not an image"))
+    pictures.append(Panel("heat map", None, None, "", reason))
+    return Card(row["name"], row["status"], _values(row, metrics), pictures, row["notes"] or "")
+
+
+def _resolve(text: object, report_path: Path) -> Path | None:
+    """An image path recorded in a report: as written (relative to the working folder), else
+    relative to the report's folder; None when the report has none."""
+    if not isinstance(text, str) or not text:
+        return None
+    path = Path(text)
+    if not path.exists() and not path.is_absolute() and (report_path.parent / path).exists():
+        return report_path.parent / path
+    return path
+
+
+def report_config(params: dict[str, Any] | None, metric: str, workers: int) -> EvalConfig:
+    """The convention and ``metric`` parameters a report recorded (defaults when it recorded none)."""
+    from .conventions import Convention
+
+    params = params or {}
+    convention = Convention(**params["convention"]) if params.get("convention") else Convention()
+    metric_params = {**METRICS[metric].defaults, **params.get(metric, {})}
+    return EvalConfig(
+        metrics=[metric], params={metric: metric_params}, workers=workers, convention=convention
+    )
+
+
+@dataclass(frozen=True)
+class ComparePictures:
+    cards: list[Card]
+    scale: maps.MapScale | None
+    worse: int  # pairs that got worse, of which ``cards`` shows the first ``limit``
+
+
+def compare_pictures(
+    comparison: Any,
+    metric: str,
+    scale_mode: str,
+    limit: int,
+    workers: int,
+    on_start: Callable[[int, str], Callable[[int], None]] | None = None,
+) -> ComparePictures:
+    """Gallery cards of the pairs that got worse between two reports, worst first: ground truth,
+    BASE and NEW predictions and their ``metric`` heat maps (on one scale unless ``scale_mode`` is
+    ``pair``). Images are found through the paths the reports recorded."""
+    base, new = comparison.base, comparison.new
+    regressions = comparison.regressions
+    names = list(dict.fromkeys(regressions["name"]))
+    status = {name: (state, reason) for name, state, reason in comparison.status_regressions}
+    names += [name for name in status if name not in names]
+    shown = names[:limit]
+    config = report_config(new.params if new.params is not None else base.params, metric, workers)
+    pairs, slots = [], []
+    for name in shown:
+        for side, report in (("base", base), ("new", new)):
+            row = report.frame.loc[name]
+            if side == "new" and name in status:
+                continue
+            if pd.isna(row.get(metric)):
+                continue
+            pred, gt = _resolve(row.get("pred"), report.path), _resolve(row.get("gt"), report.path)
+            if pred is None or gt is None:
+                continue
+            pairs.append(Pair(name=name, pred=pred, gt=gt))
+            slots.append((name, side))
+    drawn_panels: dict[tuple[str, str], tuple[Panel, Panel, Panel]] = {}
+
+    def on_drawn(index: int, drawn: Drawn) -> None:
+        name, side = slots[index]
+        label = "before" if side == "base" else "after"
+        loaded = drawn.loaded
+        drawn_panels[(name, side)] = (
+            panel(f"{label}: prediction", display_image(loaded.pred) if loaded else None,
+                  f"{name}: prediction {label} ({side.upper()})", drawn.reason),
+            panel("ground truth", display_image(loaded.gt) if loaded else None, f"{name}: ground truth",
+                  drawn.reason),
+            heat_panel(drawn, metric, f"{label}: heat map"),
+        )  # fmt: skip
+
+    passes = 2 if scale_mode == "shared" else 1
+    on_progress = on_start(passes * len(pairs), "drawing heat maps") if on_start else None
+    scale = draw_heat_maps(pairs, config, metric, scale_mode, on_drawn, on_progress)
+    cards = []
+    for name in shown:
+        before = drawn_panels.get((name, "base"))
+        after = drawn_panels.get((name, "new"))
+        why_not = status[name][1] if name in status else "no picture"
+        missing = Panel("after: prediction", None, None, "", why_not)
+        gt_panel = (after or before or (None, Panel("ground truth", None, None, "", "no picture")))[1]
+        panels = [
+            gt_panel,
+            before[0] if before else Panel("before: prediction", None, None, "", "no picture"),
+            after[0] if after else missing,
+            before[2] if before else Panel("before: heat map", None, None, "", "no heat map"),
+            after[2] if after else Panel("after: heat map", None, None, "", why_not),
+        ]
+        rows = comparison.rows[comparison.rows["name"] == name]
+        values = [
+            (
+                f"{row.metric} {'↑' if METRICS[row.metric].better == 'higher' else '↓'}",
+                f"{format_value(row.base)} → {format_value(row.new)}",
+            )
+            for row in rows.itertuples(index=False)
+        ]
+        regressed = ", ".join(rows.loc[rows["regression"], "metric"])
+        lines = [f"worse beyond tolerance: {regressed}"] if regressed else []
+        if name in status:
+            lines.append(f"no longer computed: {status[name][0]}: {status[name][1]}")
+        cards.append(Card(name, "regressed", values, panels, "", lines))
+    return ComparePictures(cards, scale, len(names))
