@@ -181,11 +181,10 @@ def _no_map_reason(row: pd.Series, metric: str) -> str | None:
 
 @dataclass(frozen=True)
 class EvalPictures:
-    """What :func:`eval_pictures` made: gallery cards (worst first), the scale, and maps written."""
+    """What :func:`eval_pictures` made: gallery cards (worst first) and the shared scale, if any."""
 
     cards: list[Card]
     scale: maps.MapScale | None
-    maps_written: int
 
 
 def eval_pictures(
@@ -209,14 +208,12 @@ def eval_pictures(
     reasons = {name: _no_map_reason(rows.loc[name], metric) for name in wanted}
     drawable = [name for name in wanted if reasons[name] is None]
     cards: dict[str, Card] = {}
-    written = 0
 
     def card(name: str, pred: Panel, gt: Panel, heat: Panel) -> Card:
         row = rows.loc[name]
         return Card(name, row["status"], _values(row, metrics), [pred, gt, heat], row["notes"] or "")
 
     def on_drawn(index: int, drawn: Drawn) -> None:
-        nonlocal written
         name = drawn.pair.name
         if maps_dir is not None and drawn.heat is not None:
             target = maps_dir / f"{name}.png"
@@ -224,7 +221,6 @@ def eval_pictures(
                 maps.save_heat_map(target, drawn.heat, drawn.png_info)
             except OSError as error:
                 raise LossctlError(f"cannot write heat map {target}: {error.strerror or error}") from None
-            written += 1
         if name in in_gallery:
             loaded = drawn.loaded
             pred = display_image(loaded.pred) if loaded else None
@@ -243,15 +239,18 @@ def eval_pictures(
     for name in gallery:
         if name not in cards:  # no map: show the pictures anyway, with the reason
             cards[name] = _card_without_map(rows.loc[name], metrics, config, reasons[name] or "")
-    return EvalPictures([cards[name] for name in gallery], scale, written)
+    return EvalPictures([cards[name] for name in gallery], scale)
 
 
 def _card_without_map(row: pd.Series, metrics: Sequence[str], config: EvalConfig, reason: str) -> Card:
-    pictures: list[Panel] = []
+    """A gallery card for an ``ok`` pair with no heat map: its pictures (when they are images) and why."""
     item = next(decode_ahead([_pair_of(row)], replace(config, workers=1, with_weights=False), 1))
-    for label, side in (("prediction", "pred"), ("ground truth", "gt")):
-        image = display_image(getattr(item, side)) if isinstance(item, LoadedPair) else None
-        pictures.append(panel(label, image, f"{row['name']}: {label}", reason or "not an image"))
+    unseen = item.error if isinstance(item, PairResult) else "class scores (.npy) have no picture"
+    pictures = [
+        panel(label, display_image(getattr(item, side)) if isinstance(item, LoadedPair) else None,
+              f"{row['name']}: {label}", unseen)
+        for label, side in (("prediction", "pred"), ("ground truth", "gt"))
+    ]  # fmt: skip
     pictures.append(Panel("heat map", None, None, "", reason))
     return Card(row["name"], row["status"], _values(row, metrics), pictures, row["notes"] or "")
 

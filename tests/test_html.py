@@ -172,6 +172,22 @@ def test_failed_pairs_are_listed_with_their_reasons(folders, rng, tmp_path):
     assert outline(text).cards == ["good"]
 
 
+def test_a_pair_without_a_map_keeps_its_card_with_the_reason(folders, rng, tmp_path):
+    pred, gt = folders
+    for name, size in (("tiny", 8), ("fine", 32)):
+        clean = random_rgb(rng, size, size)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    page_path = tmp_path / "r.html"
+    args = ["-m", "l1,ssim", "--map-metric", "ssim", "--html", page_path, "-q"]
+    assert invoke("eval", pred, gt, *args).exit_code == 0
+    text = page_path.read_text(encoding="utf-8")
+    page = outline(text)
+    assert page.cards == ["fine", "tiny"]  # an empty ssim sorts last
+    assert "ssim: 8x8 is smaller than the 11x11 window" in text
+    assert [thumb["data-caption"] for thumb in page.thumbs][3:] == ["tiny: prediction", "tiny: ground truth"]
+
+
 def test_gallery_limit_keeps_the_summary_of_every_pair(tmp_path):
     page_path = tmp_path / "r.html"
     args = ["-m", "l1,ssim", "--html", page_path, "--html-limit", "2", "--html-sort", "ssim", "-q"]
