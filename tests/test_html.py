@@ -74,7 +74,9 @@ def outline(text: str) -> Outline:
 def sample_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("html")
     page = folder / "report.html"
-    result = invoke("eval", SAMPLE_PRED, SAMPLE_GT, "--html", page, "--format", "csv", "-q")
+    result = invoke(
+        "eval", SAMPLE_PRED, SAMPLE_GT, "-m", "l1,psnr,ssim", "--html", page, "--format", "csv", "-q"
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False, na_values=[""])
     return page.read_text(encoding="utf-8"), frame
@@ -120,12 +122,11 @@ def test_gallery_heat_maps_show_the_reported_numbers(sample_report):
     assert scale is not None
 
 
-def test_enlarged_heat_map_colours_are_the_report_numbers(tmp_path):
+def test_enlarged_heat_map_colours_are_the_report_numbers(sample_report):
     """Decode the map that the page embeds, pixel by pixel, back to values: their mean is l1."""
-    page_path = tmp_path / "r.html"
-    result = invoke("eval", SAMPLE_PRED, SAMPLE_GT, "-m", "l1", "--html", page_path, "--format", "json", "-q")
-    rows = {row["name"]: row["l1"] for row in json.loads(result.stdout)["rows"]}
-    page = outline(page_path.read_text(encoding="utf-8"))
+    text, frame = sample_report
+    rows = frame.set_index("name")["l1"]
+    page = outline(text)
     blur = next(thumb for thumb in page.thumbs if thumb["data-caption"].startswith("blur: l1 map"))
     low, high = float(blur["data-low"]), float(blur["data-high"])  # the scale, stated exactly
     assert low == 0.0 and f"colour scale 0 to {high:.4g}" in blur["data-caption"]
