@@ -542,7 +542,7 @@ def eval_command(
     map_metric: MapMetricOption = "l1",
     map_scale: MapScaleOption = "shared",
     html_path: HtmlOption = None,
-    html_limit: HtmlLimitOption = 30,
+    html_limit: HtmlLimitOption = 20,
     html_sort: Annotated[
         str | None,
         typer.Option(
@@ -816,7 +816,7 @@ def compare_command(
     html_path: HtmlOption = None,
     map_metric: MapMetricOption = "l1",
     map_scale: MapScaleOption = "shared",
-    html_limit: HtmlLimitOption = 30,
+    html_limit: HtmlLimitOption = 20,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:

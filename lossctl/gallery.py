@@ -74,6 +74,9 @@ def _computed(
         yield pair, item, values.to(torch.float64).cpu().numpy(), ""
 
 
+MAP_CACHE_VALUES = 1 << 24  # map values (float64, 128 MB) kept from the first pass of a shared scale
+
+
 def draw_heat_maps(
     pairs: Sequence[Pair],
     config: EvalConfig,
@@ -81,24 +84,39 @@ def draw_heat_maps(
     scale_mode: str,
     on_drawn: Callable[[int, Drawn], None],
     on_progress: Callable[[int], None] | None = None,
+    needs_images: Callable[[int], bool] = lambda index: True,
 ) -> maps.MapScale | None:
     """Draw the ``metric`` heat map of each pair and hand it to ``on_drawn(index, drawn)``, in order.
 
     ``scale_mode`` ``shared`` puts every map on one scale (returned), ``pair`` gives each its own.
+    A shared scale needs the range of every map first: the first pass keeps the maps it can (up to
+    :data:`MAP_CACHE_VALUES` values), so that the second decodes again only the others and the
+    pairs whose images ``on_drawn`` shows (``needs_images(index)``; ``drawn.loaded`` is None for
+    the rest).
     """
     config = replace(config, with_weights=False)
     shared = None
+    kept: dict[int, tuple[np.ndarray | None, str]] = {}
     if scale_mode == "shared":
-        lowest, highest = math.inf, -math.inf
-        for _, _, values, _ in _computed(pairs, config, metric):
+        lowest, highest, room = math.inf, -math.inf, MAP_CACHE_VALUES
+        for index, (_, _, values, reason) in enumerate(_computed(pairs, config, metric)):
             if values is not None:
                 low, high = maps.map_range(values)
                 lowest, highest = min(lowest, low), max(highest, high)
+            if values is None or values.size <= room:
+                kept[index] = (values, reason)
+                room -= 0 if values is None else values.size
             if on_progress:
                 on_progress(1)
         if math.isfinite(lowest):
             shared = maps.MapScale.natural(metric, lowest, highest)
-    for index, (pair, loaded, values, reason) in enumerate(_computed(pairs, config, metric)):
+    again = [index for index in range(len(pairs)) if index not in kept or needs_images(index)]
+    computed = _computed([pairs[index] for index in again], config, metric)
+    for index, pair in enumerate(pairs):
+        if index in kept and not needs_images(index):
+            loaded, (values, reason) = None, kept.pop(index)
+        else:
+            _, loaded, values, reason = next(computed)
         drawn = Drawn(pair, loaded, reason=reason)
         if values is not None:
             scale = shared or maps.MapScale.natural(metric, *maps.map_range(values))
@@ -126,7 +144,7 @@ def data_uri(image: Image.Image, longest: int) -> str:
         image = image.copy()
         image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    image.save(buffer, format="PNG", compress_level=maps.PNG_COMPRESSION)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -235,7 +253,8 @@ def eval_pictures(
     pairs = [_pair_of(rows.loc[name]) for name in drawable]
     passes = 2 if scale_mode == "shared" else 1
     on_progress = on_start(passes * len(pairs), "drawing heat maps") if on_start else None
-    scale = draw_heat_maps(pairs, config, metric, scale_mode, on_drawn, on_progress)
+    shown = [name in in_gallery for name in drawable]
+    scale = draw_heat_maps(pairs, config, metric, scale_mode, on_drawn, on_progress, shown.__getitem__)
     for name in gallery:
         if name not in cards:  # no map: show the pictures anyway, with the reason
             cards[name] = _card_without_map(rows.loc[name], metrics, config, reasons[name] or "")
