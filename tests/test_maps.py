@@ -197,3 +197,13 @@ def test_pairs_without_a_map_are_left_out_of_the_maps_folder(tmp_path, folders, 
     maps_dir, rows = eval_with_maps(tmp_path / "maps", "-m", "ssim", "--map-metric", "ssim", pred=pred, gt=gt)
     assert math.isnan(rows.loc["tiny", "ssim"])
     assert [path.name for path in maps_dir.iterdir()] == ["fine.png"]
+
+
+def test_maps_beyond_the_first_pass_cache_are_drawn_the_same(runs, tmp_path, monkeypatch):
+    from lossctl import gallery
+
+    monkeypatch.setattr(gallery, "MAP_CACHE_VALUES", 2 * 256 * 256)  # keep 2 maps, compute 5 again
+    maps_dir, _ = eval_with_maps(tmp_path / "maps", *RUNS["l1"])
+    cached_dir, _ = runs["l1"]
+    for path in cached_dir.rglob("*.png"):
+        assert (maps_dir / path.relative_to(cached_dir)).read_bytes() == path.read_bytes()
