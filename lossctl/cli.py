@@ -10,9 +10,9 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -393,26 +393,34 @@ def _prepare_maps_dir(path: Path | None) -> None:
         raise LossctlError(f"--maps folder {path} is not writable")
 
 
-def _check_picture_options(
-    map_metric: str,
-    map_scale: str,
-    html_limit: int,
-    metrics: list[str] | None,
-    sort_metric: str | None = None,
-) -> None:
-    """The options of ``--maps`` and ``--html``; ``metrics`` (the run's) when pictures are drawn."""
-    from .maps import check_map_metric, check_map_scale
+@dataclass(frozen=True)
+class _Pictures:
+    """What ``--maps``, ``--html`` and their options ask for."""
 
-    check_map_metric(map_metric, metrics)
-    check_map_scale(map_scale)
-    if html_limit < 1:
-        raise LossctlError(f"--html-limit must be at least 1; got {html_limit}")
-    if sort_metric is not None and sort_metric not in METRICS:
-        raise LossctlError(f"--html-sort {sort_metric}: unknown metric; valid metrics: {', '.join(METRICS)}")
-    if sort_metric is not None and metrics is not None and sort_metric not in metrics:
-        raise LossctlError(
-            f"--html-sort {sort_metric}: not among the metrics computed ({', '.join(metrics)})"
-        )
+    maps_dir: Path | None
+    html_path: Path | None
+    metric: str
+    scale_mode: str
+    limit: int
+    sort_metric: str | None = None
+
+    @property
+    def wanted(self) -> bool:
+        return self.maps_dir is not None or self.html_path is not None
+
+    def check(self, metrics: Sequence[str] | None) -> None:
+        """Check the options; with ``metrics`` (the run's), also that their metrics are computed."""
+        from .maps import check_map_metric, check_map_scale
+
+        check_map_metric(self.metric, metrics)
+        check_map_scale(self.scale_mode)
+        if self.limit < 1:
+            raise LossctlError(f"--html-limit must be at least 1; got {self.limit}")
+        sort = self.sort_metric
+        if sort is not None and sort not in METRICS:
+            raise LossctlError(f"--html-sort {sort}: unknown metric; valid metrics: {', '.join(METRICS)}")
+        if sort is not None and metrics is not None and sort not in metrics:
+            raise LossctlError(f"--html-sort {sort}: not among the metrics computed ({', '.join(metrics)})")
 
 
 def _threshold_override(threshold: float | None, names: list[str]) -> list[str]:
@@ -460,34 +468,33 @@ def _stdout_reader_may_leave() -> Iterator[None]:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _eval_pictures(
-    evaluation, request, quiet: bool, maps_dir, map_metric, map_scale, html_path, limit, sort_metric
-):
-    """``--maps`` and ``--html``: draw the heat maps and write the page."""
+def _eval_pictures(evaluation, request, quiet: bool, pictures: _Pictures) -> None:
+    """``eval --maps/--html``: draw the heat maps and write the page."""
     from . import gallery, html_report
     from .run import eval_config
 
     frame, info = evaluation.frame, evaluation.info
-    _check_picture_options(map_metric, map_scale, limit, list(info.metrics), sort_metric)  # a run drops some
+    pictures.check(info.metrics)  # a run keeps only the metrics that apply to its pairs
     config = eval_config(replace(request, metrics=info.metrics, params=info.params))
-    names = gallery.worst_first(frame, sort_metric)[:limit] if html_path is not None else []
+    sort_metric = pictures.sort_metric or pictures.metric
+    names = gallery.worst_first(frame, sort_metric)[: pictures.limit] if pictures.html_path else []
     with _progress(quiet) as on_start:
-        pictures = gallery.eval_pictures(
-            frame, info.metrics, config, map_metric, map_scale, maps_dir, names, on_start
-        )
-    if html_path is not None:
-        page = html_report.eval_page(
+        drawn = gallery.eval_pictures(
             frame,
-            evaluation.summary,
-            info,
-            pictures.cards,
-            sort_metric,
-            limit,
-            map_metric,
-            pictures.scale,
-            map_scale,
+            info.metrics,
+            config,
+            pictures.metric,
+            pictures.scale_mode,
+            pictures.maps_dir,
+            names,
+            on_start,
         )
-        _write(html_path, lambda: html_report.render_page(page))
+    if pictures.html_path is not None:
+        page = html_report.eval_page(
+            frame, evaluation.summary, info, drawn.cards, sort_metric, pictures.limit, pictures.metric,
+            drawn.scale, pictures.scale_mode,
+        )  # fmt: skip
+        _write(pictures.html_path, lambda: html_report.render_page(page))
 
 
 EVAL_EPILOG = """[b]Examples[/b]
@@ -583,9 +590,8 @@ def eval_command(
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
         _check_output_path(html_path, "--html")
-        drawing = maps_dir is not None or html_path is not None
-        sort_metric = html_sort or map_metric
-        _check_picture_options(map_metric, map_scale, html_limit, names if drawing else None, sort_metric)
+        pictures = _Pictures(maps_dir, html_path, map_metric, map_scale, html_limit, html_sort or map_metric)
+        pictures.check(names if pictures.wanted else None)
         _prepare_maps_dir(maps_dir)
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path)
 
@@ -593,18 +599,8 @@ def eval_command(
 
         frame, summary, info = evaluation.frame, evaluation.summary, evaluation.info
         _write_reports(csv_path, json_path, evaluation)
-        if maps_dir is not None or html_path is not None:
-            _eval_pictures(
-                evaluation,
-                request,
-                quiet,
-                maps_dir,
-                map_metric,
-                map_scale,
-                html_path,
-                html_limit,
-                sort_metric,
-            )
+        if pictures.wanted:
+            _eval_pictures(evaluation, request, quiet, pictures)
         show_per_image = per_image if per_image is not None else len(frame) <= PER_IMAGE_AUTO_LIMIT
         with _stdout_reader_may_leave():
             if output_format == OutputFormat.table:
@@ -826,12 +822,12 @@ def compare_command(
     with _reported_errors(debug):
         tolerances = compare.parse_tolerances(tolerance or [], rel_tolerance or [])
         _check_output_path(html_path, "--html")
-        _check_picture_options(map_metric, map_scale, html_limit, None)
+        pictures = _Pictures(None, html_path, map_metric, map_scale, html_limit)
+        pictures.check(None)
         comparison = compare.compare_reports(compare.load_report(base), compare.load_report(new), tolerances)
         if html_path is not None:
-            shared = [name for name in comparison.base.metrics if name in comparison.new.metrics]
-            _check_picture_options(map_metric, map_scale, html_limit, shared)
-            _compare_pictures(comparison, quiet, html_path, map_metric, map_scale, html_limit)
+            pictures.check([name for name in comparison.base.metrics if name in comparison.new.metrics])
+            _compare_pictures(comparison, quiet, pictures)
         with _stdout_reader_may_leave():
             if output_format == OutputFormat.table:
                 compare.render_comparison(Console(), comparison)
@@ -845,18 +841,18 @@ def compare_command(
     raise typer.Exit(code)
 
 
-def _compare_pictures(comparison, quiet: bool, html_path: Path, map_metric: str, map_scale: str, limit: int):
+def _compare_pictures(comparison, quiet: bool, pictures: _Pictures) -> None:
     """``compare --html``: before and after, side by side, for the pairs that got worse."""
     from . import gallery, html_report
 
     with _progress(quiet) as on_start:
-        pictures = gallery.compare_pictures(
-            comparison, map_metric, map_scale, limit, os.cpu_count() or 1, on_start
+        drawn = gallery.compare_pictures(
+            comparison, pictures.metric, pictures.scale_mode, pictures.limit, os.cpu_count() or 1, on_start
         )
     page = html_report.compare_page(
-        comparison, pictures.cards, map_metric, pictures.scale, map_scale, pictures.worse
+        comparison, drawn.cards, pictures.metric, drawn.scale, pictures.scale_mode, drawn.worse
     )
-    _write(html_path, lambda: html_report.render_page(page))
+    _write(pictures.html_path, lambda: html_report.render_page(page))
 
 
 @app.command("metrics")
