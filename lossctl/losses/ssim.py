@@ -135,6 +135,18 @@ def matlab_downsample(images: torch.Tensor) -> torch.Tensor:
     return _matlab_downsample_along(_matlab_downsample_along(images, factor, -2), factor, -1)
 
 
+def _ssim_inputs(
+    pred: torch.Tensor, target: torch.Tensor, window_size: int, sigma: float, downsample: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked SSIM inputs, downsampled as ``ssim.m`` when ``downsample``, at least a window large."""
+    pred, target = check_pair(pred, target, image=True)
+    check_ssim_window(window_size, sigma)
+    if downsample:
+        pred, target = matlab_downsample(pred), matlab_downsample(target)
+    _check_size(pred, window_size, f"the {window_size}x{window_size} SSIM window")
+    return pred, target
+
+
 def ssim(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -157,11 +169,7 @@ def ssim(
     ``downsample=True`` first applies :func:`matlab_downsample`, as MATLAB's original ``ssim.m``.
     ``reduction='none'`` gives the ``(N,)`` per-image SSIM. Higher is better (1 for identical images).
     """
-    pred, target = check_pair(pred, target, image=True)
-    check_ssim_window(window_size, sigma)
-    if downsample:
-        pred, target = matlab_downsample(pred), matlab_downsample(target)
-    _check_size(pred, window_size, f"the {window_size}x{window_size} SSIM window")
+    pred, target = _ssim_inputs(pred, target, window_size, sigma, downsample)
     per_channel, _ = _ssim_and_contrast_structure(
         pred, target, data_range, gaussian_window(window_size, sigma), k1, k2
     )
@@ -184,11 +192,7 @@ def ssim_map(
     :func:`matlab_downsample` when ``downsample``), so that the mean of an image's map over its
     channels and pixels is exactly its ``ssim(..., reduction='none')``. Values lie in [-1, 1].
     """
-    pred, target = check_pair(pred, target, image=True)
-    check_ssim_window(window_size, sigma)
-    if downsample:
-        pred, target = matlab_downsample(pred), matlab_downsample(target)
-    _check_size(pred, window_size, f"the {window_size}x{window_size} SSIM window")
+    pred, target = _ssim_inputs(pred, target, window_size, sigma, downsample)
     taps = gaussian_window(window_size, sigma)
     return _ssim_and_contrast_structure_maps(pred, target, data_range, taps, k1, k2)[0]
 
