@@ -308,3 +308,33 @@ def test_compare_html_errors(reports, tmp_path):
         2,
         "--map-metric ssim: ssim is not among the metrics computed",
     )
+
+
+def test_compare_html_from_csv_reports_uses_their_sidecars(reports, tmp_path):
+    _, _, folder = reports
+    base, new = tmp_path / "base.csv", tmp_path / "new.csv"
+    for pred, report in ((SAMPLE_PRED, base), (folder / "new_pred", new)):
+        invoke(
+            "eval",
+            pred,
+            SAMPLE_GT,
+            "-m",
+            "l1,ssim",
+            "--csv",
+            report,
+            "-q",
+            "--preset",
+            "basicsr",
+            "--scale",
+            "2",
+        )
+    page_path = tmp_path / "changes.html"
+    result = invoke("compare", base, new, "--html", page_path, "--map-metric", "ssim", "-q")
+    assert result.exit_code == 1, result.output
+    page = outline(page_path.read_text(encoding="utf-8"))
+    captions = " ".join(thumb["data-caption"] for thumb in page.thumbs)
+    # the sidecar's convention (Y channel, 2 px cropped) reaches the maps: 256 - 4 - 10 = 242
+    assert "noise: ssim map 242x242" in captions
+    means = [float(m) for m in re.findall(r"noise: ssim map 242x242, mean ([0-9.e-]+)", captions)]
+    values = [pd.read_csv(path).set_index("name").loc["noise", "ssim"] for path in (base, new)]
+    assert means == pytest.approx(values, rel=1e-5)
