@@ -157,6 +157,7 @@ def panel(label: str, image: Image.Image | None, caption: str, missing: str = ""
 
 
 def heat_caption(drawn: Drawn, metric: str) -> str:
+    """What a heat map shows, for its caption: pair, metric, map size, mean (the reported value), scale."""
     if drawn.scale is None or drawn.size is None:
         return ""
     width, height = drawn.size
@@ -167,6 +168,7 @@ def heat_caption(drawn: Drawn, metric: str) -> str:
 
 
 def heat_panel(drawn: Drawn, metric: str, label: str = "heat map") -> Panel:
+    """The gallery picture of a heat map, with its exact scale; or why the pair has none."""
     made = panel(label, drawn.heat, heat_caption(drawn, metric), drawn.reason or "no heat map")
     return replace(made, scale=(drawn.scale.low, drawn.scale.high)) if drawn.scale else made
 
@@ -299,6 +301,8 @@ def report_config(params: dict[str, Any] | None, metric: str, workers: int) -> E
 
 @dataclass(frozen=True)
 class ComparePictures:
+    """What :func:`compare_pictures` made: cards, the shared scale (if any), and how many got worse."""
+
     cards: list[Card]
     scale: maps.MapScale | None
     worse: int  # pairs that got worse, of which ``cards`` shows the first ``limit``

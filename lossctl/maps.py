@@ -63,6 +63,7 @@ def check_map_metric(name: str, metrics: Iterable[str] | None, option: str = "--
 
 
 def check_map_scale(name: str) -> str:
+    """``name`` if it is a ``--map-scale`` (shared or pair); else a LossctlError."""
     if name not in MAP_SCALES:
         raise LossctlError(f"--map-scale {name}: choose shared or pair")
     return name
@@ -109,6 +110,7 @@ class MapScale:
         return cls(low, high)
 
     def text(self) -> str:
+        """The scale for people, e.g. ``0 to 0.3142`` (4 significant digits)."""
         return f"{format_value(self.low)} to {format_value(self.high)}"
 
 
@@ -121,17 +123,13 @@ def map_range(values: np.ndarray) -> tuple[float, float]:
 BAR_GAP, BAR_WIDTH, LABEL_GAP, MARGIN, MIN_HEIGHT = 8, 14, 4, 4, 96
 
 
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default()
-
-
 def render_heat_map(values: np.ndarray, scale: MapScale, metric: str) -> tuple[Image.Image, tuple[int, ...]]:
     """The map coloured on ``scale`` with a vertical colour bar on its right, labelled with the scale's
     ends (``high`` at the top, ``low`` at the bottom) and the metric. Returns the RGB image and the
     map's box ``(left, top, width, height)`` in it."""
     height, width = values.shape
     labels = [format_value(scale.high), metric, format_value(scale.low)]
-    font = _font()
+    font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     boxes = [probe.textbbox((0, 0), label, font=font) for label in labels]
     text_width = max(box[2] - box[0] for box in boxes)
