@@ -51,15 +51,19 @@ class Drawn:
 
 
 def _computed(
-    pairs: Sequence[Pair], config: EvalConfig, metric: str
+    pairs: Sequence[Pair], config: EvalConfig, metric: str, with_maps: Sequence[bool] | None = None
 ) -> Iterator[tuple[Pair, LoadedPair | None, np.ndarray | None, str]]:
-    """Each pair with its decoded images and its ``metric`` map (float64), or the reason it has none."""
+    """Each pair with its decoded images and its ``metric`` map (float64), or the reason it has none;
+    only the pairs flagged in ``with_maps`` (all by default) get a map computed."""
     import torch
 
     device = resolve_device(config.device)
     params = config.params.get(metric, {})
     prefetch = 2 * config.workers + 2
-    for pair, item in zip(pairs, decode_ahead(pairs, config, prefetch), strict=True):
+    for index, (pair, item) in enumerate(zip(pairs, decode_ahead(pairs, config, prefetch), strict=True)):
+        if with_maps is not None and not with_maps[index]:
+            yield pair, item if isinstance(item, LoadedPair) else None, None, ""
+            continue
         if isinstance(item, PairResult):
             yield pair, None, None, item.error
             continue
@@ -111,12 +115,14 @@ def draw_heat_maps(
         if math.isfinite(lowest):
             shared = maps.MapScale.natural(metric, lowest, highest)
     again = [index for index in range(len(pairs)) if index not in kept or needs_images(index)]
-    computed = _computed([pairs[index] for index in again], config, metric)
+    with_maps = [index not in kept for index in again]
+    computed = _computed([pairs[index] for index in again], config, metric, with_maps)
     for index, pair in enumerate(pairs):
-        if index in kept and not needs_images(index):
-            loaded, (values, reason) = None, kept.pop(index)
-        else:
+        loaded = None
+        if index not in kept or needs_images(index):
             _, loaded, values, reason = next(computed)
+        if index in kept:
+            values, reason = kept.pop(index)
         drawn = Drawn(pair, loaded, reason=reason)
         if values is not None:
             scale = shared or maps.MapScale.natural(metric, *maps.map_range(values))
@@ -133,8 +139,11 @@ def draw_heat_maps(
 
 def display_image(image: DecodedImage) -> Image.Image:
     """An image as stored, scaled to [0, 1] by its bit depth, clipped, as 8-bit gray or RGB."""
-    values = image.pixels.astype(np.float64) / image.scale
-    pixels = np.rint(np.clip(np.nan_to_num(values), 0.0, 1.0) * 255).astype(np.uint8)
+    if image.pixels.dtype == np.uint8 and image.scale == 255:
+        pixels = image.pixels
+    else:
+        values = image.pixels.astype(np.float32) * np.float32(255 / image.scale)
+        pixels = np.rint(np.clip(np.nan_to_num(values), 0, 255)).astype(np.uint8)
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
 
 
