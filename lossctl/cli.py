@@ -257,6 +257,15 @@ HtmlOption = Annotated[
         rich_help_panel="Pictures",
     ),
 ]
+HtmlImagesOption = Annotated[
+    str,
+    typer.Option(
+        "--html-images",
+        metavar="embed|files",
+        help="Pictures inside the HTML file (data URIs), or as PNG files in a folder beside it (report.html: report_files/).",
+        rich_help_panel="Pictures",
+    ),
+]
 HtmlLimitOption = Annotated[
     int,
     typer.Option(
@@ -403,10 +412,26 @@ class _Pictures:
     scale_mode: str
     limit: int
     sort_metric: str | None = None
+    images: str = "embed"
 
     @property
     def wanted(self) -> bool:
         return self.maps_dir is not None or self.html_path is not None
+
+    def image_store(self):
+        """Where the page's pictures go: embedded, or ``--html-images files``: ``NAME_files/`` beside it."""
+        from .gallery import ImageStore
+
+        if self.html_path is None or self.images == "embed":
+            return ImageStore()
+        folder = self.html_path.with_name(f"{self.html_path.stem}_files")
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as error:
+            raise LossctlError(
+                f"cannot create {folder} for --html-images files: {error.strerror or error}"
+            ) from None
+        return ImageStore(folder, folder.name)
 
     def check(self, metrics: Sequence[str] | None) -> None:
         """Check the options; with ``metrics`` (the run's), also that their metrics are computed."""
@@ -416,6 +441,8 @@ class _Pictures:
         check_map_scale(self.scale_mode)
         if self.limit < 1:
             raise LossctlError(f"--html-limit must be at least 1; got {self.limit}")
+        if self.images not in ("embed", "files"):
+            raise LossctlError(f"--html-images {self.images}: choose embed or files")
         sort = self.sort_metric
         if sort is not None and sort not in METRICS:
             raise LossctlError(f"--html-sort {sort}: unknown metric; valid metrics: {', '.join(METRICS)}")
@@ -488,6 +515,7 @@ def _eval_pictures(evaluation, request, quiet: bool, pictures: _Pictures) -> Non
             pictures.maps_dir,
             names,
             on_start,
+            pictures.image_store(),
         )
     if pictures.html_path is not None:
         page = html_report.eval_page(
@@ -550,6 +578,7 @@ def eval_command(
     map_scale: MapScaleOption = "shared",
     html_path: HtmlOption = None,
     html_limit: HtmlLimitOption = 20,
+    html_images: HtmlImagesOption = "embed",
     html_sort: Annotated[
         str | None,
         typer.Option(
@@ -590,7 +619,9 @@ def eval_command(
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
         _check_output_path(html_path, "--html")
-        pictures = _Pictures(maps_dir, html_path, map_metric, map_scale, html_limit, html_sort or map_metric)
+        pictures = _Pictures(
+            maps_dir, html_path, map_metric, map_scale, html_limit, html_sort or map_metric, html_images
+        )
         pictures.check(names if pictures.wanted else None)
         _prepare_maps_dir(maps_dir)
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path)
@@ -813,6 +844,7 @@ def compare_command(
     map_metric: MapMetricOption = "l1",
     map_scale: MapScaleOption = "shared",
     html_limit: HtmlLimitOption = 20,
+    html_images: HtmlImagesOption = "embed",
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -822,7 +854,7 @@ def compare_command(
     with _reported_errors(debug):
         tolerances = compare.parse_tolerances(tolerance or [], rel_tolerance or [])
         _check_output_path(html_path, "--html")
-        pictures = _Pictures(None, html_path, map_metric, map_scale, html_limit)
+        pictures = _Pictures(None, html_path, map_metric, map_scale, html_limit, images=html_images)
         pictures.check(None)
         comparison = compare.compare_reports(compare.load_report(base), compare.load_report(new), tolerances)
         if html_path is not None:
@@ -847,8 +879,9 @@ def _compare_pictures(comparison, quiet: bool, pictures: _Pictures) -> None:
 
     with _progress(quiet) as on_start:
         drawn = gallery.compare_pictures(
-            comparison, pictures.metric, pictures.scale_mode, pictures.limit, os.cpu_count() or 1, on_start
-        )
+            comparison, pictures.metric, pictures.scale_mode, pictures.limit, os.cpu_count() or 1, on_start,
+            pictures.image_store(),
+        )  # fmt: skip
     page = html_report.compare_page(
         comparison, drawn.cards, pictures.metric, drawn.scale, pictures.scale_mode, drawn.worse
     )

@@ -15,10 +15,12 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -147,22 +149,51 @@ def display_image(image: DecodedImage) -> Image.Image:
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
 
 
-def data_uri(image: Image.Image, longest: int) -> str:
-    """A PNG data URI of ``image`` shrunk (never enlarged) to ``longest`` pixels on its longer side."""
-    if max(image.size) > longest:
-        image = image.copy()
-        image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=maps.PNG_COMPRESSION)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+def _shrunk(image: Image.Image, longest: int) -> Image.Image:
+    """``image`` shrunk (never enlarged) to ``longest`` pixels on its longer side, with Pillow."""
+    if max(image.size) <= longest:
+        return image
+    image = image.copy()
+    image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
+    return image
 
 
-def panel(label: str, image: Image.Image | None, caption: str, missing: str = "") -> Panel:
+class ImageStore:
+    """Where the gallery's pictures go: into the page as PNG data URIs (``folder`` None), or as PNG
+    files into ``folder``, linked from the page by a path relative to it (``href``)."""
+
+    def __init__(self, folder: Path | None = None, href: str = ""):
+        self.folder, self.href, self.count = folder, href, 0
+
+    def uri(self, image: Image.Image, longest: int, label: str) -> str:
+        """Store ``image`` shrunk to ``longest`` pixels; the URI the page shows it by."""
+        image = _shrunk(image, longest)
+        if self.folder is None:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", compress_level=maps.PNG_COMPRESSION)
+            return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        self.count += 1
+        name = f"{self.count:05d}-{re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-')}.png"
+        try:
+            image.save(self.folder / name, format="PNG", compress_level=maps.PNG_COMPRESSION)
+        except OSError as error:
+            raise LossctlError(f"cannot write {self.folder / name}: {error.strerror or error}") from None
+        return f"{quote(self.href)}/{name}"
+
+
+EMBEDDED = ImageStore()
+
+
+def panel(
+    label: str, image: Image.Image | None, caption: str, missing: str = "", store: ImageStore = EMBEDDED
+) -> Panel:
     """A gallery picture: thumbnail, enlarged view and caption, or the reason there is none."""
     if image is None:
         return Panel(label, None, None, caption, missing)
-    full = data_uri(image, LARGE_SIZE) if max(image.size) > THUMB_SIZE else None  # None: the thumbnail
-    return Panel(label, data_uri(image, THUMB_SIZE), full, caption)
+    full = (
+        store.uri(image, LARGE_SIZE, label) if max(image.size) > THUMB_SIZE else None
+    )  # None: the thumbnail
+    return Panel(label, store.uri(image, THUMB_SIZE, label), full, caption)
 
 
 def heat_caption(drawn: Drawn, metric: str) -> str:
@@ -176,9 +207,9 @@ def heat_caption(drawn: Drawn, metric: str) -> str:
     )
 
 
-def heat_panel(drawn: Drawn, metric: str, label: str = "heat map") -> Panel:
+def heat_panel(drawn: Drawn, metric: str, label: str = "heat map", store: ImageStore = EMBEDDED) -> Panel:
     """The gallery picture of a heat map, with its exact scale; or why the pair has none."""
-    made = panel(label, drawn.heat, heat_caption(drawn, metric), drawn.reason or "no heat map")
+    made = panel(label, drawn.heat, heat_caption(drawn, metric), drawn.reason or "no heat map", store)
     return replace(made, scale=(drawn.scale.low, drawn.scale.high)) if drawn.scale else made
 
 
@@ -225,6 +256,7 @@ def eval_pictures(
     maps_dir: Path | None,
     gallery: Sequence[str],
     on_start: Callable[[int, str], Callable[[int], None]] | None = None,
+    store: ImageStore = EMBEDDED,
 ) -> EvalPictures:
     """Heat maps of ``metric`` for an evaluation: written under ``maps_dir`` (each pair's relative
     path, ``.png``) for every ``ok`` pair when given, and a gallery card for each name of ``gallery``.
@@ -256,9 +288,9 @@ def eval_pictures(
             gt = display_image(loaded.gt) if loaded else None
             cards[name] = card(
                 name,
-                panel("prediction", pred, f"{name}: prediction", drawn.reason),
-                panel("ground truth", gt, f"{name}: ground truth", drawn.reason),
-                heat_panel(drawn, metric),
+                panel("prediction", pred, f"{name}: prediction", drawn.reason, store),
+                panel("ground truth", gt, f"{name}: ground truth", drawn.reason, store),
+                heat_panel(drawn, metric, store=store),
             )
 
     pairs = [_pair_of(rows.loc[name]) for name in drawable]
@@ -268,17 +300,19 @@ def eval_pictures(
     scale = draw_heat_maps(pairs, config, metric, scale_mode, on_drawn, on_progress, shown.__getitem__)
     for name in gallery:
         if name not in cards:  # no map: show the pictures anyway, with the reason
-            cards[name] = _card_without_map(rows.loc[name], metrics, config, reasons[name] or "")
+            cards[name] = _card_without_map(rows.loc[name], metrics, config, reasons[name] or "", store)
     return EvalPictures([cards[name] for name in gallery], scale)
 
 
-def _card_without_map(row: pd.Series, metrics: Sequence[str], config: EvalConfig, reason: str) -> Card:
+def _card_without_map(
+    row: pd.Series, metrics: Sequence[str], config: EvalConfig, reason: str, store: ImageStore
+) -> Card:
     """A gallery card for an ``ok`` pair with no heat map: its pictures (when they are images) and why."""
     item = next(decode_ahead([_pair_of(row)], replace(config, workers=1, with_weights=False), 1))
     unseen = item.error if isinstance(item, PairResult) else "class scores (.npy) have no picture"
     pictures = [
         panel(label, display_image(getattr(item, side)) if isinstance(item, LoadedPair) else None,
-              f"{row['name']}: {label}", unseen)
+              f"{row['name']}: {label}", unseen, store)
         for label, side in (("prediction", "pred"), ("ground truth", "gt"))
     ]  # fmt: skip
     pictures.append(Panel("heat map", None, None, "", reason))
@@ -324,6 +358,7 @@ def compare_pictures(
     limit: int,
     workers: int,
     on_start: Callable[[int, str], Callable[[int], None]] | None = None,
+    store: ImageStore = EMBEDDED,
 ) -> ComparePictures:
     """Gallery cards of the pairs that got worse between two reports, worst first: ground truth,
     BASE and NEW predictions and their ``metric`` heat maps (on one scale unless ``scale_mode`` is
@@ -348,18 +383,19 @@ def compare_pictures(
                 continue
             pairs.append(Pair(name=name, pred=pred, gt=gt))
             slots.append((name, side))
-    drawn_panels: dict[tuple[str, str], tuple[Panel, Panel, Panel]] = {}
+    drawn_panels: dict[tuple[str, str], tuple[Panel, Panel | None, Panel]] = {}
 
     def on_drawn(index: int, drawn: Drawn) -> None:
         name, side = slots[index]
         label = "before" if side == "base" else "after"
         loaded = drawn.loaded
+        first = side == "base" or (name, "base") not in drawn_panels  # one ground truth a card
         drawn_panels[(name, side)] = (
             panel(f"{label}: prediction", display_image(loaded.pred) if loaded else None,
-                  f"{name}: prediction {label} ({side.upper()})", drawn.reason),
-            panel("ground truth", display_image(loaded.gt) if loaded else None, f"{name}: ground truth",
-                  drawn.reason),
-            heat_panel(drawn, metric, f"{label}: heat map"),
+                  f"{name}: prediction {label} ({side.upper()})", drawn.reason, store),
+            panel("ground truth", display_image(loaded.gt) if loaded and first else None,
+                  f"{name}: ground truth", drawn.reason, store) if first else None,
+            heat_panel(drawn, metric, f"{label}: heat map", store),
         )  # fmt: skip
 
     passes = 2 if scale_mode == "shared" else 1
@@ -371,7 +407,11 @@ def compare_pictures(
         after = drawn_panels.get((name, "new"))
         why_not = status[name][1] if name in status else "no picture"
         missing = Panel("after: prediction", None, None, "", why_not)
-        gt_panel = (after or before or (None, Panel("ground truth", None, None, "", "no picture")))[1]
+        gt_panel = (
+            (before and before[1])
+            or (after and after[1])
+            or Panel("ground truth", None, None, "", "no picture")
+        )
         panels = [
             gt_panel,
             before[0] if before else Panel("before: prediction", None, None, "", "no picture"),

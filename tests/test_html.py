@@ -135,6 +135,23 @@ def test_enlarged_heat_map_colours_are_the_report_numbers(sample_report):
     assert abs(values.mean() - rows["blur"]) <= high / 510 + 1e-7  # within half a colour level
 
 
+def test_pictures_can_go_beside_the_page(tmp_path):
+    page_path = tmp_path / "report.html"
+    args = ["-m", "l1", "--html", page_path, "--html-images", "files", "-q"]
+    assert invoke("eval", SAMPLE_PRED, SAMPLE_GT, *args).exit_code == 0
+    text = page_path.read_text(encoding="utf-8")
+    assert len(text) < 100_000 and "data:image" not in text
+    page = outline(text)
+    assert len(page.thumbs) == 3 * 7
+    for thumb in page.thumbs:
+        for link in (thumb["src"], thumb["data-full"]):
+            if link:
+                assert link.startswith("report_files/") and (tmp_path / link).is_file()
+        with Image.open(tmp_path / thumb["src"]) as image:
+            assert max(image.size) == 200  # a thumbnail, downscaled with Pillow
+    one_line_error(invoke("eval", SAMPLE_PRED, SAMPLE_GT, "--html-images", "zip"), 2, "--html-images zip")
+
+
 def test_names_are_escaped(folders, rng, tmp_path):
     pred, gt = folders
     hostile = ["<img src=x onerror=alert(1)>", "a&b \"quoted\" 'single'"]
