@@ -10,9 +10,9 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, TextIO
@@ -257,6 +257,52 @@ DebugOption = Annotated[
     bool, typer.Option("--debug", help="Show the traceback of an internal error.", rich_help_panel="Output")
 ]
 
+MapMetricOption = Annotated[
+    str,
+    typer.Option(
+        "--map-metric",
+        metavar="NAME",
+        help="Heat map of l1 (|p - g| averaged over channels) or ssim (the SSIM map); its mean is the pair's reported value.",
+        rich_help_panel="Pictures",
+    ),
+]
+MapScaleOption = Annotated[
+    str,
+    typer.Option(
+        "--map-scale",
+        metavar="shared|pair",
+        help="One colour scale for every heat map (colours comparable between pairs), or one per pair.",
+        rich_help_panel="Pictures",
+    ),
+]
+HtmlOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--html",
+        metavar="FILE",
+        help="Write a self-contained HTML report (summary, histograms, gallery worst first) to FILE.",
+        rich_help_panel="Pictures",
+    ),
+]
+HtmlImagesOption = Annotated[
+    str,
+    typer.Option(
+        "--html-images",
+        metavar="embed|files",
+        help="Pictures inside the HTML file (data URIs), or as PNG files in a folder beside it (report.html: report_files/).",
+        rich_help_panel="Pictures",
+    ),
+]
+HtmlLimitOption = Annotated[
+    int,
+    typer.Option(
+        "--html-limit",
+        metavar="N",
+        help="Pairs in the HTML gallery (the worst N; the summary covers all pairs).",
+        rich_help_panel="Pictures",
+    ),
+]
+
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     stderr.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
@@ -302,8 +348,9 @@ def _root(
 class _LazyProgress:
     """A rich progress bar on stderr that appears only once work has run for over a second."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, description: str = "evaluating"):
         self.total, self.enabled, self.started_at = total, enabled, time.monotonic()
+        self.description = description
         self.done, self.progress, self.task = 0, None, None
 
     def advance(self, count: int) -> None:
@@ -322,7 +369,9 @@ class _LazyProgress:
                 transient=True,
             )
             self.progress.start()
-            self.task = self.progress.add_task("evaluating", total=self.total, completed=self.done - count)
+            self.task = self.progress.add_task(
+                self.description, total=self.total, completed=self.done - count
+            )
         if self.progress is not None:
             self.progress.advance(self.task, count)
 
@@ -332,11 +381,11 @@ class _LazyProgress:
 
 
 @contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[int], Callable[[int], None]]]:
+def _progress(quiet: bool) -> Iterator[Callable[..., Callable[[int], None]]]:
     bars: list[_LazyProgress] = []
 
-    def start(total: int) -> Callable[[int], None]:
-        bars.append(_LazyProgress(total, enabled=not quiet and stderr.is_terminal))
+    def start(total: int, description: str = "evaluating") -> Callable[[int], None]:
+        bars.append(_LazyProgress(total, enabled=not quiet and stderr.is_terminal, description=description))
         return bars[-1].advance
 
     try:
@@ -366,6 +415,68 @@ def _write(path: Path | None, write: Callable[[TextIO], object]) -> None:
         write_atomic(path, write)
     except OSError as error:
         raise LossctlError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _prepare_maps_dir(path: Path | None) -> None:
+    """Create the ``--maps`` folder (and its parents) and check that it can be written."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise LossctlError(f"--maps {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LossctlError(f"cannot create --maps folder {path}: {error.strerror or error}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise LossctlError(f"--maps folder {path} is not writable")
+
+
+@dataclass(frozen=True)
+class _Pictures:
+    """What ``--maps``, ``--html`` and their options ask for."""
+
+    maps_dir: Path | None
+    html_path: Path | None
+    metric: str
+    scale_mode: str
+    limit: int
+    sort_metric: str | None = None
+    images: str = "embed"
+
+    @property
+    def wanted(self) -> bool:
+        return self.maps_dir is not None or self.html_path is not None
+
+    def image_store(self):
+        """Where the page's pictures go: embedded, or ``--html-images files``: ``NAME_files/`` beside it."""
+        from .gallery import ImageStore
+
+        if self.html_path is None or self.images == "embed":
+            return ImageStore()
+        folder = self.html_path.with_name(f"{self.html_path.stem}_files")
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as error:
+            raise LossctlError(
+                f"cannot create {folder} for --html-images files: {error.strerror or error}"
+            ) from None
+        return ImageStore(folder, folder.name)
+
+    def check(self, metrics: Sequence[str] | None) -> None:
+        """Check the options; with ``metrics`` (the run's), also that their metrics are computed."""
+        from .maps import check_map_metric, check_map_scale
+
+        check_map_metric(self.metric, metrics)
+        check_map_scale(self.scale_mode)
+        if self.limit < 1:
+            raise LossctlError(f"--html-limit must be at least 1; got {self.limit}")
+        if self.images not in ("embed", "files"):
+            raise LossctlError(f"--html-images {self.images}: choose embed or files")
+        sort = self.sort_metric
+        if sort is not None and sort not in METRICS:
+            raise LossctlError(f"--html-sort {sort}: unknown metric; valid metrics: {', '.join(METRICS)}")
+        if sort is not None and metrics is not None and sort not in metrics:
+            raise LossctlError(f"--html-sort {sort}: not among the metrics computed ({', '.join(metrics)})")
 
 
 def _threshold_override(threshold: float | None, names: list[str]) -> list[str]:
@@ -416,11 +527,42 @@ def _stdout_reader_may_leave() -> Iterator[None]:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _eval_pictures(evaluation, request, quiet: bool, pictures: _Pictures) -> None:
+    """``eval --maps/--html``: draw the heat maps and write the page."""
+    from . import gallery, html_report
+    from .run import eval_config
+
+    frame, info = evaluation.frame, evaluation.info
+    pictures.check(info.metrics)  # a run keeps only the metrics that apply to its pairs
+    config = eval_config(replace(request, metrics=info.metrics, params=info.params))
+    sort_metric = pictures.sort_metric or pictures.metric
+    names = gallery.worst_first(frame, sort_metric)[: pictures.limit] if pictures.html_path else []
+    with _progress(quiet) as on_start:
+        drawn = gallery.eval_pictures(
+            frame,
+            info.metrics,
+            config,
+            pictures.metric,
+            pictures.scale_mode,
+            pictures.maps_dir,
+            names,
+            on_start,
+            pictures.image_store(),
+        )
+    if pictures.html_path is not None:
+        page = html_report.eval_page(
+            frame, evaluation.summary, info, drawn.cards, sort_metric, pictures.limit, pictures.metric,
+            drawn.scale, pictures.scale_mode,
+        )  # fmt: skip
+        _write(pictures.html_path, lambda stream: stream.write(html_report.render_page(page)))
+
+
 EVAL_EPILOG = """[b]Examples[/b]
 
   lossctl eval sample_images/pred sample_images/gt
   lossctl eval pred/ gt/ --metrics psnr,ssim,l1 --csv report.csv
   lossctl eval pred/ gt/ --param charbonnier.eps=1e-4 --format json > report.json
+  lossctl eval pred/ gt/ --maps maps/ --html report.html
 
 Exit codes: 0 every pair computed; 3 some pairs failed or were unmatched (the report is still complete); 2 usage or input error."""
 
@@ -456,6 +598,30 @@ def eval_command(
     max_pixels: MaxPixelsOption = None,
     csv_path: CsvOption = None,
     json_path: JsonOption = None,
+    maps_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--maps",
+            metavar="DIR",
+            help="Write a PNG heat map of each pair, with a labelled colour bar, under DIR at the pair's relative path.",
+            rich_help_panel="Pictures",
+        ),
+    ] = None,
+    map_metric: MapMetricOption = "l1",
+    map_scale: MapScaleOption = "shared",
+    html_path: HtmlOption = None,
+    html_limit: HtmlLimitOption = 20,
+    html_images: HtmlImagesOption = "embed",
+    html_sort: Annotated[
+        str | None,
+        typer.Option(
+            "--html-sort",
+            metavar="METRIC",
+            help="Order the HTML gallery worst-first by METRIC \\[default: the --map-metric].",
+            show_default=False,
+            rich_help_panel="Pictures",
+        ),
+    ] = None,
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="What goes to stdout.", rich_help_panel="Output")
     ] = OutputFormat.table,
@@ -486,12 +652,20 @@ def eval_command(
         )  # fmt: skip
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
+        _check_output_path(html_path, "--html")
+        pictures = _Pictures(
+            maps_dir, html_path, map_metric, map_scale, html_limit, html_sort or map_metric, html_images
+        )
+        pictures.check(names if pictures.wanted else None)
+        _prepare_maps_dir(maps_dir)
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path)
 
         from . import report
 
         frame, summary, info = evaluation.frame, evaluation.summary, evaluation.info
         _write_reports(csv_path, json_path, evaluation)
+        if pictures.wanted:
+            _eval_pictures(evaluation, request, quiet, pictures)
         show_per_image = per_image if per_image is not None else len(frame) <= PER_IMAGE_AUTO_LIMIT
         with _stdout_reader_may_leave():
             if output_format == OutputFormat.table:
@@ -673,6 +847,7 @@ COMPARE_EPILOG = """[b]Examples[/b]
   lossctl compare main.json pr.json
   lossctl compare main.json pr.json --tolerance psnr=0.1 --tolerance ssim=0.001 --rel-tolerance l1=0.05
   lossctl compare main.csv pr.csv --format markdown > comment.md
+  lossctl compare main.json pr.json --html changes.html
 
 Exit codes: 0 no regression beyond tolerance; 1 regressions (or pairs removed or no longer computed); 2 usage or input error, including reports made with different metric parameters."""
 
@@ -700,6 +875,12 @@ def compare_command(
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="What goes to stdout.", rich_help_panel="Output")
     ] = OutputFormat.table,
+    html_path: HtmlOption = None,
+    map_metric: MapMetricOption = "l1",
+    map_scale: MapScaleOption = "shared",
+    html_limit: HtmlLimitOption = 20,
+    html_images: HtmlImagesOption = "embed",
+    quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Compare two reports: per-image, direction-aware regressions, worst first."""
@@ -707,7 +888,13 @@ def compare_command(
 
     with _reported_errors(debug):
         tolerances = compare.parse_tolerances(tolerance or [], rel_tolerance or [])
+        _check_output_path(html_path, "--html")
+        pictures = _Pictures(None, html_path, map_metric, map_scale, html_limit, images=html_images)
+        pictures.check(None)
         comparison = compare.compare_reports(compare.load_report(base), compare.load_report(new), tolerances)
+        if html_path is not None:
+            pictures.check([name for name in comparison.base.metrics if name in comparison.new.metrics])
+            _compare_pictures(comparison, quiet, pictures)
         with _stdout_reader_may_leave():
             if output_format == OutputFormat.table:
                 compare.render_comparison(Console(), comparison)
@@ -719,6 +906,21 @@ def compare_command(
                 sys.stdout.write(compare.comparison_markdown(comparison))
         code = comparison.exit_code
     raise typer.Exit(code)
+
+
+def _compare_pictures(comparison, quiet: bool, pictures: _Pictures) -> None:
+    """``compare --html``: before and after, side by side, for the pairs that got worse."""
+    from . import gallery, html_report
+
+    with _progress(quiet) as on_start:
+        drawn = gallery.compare_pictures(
+            comparison, pictures.metric, pictures.scale_mode, pictures.limit, os.cpu_count() or 1, on_start,
+            pictures.image_store(),
+        )  # fmt: skip
+    page = html_report.compare_page(
+        comparison, drawn.cards, pictures.metric, drawn.scale, pictures.scale_mode, drawn.worse
+    )
+    _write(pictures.html_path, lambda stream: stream.write(html_report.render_page(page)))
 
 
 @app.command("metrics")

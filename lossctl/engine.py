@@ -123,13 +123,13 @@ def _note_nan_images(batch: PairBatch, raw: torch.Tensor, side: str) -> None:
         batch.note(raw.isnan().flatten(1).any(dim=1).tolist(), f"{side} contains NaN values")
 
 
-def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.device) -> list[PairResult]:
-    """Compute every selected metric for a batch of pairs with equal :attr:`LoadedPair.batch_key`."""
+def pair_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.device) -> PairBatch:
+    """The :class:`PairBatch` the metrics see for pairs with equal :attr:`LoadedPair.batch_key`:
+    scaled to [0, 1] in the configured precision, grayscale repeated to the pair's channels, and the
+    convention (crop, Y channel) applied. Heat maps are drawn from this same batch."""
     dtype = PRECISIONS[config.precision]
     first = items[0]
     convention = config.convention
-    if (problem := convention.check_size(first.pred.height, first.pred.width)) is not None:
-        return [PairResult(pair=item.pair, status="error", error=problem) for item in items]
     raw_pred = _to_device([item.pred.pixels for item in items], device)
     raw_gt = _to_device([item.gt.pixels for item in items], device)
     channels = first.channels
@@ -155,6 +155,15 @@ def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch
     batch = PairBatch(pred, target, weights, diff=diff)
     _note_nan_images(batch, raw_pred, "pred")
     _note_nan_images(batch, raw_gt, "gt")
+    return batch
+
+
+def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.device) -> list[PairResult]:
+    """Compute every selected metric for a batch of pairs with equal :attr:`LoadedPair.batch_key`."""
+    first = items[0]
+    if (problem := config.convention.check_size(first.pred.height, first.pred.width)) is not None:
+        return [PairResult(pair=item.pair, status="error", error=problem) for item in items]
+    batch = pair_batch(items, config, device)
     for index, item in enumerate(items):
         if item.weight_problem and "weighted_tv" in config.metrics:
             batch.notes[index].append(f"weighted_tv: {item.weight_problem}")
@@ -415,6 +424,20 @@ class _Batcher:
     def drain(self) -> Iterator[list[LoadedPair]]:
         while self.buckets:
             yield self._take(next(iter(self.buckets)))
+
+
+def decode_pairs(
+    pairs: Sequence[Pair], config: EvalConfig, prefetch: int
+) -> Iterator[LoadedPair | LoadedSegmentation | PairResult]:
+    """``pairs`` decoded in ``config.workers`` threads, in input order, a pair that cannot be read
+    as an error :class:`PairResult` (for callers that want the pixels, such as the heat maps)."""
+    decoded = decode_ahead(pairs, config.with_weights, config.workers, prefetch, max_pixels=config.max_pixels)
+    with closing(decoded):
+        for item in decoded:
+            if isinstance(item, DecodeFailure):
+                yield PairResult(pair=item.pair, status="error", error=item.reason)
+            else:
+                yield item
 
 
 class EvaluationInterrupted(Exception):

@@ -54,7 +54,7 @@ def run_evaluation(
         raise LossctlError("--weights is only used by weighted_tv, which is not among the selected metrics")
 
     from . import io
-    from .engine import EvalConfig, iter_results, resolve_device
+    from .engine import iter_results, resolve_device
     from .results import ResultTable
 
     pairing = io.pair_folders(request.pred_root, request.gt_root, request.weights_root)
@@ -64,7 +64,26 @@ def run_evaluation(
         request = replace(
             request, metrics=metrics, params={k: v for k, v in request.params.items() if k in metrics}
         )
-    config = EvalConfig(
+    config = eval_config(request)
+    device = resolve_device(request.device)
+    on_progress = on_start(len(pairing.pairs)) if on_start else None
+    table = ResultTable(pairing.pairs, request.metrics)
+    with closing(iter_results(pairing.pairs, config)) as computed:
+        try:
+            for result in computed:
+                table.add(result)
+                if on_progress:
+                    on_progress(1)
+        except KeyboardInterrupt:
+            raise RunInterrupted(_evaluation(table, request, pairing, device), len(pairing.pairs)) from None
+    return _evaluation(table, request, pairing, device)
+
+
+def eval_config(request: EvalRequest):
+    """The engine's :class:`~lossctl.engine.EvalConfig` for ``request`` (also used to draw heat maps)."""
+    from .engine import EvalConfig
+
+    return EvalConfig(
         metrics=request.metrics,
         params=request.params,
         device=request.device,
@@ -78,18 +97,6 @@ def run_evaluation(
         max_pixels=request.max_pixels,
         decoder=request.decoder,
     )
-    device = resolve_device(request.device)
-    on_progress = on_start(len(pairing.pairs)) if on_start else None
-    table = ResultTable(pairing.pairs, request.metrics)
-    with closing(iter_results(pairing.pairs, config)) as computed:
-        try:
-            for result in computed:
-                table.add(result)
-                if on_progress:
-                    on_progress(1)
-        except KeyboardInterrupt:
-            raise RunInterrupted(_evaluation(table, request, pairing, device), len(pairing.pairs)) from None
-    return _evaluation(table, request, pairing, device)
 
 
 class RunInterrupted(Exception):

@@ -334,6 +334,8 @@ def test_readme_examples_run(tmp_path, monkeypatch):
         arguments = shlex.split(example.replace("pred/ gt/", f"{SAMPLE_PRED} {SAMPLE_GT}"))[1:]
         if ">" in arguments:
             arguments = arguments[: arguments.index(">")]
-        arguments = [str(tmp_path / a) if a.endswith((".csv", ".json")) else a for a in arguments]
+        arguments = [
+            str(tmp_path / a) if a.endswith((".csv", ".json", ".html", "maps/")) else a for a in arguments
+        ]
         result = invoke(*arguments)
         assert result.exit_code == 0, (example, result.output)

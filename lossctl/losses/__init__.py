@@ -68,6 +68,7 @@ from .ssim import (
     ssim,
     ssim_components,
     ssim_loss,
+    ssim_map,
 )
 from .tv import edge_aware_weights, image_gradients, tv_loss, weighted_tv_loss
 
@@ -130,6 +131,7 @@ __all__ = [
     "ssim",
     "ssim_components",
     "ssim_loss",
+    "ssim_map",
     "tv_loss",
     "weighted_tv_loss",
 ]

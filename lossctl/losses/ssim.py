@@ -122,6 +122,28 @@ def _ssim_maps(
     return luminance * contrast_structure, contrast_structure
 
 
+def _ssim_and_contrast_structure_maps(
+    pred: torch.Tensor, target: torch.Tensor, data_range: float, taps: tuple[float, ...], k1: float, k2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SSIM map and its contrast-structure term over the valid region, ``(N, C, H', W')`` each,
+    with ``H' = H - len(taps) + 1`` and ``W' = W - len(taps) + 1``."""
+    batch, channels, height, width = pred.shape
+    shift = _plane_shift(pred, target)
+    x, y = pred.reshape(-1, height, width), target.reshape(-1, height, width)
+    full, contrast_structure = _ssim_maps(x - shift, y - shift, shift, data_range, taps, k1, k2)
+    size = full.shape[-2:]
+    return full.reshape(batch, channels, *size), contrast_structure.reshape(batch, channels, *size)
+
+
+def _plane_shift(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The mean of ``pred`` and ``target`` per image plane, ``(N * C, 1, 1)``.
+
+    Variances are differences of two large terms (E[x^2] - E[x]^2); centring each plane first keeps
+    float32 within 1e-5 of float64. SSIM's variances do not depend on the shift.
+    """
+    return ((pred.mean(dim=(2, 3)) + target.mean(dim=(2, 3))) / 2).detach().reshape(-1, 1, 1)
+
+
 def _ssim_and_contrast_structure(
     pred: torch.Tensor, target: torch.Tensor, data_range: float, taps: tuple[float, ...], k1: float, k2: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,9 +155,7 @@ def _ssim_and_contrast_structure(
     """
     batch, channels, height, width = pred.shape
     window = len(taps)
-    # Variances are differences of two large terms (E[x^2] - E[x]^2); centring each plane first
-    # keeps float32 within 1e-5 of float64. SSIM's variances do not depend on the shift.
-    shift = ((pred.mean(dim=(2, 3)) + target.mean(dim=(2, 3))) / 2).detach().reshape(-1, 1, 1)
+    shift = _plane_shift(pred, target)
     x, y = pred.reshape(-1, height, width), target.reshape(-1, height, width)
     block_values = CPU_BLOCK_VALUES if pred.device.type == "cpu" else GPU_BLOCK_VALUES
     full_parts: list[torch.Tensor] = []
@@ -202,6 +222,18 @@ def matlab_downsample(images: torch.Tensor) -> torch.Tensor:
     return _matlab_downsample_along(_matlab_downsample_along(images, factor, -2), factor, -1)
 
 
+def _ssim_inputs(
+    pred: torch.Tensor, target: torch.Tensor, window_size: int, sigma: float, downsample: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked SSIM inputs, downsampled as ``ssim.m`` when ``downsample``, at least a window large."""
+    pred, target = check_pair(pred, target, image=True)
+    check_ssim_window(window_size, sigma)
+    if downsample:
+        pred, target = matlab_downsample(pred), matlab_downsample(target)
+    _check_size(pred, window_size, f"the {window_size}x{window_size} SSIM window")
+    return pred, target
+
+
 def ssim_components(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -217,9 +249,7 @@ def ssim_components(
     :func:`ssim` is the channel mean of the first; :func:`ms_ssim` uses both at its first scale, and
     accepts them through ``first_scale`` so that an evaluator computing both filters once.
     """
-    pred, target = check_pair(pred, target, image=True)
-    check_ssim_window(window_size, sigma)
-    _check_size(pred, window_size, f"the {window_size}x{window_size} SSIM window")
+    pred, target = _ssim_inputs(pred, target, window_size, sigma, downsample=False)
     return _ssim_and_contrast_structure(pred, target, data_range, gaussian_window(window_size, sigma), k1, k2)
 
 
@@ -245,12 +275,32 @@ def ssim(
     ``downsample=True`` first applies :func:`matlab_downsample`, as MATLAB's original ``ssim.m``.
     ``reduction='none'`` gives the ``(N,)`` per-image SSIM. Higher is better (1 for identical images).
     """
-    pred, target = check_pair(pred, target, image=True)
-    check_ssim_window(window_size, sigma)
-    if downsample:
-        pred, target = matlab_downsample(pred), matlab_downsample(target)
-    per_channel, _ = ssim_components(pred, target, data_range, window_size, sigma, k1, k2)
+    pred, target = _ssim_inputs(pred, target, window_size, sigma, downsample)
+    per_channel, _ = _ssim_and_contrast_structure(
+        pred, target, data_range, gaussian_window(window_size, sigma), k1, k2
+    )
     return reduce(per_channel.mean(dim=1), reduction)
+
+
+def ssim_map(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    downsample: bool = False,
+) -> torch.Tensor:
+    """The per-pixel SSIM map that :func:`ssim` averages, ``(N, C, H', W')``.
+
+    Only the valid region is returned (``H' = H - window_size + 1``, likewise ``W'``; after
+    :func:`matlab_downsample` when ``downsample``), so that the mean of an image's map over its
+    channels and pixels is exactly its ``ssim(..., reduction='none')``. Values lie in [-1, 1].
+    """
+    pred, target = _ssim_inputs(pred, target, window_size, sigma, downsample)
+    taps = gaussian_window(window_size, sigma)
+    return _ssim_and_contrast_structure_maps(pred, target, data_range, taps, k1, k2)[0]
 
 
 def ssim_loss(

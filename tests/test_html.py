@@ -1,0 +1,357 @@
+"""HTML reports of eval and compare: contents, order, escaping, offline, errors (the browser test
+is tests/test_browser.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lossctl import colormap, html_report
+from lossctl.cli import app
+
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def one_line_error(result, code: int, fragment: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+class Outline(HTMLParser):
+    """The parts of a report page the tests look at: cards, thumbnails, tags that could fetch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cards: list[str] = []
+        self.thumbs: list[dict[str, str]] = []
+        self.fetching: list[tuple[str, str]] = []
+        self.svgs = 0
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "section" and "card" in attributes.get("class", ""):
+            self.cards.append(attributes["data-name"])
+        if tag == "img" and "thumb" in attributes.get("class", ""):
+            self.thumbs.append(attributes)
+        if tag == "svg":
+            self.svgs += 1
+        for key in ("src", "href", "data-full"):
+            value = attributes.get(key) or ""
+            if value and not value.startswith("data:image/png;base64,") and not (tag == "svg"):
+                self.fetching.append((tag, value))
+        if tag in ("link", "iframe", "object", "embed"):
+            self.fetching.append((tag, ""))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def outline(text: str) -> Outline:
+    parser = Outline()
+    parser.feed(text)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def sample_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("html")
+    page = folder / "report.html"
+    result = invoke(
+        "eval", SAMPLE_PRED, SAMPLE_GT, "-m", "l1,psnr,ssim", "--html", page, "--format", "csv", "-q"
+    )
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False, na_values=[""])
+    return page.read_text(encoding="utf-8"), frame
+
+
+def decode(uri: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+
+def test_page_has_the_summary_a_histogram_per_metric_and_the_gallery_worst_first(sample_report):
+    text, frame = sample_report
+    page = outline(text)
+    metrics = [column for column in frame.columns[10:]]
+    assert page.svgs == len(metrics)  # one histogram per metric
+    assert "pooled PSNR (from the mean MSE): 23.09 dB" in text
+    assert '<td class="num">0.03066</td>' in text  # l1's mean, as the terminal table shows it
+    worst_first = frame.sort_values("l1", ascending=False)["name"].tolist()
+    assert page.cards == worst_first
+    assert "The 7 worst of 7 computed pairs by l1" in text
+    assert len(page.thumbs) == 3 * 7  # prediction, ground truth, heat map per pair
+
+
+def test_page_works_offline(sample_report):
+    text, _ = sample_report
+    page = outline(text)
+    assert page.fetching == []  # every picture is a data URI; no stylesheet, script or frame to fetch
+    assert "<script src" not in text and "@import" not in text and "url(" not in text
+
+
+def test_gallery_heat_maps_show_the_reported_numbers(sample_report):
+    text, frame = sample_report
+    page = outline(text)
+    l1 = frame.set_index("name")["l1"]
+    heat_thumbs = [thumb for thumb in page.thumbs if "l1 map" in thumb["data-caption"]]
+    assert len(heat_thumbs) == 7
+    for thumb in heat_thumbs:
+        name = thumb["data-caption"].split(" — ")[0] if " — " in thumb["data-caption"] else None
+        mean = float(re.search(r"mean ([0-9.e-]+)", thumb["data-caption"]).group(1))
+        assert any(mean == pytest.approx(value, rel=1e-5) for value in l1), (name, mean)
+        enlarged = decode(thumb["data-full"] or thumb["src"])
+        assert enlarged.width > 256  # the map at full size and its colour bar
+    scale = re.search(r"on one scale for every map, 0 to ([0-9.]+)", text)
+    assert scale is not None
+
+
+def test_enlarged_heat_map_colours_are_the_report_numbers(sample_report):
+    """Decode the map that the page embeds, pixel by pixel, back to values: their mean is l1."""
+    text, frame = sample_report
+    rows = frame.set_index("name")["l1"]
+    page = outline(text)
+    blur = next(thumb for thumb in page.thumbs if thumb["data-caption"].startswith("blur: l1 map"))
+    low, high = float(blur["data-low"]), float(blur["data-high"])  # the scale, stated exactly
+    assert low == 0.0 and f"colour scale 0 to {high:.4g}" in blur["data-caption"]
+    image = np.asarray(decode(blur["data-full"]).convert("RGB"))
+    values = colormap.index_of(image[:256, :256]) * (high / 255)
+    assert abs(values.mean() - rows["blur"]) <= high / 510 + 1e-7  # within half a colour level
+
+
+def test_pictures_can_go_beside_the_page(tmp_path):
+    page_path = tmp_path / "report.html"
+    args = ["-m", "l1", "--html", page_path, "--html-images", "files", "-q"]
+    assert invoke("eval", SAMPLE_PRED, SAMPLE_GT, *args).exit_code == 0
+    text = page_path.read_text(encoding="utf-8")
+    assert len(text) < 100_000 and "data:image" not in text
+    page = outline(text)
+    assert len(page.thumbs) == 3 * 7
+    for thumb in page.thumbs:
+        for link in (thumb["src"], thumb["data-full"]):
+            if link:
+                assert link.startswith("report_files/") and (tmp_path / link).is_file()
+        with Image.open(tmp_path / thumb["src"]) as image:
+            assert max(image.size) == 200  # a thumbnail, downscaled with Pillow
+    one_line_error(invoke("eval", SAMPLE_PRED, SAMPLE_GT, "--html-images", "zip"), 2, "--html-images zip")
+
+
+def test_names_are_escaped(folders, rng, tmp_path):
+    pred, gt = folders
+    hostile = ["<img src=x onerror=alert(1)>", "a&b \"quoted\" 'single'"]
+    for name in hostile:
+        clean = random_rgb(rng)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    page_path = tmp_path / "r.html"
+    result = invoke("eval", pred, gt, "-m", "l1", "--html", page_path, "-q")
+    assert result.exit_code == 0, result.output
+    text = page_path.read_text(encoding="utf-8")
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "a&amp;b &quot;quoted&quot; &#x27;single&#x27;" in text
+    page = outline(text)
+    assert sorted(page.cards) == sorted(name.casefold() for name in hostile)
+    assert page.fetching == []
+
+
+def test_failed_pairs_are_listed_with_their_reasons(folders, rng, tmp_path):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(gt / "good.png", clean)
+    save_image(pred / "good.png", noisy(rng, clean))
+    (pred / "broken.png").write_bytes(b"not an image")
+    save_image(gt / "broken.png", random_rgb(rng))
+    save_image(pred / "sizes.png", random_rgb(rng, 10, 10))
+    save_image(gt / "sizes.png", random_rgb(rng, 12, 10))
+    save_image(pred / "extra.png", random_rgb(rng))
+    page_path = tmp_path / "r.html"
+    result = invoke("eval", pred, gt, "--html", page_path, "-q")
+    assert result.exit_code == 3
+    text = page_path.read_text(encoding="utf-8")
+    assert "Pairs not computed (3)" in text
+    for fragment in ("broken", "size mismatch: pred is 10x10, gt is 10x12", "no ground truth with this name"):
+        assert fragment in text
+    assert outline(text).cards == ["good"]
+
+
+def test_a_pair_without_a_map_keeps_its_card_with_the_reason(folders, rng, tmp_path):
+    pred, gt = folders
+    for name, size in (("tiny", 8), ("fine", 32)):
+        clean = random_rgb(rng, size, size)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    page_path = tmp_path / "r.html"
+    args = ["-m", "l1,ssim", "--map-metric", "ssim", "--html", page_path, "-q"]
+    assert invoke("eval", pred, gt, *args).exit_code == 0
+    text = page_path.read_text(encoding="utf-8")
+    page = outline(text)
+    assert page.cards == ["fine", "tiny"]  # an empty ssim sorts last
+    assert "ssim: 8x8 is smaller than the 11x11 window" in text
+    assert [thumb["data-caption"] for thumb in page.thumbs][3:] == ["tiny: prediction", "tiny: ground truth"]
+
+
+def test_gallery_limit_keeps_the_summary_of_every_pair(tmp_path):
+    page_path = tmp_path / "r.html"
+    args = ["-m", "l1,ssim", "--html", page_path, "--html-limit", "2", "--html-sort", "ssim", "-q"]
+    result = invoke("eval", SAMPLE_PRED, SAMPLE_GT, *args, "--format", "csv")
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    text = page_path.read_text(encoding="utf-8")
+    assert outline(text).cards == frame.sort_values("ssim")["name"].head(2).tolist()  # lowest SSIM first
+    assert "The 2 worst of 7 computed pairs by ssim" in text and "cover all 7 pairs" in text
+    assert "ssim (↑ higher is better), 7 pairs" in text  # the histogram counts every pair
+
+
+def test_a_segmentation_run_has_no_heat_map_to_draw(tmp_path):
+    seg = SAMPLE_PRED.parent / "seg"
+    page_path = tmp_path / "r.html"
+    result = invoke("eval", seg / "pred", seg / "gt", "--html", page_path, "-q", "--html-sort", "dice")
+    one_line_error(result, 2, "--map-metric l1: l1 is not among the metrics computed")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (
+            ["--maps", "{tmp}/m", "--map-metric", "psnr"],
+            "--map-metric psnr: no heat map for it; choose one of l1, ssim",
+        ),
+        (["--maps", "{tmp}/m", "--map-metric", "nope"], "--map-metric nope: no heat map for it"),
+        (["--maps", "{tmp}/m", "-m", "psnr"], "--map-metric l1: l1 is not among the metrics computed"),
+        (["--maps", "{tmp}/m", "--map-scale", "wide"], "--map-scale wide: choose shared or pair"),
+        (["--maps", "{tmp}/file.txt"], "is a file; give a folder"),
+        (["--maps", "{tmp}/file.txt/sub"], "cannot create --maps folder"),
+        (["--html", "{tmp}"], "--html {tmp} is a folder; give a file name"),
+        (["--html", "{tmp}/no/such/r.html"], "does not exist"),
+        (["--html", "{tmp}/r.html", "--html-limit", "0"], "--html-limit must be at least 1"),
+        (["--html", "{tmp}/r.html", "--html-sort", "nope"], "--html-sort nope: unknown metric"),
+        (
+            ["--html", "{tmp}/r.html", "-m", "l1", "--html-sort", "psnr"],
+            "--html-sort psnr: not among the metrics",
+        ),
+    ],
+)
+def test_picture_option_errors_exit_2_with_one_line(tmp_path, args, fragment):
+    (tmp_path / "file.txt").write_text("x")
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    one_line_error(invoke("eval", SAMPLE_PRED, SAMPLE_GT, *args), 2, fragment.replace("{tmp}", str(tmp_path)))
+
+
+def test_map_options_are_checked_only_by_name_without_pictures():
+    assert invoke("eval", SAMPLE_PRED, SAMPLE_GT, "-m", "psnr", "--format", "csv").exit_code == 0
+    one_line_error(invoke("eval", SAMPLE_PRED, SAMPLE_GT, "--map-metric", "x"), 2, "--map-metric x")
+
+
+def test_histogram_bins_count_every_finite_value_and_mention_infinite_ones():
+    svg = html_report.histogram_svg("psnr", [10.0, 10.0, 20.0, 30.0, float("inf"), float("nan")], bins=4)
+    counts = [int(count) for count in re.findall(r": (\d+) pairs?</title></rect>", svg)]
+    assert sum(counts) == 4 and counts == [2, 1, 1]
+    assert "1 pair(s) at inf not shown" in svg
+    assert "no finite values" in html_report.histogram_svg("psnr", [float("nan")])
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    """BASE: the samples; NEW: the same with the noise prediction blurred and the blur prediction gone."""
+    folder = tmp_path_factory.mktemp("compare")
+    new_pred = folder / "new_pred"
+    for path in SAMPLE_PRED.rglob("*.*"):
+        if "blur" not in path.name:
+            target = new_pred / path.relative_to(SAMPLE_PRED)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    noise = Image.open(new_pred / "noise.png")
+    noise.resize((16, 16)).resize((256, 256)).save(new_pred / "noise.png")
+    base, new = folder / "base.json", folder / "new.json"
+    for pred, report in ((SAMPLE_PRED, base), (new_pred, new)):
+        result = invoke("eval", pred, SAMPLE_GT, "-m", "l1,psnr", "--json", report, "-q", "--format", "csv")
+        assert result.exit_code in (0, 3), result.output
+    return base, new, folder
+
+
+def test_compare_html_shows_before_and_after_of_the_pairs_that_got_worse(reports):
+    base, new, folder = reports
+    page_path = folder / "changes.html"
+    result = invoke("compare", base, new, "--html", page_path, "-q")
+    assert result.exit_code == 1  # the verdict is unchanged by --html
+    text = page_path.read_text(encoding="utf-8")
+    page = outline(text)
+    assert page.cards == ["noise", "blur"]  # worse values first, then pairs no longer computed
+    captions = [thumb["data-caption"] for thumb in page.thumbs]
+    assert "noise: prediction before (BASE)" in captions and "noise: prediction after (NEW)" in captions
+    means = [float(m) for m in re.findall(r"noise: l1 map 256x256, mean ([0-9.e-]+)", " ".join(captions))]
+    rows = {
+        which: {row["name"]: row for row in json.loads(path.read_text())["rows"]}["noise"]["l1"]
+        for which, path in (("base", base), ("new", new))
+    }
+    assert means == pytest.approx([rows["base"], rows["new"]], rel=1e-5)
+    assert "no longer computed: blur: unmatched: no prediction with this name" in text
+    assert page.fetching == []
+
+
+def test_compare_html_says_why_a_picture_is_missing(reports, tmp_path):
+    base, new, _ = reports
+    document = json.loads(new.read_text())
+    for row in document["rows"]:
+        row["pred"] = row["pred"].replace("new_pred", "moved_away")
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(document))
+    page_path = tmp_path / "changes.html"
+    assert invoke("compare", base, moved, "--html", page_path, "-q").exit_code == 1
+    text = page_path.read_text(encoding="utf-8")
+    assert "pred noise.png: cannot read file: No such file or directory" in text
+
+
+def test_compare_html_errors(reports, tmp_path):
+    base, new, _ = reports
+    one_line_error(invoke("compare", base, new, "--html", tmp_path), 2, "is a folder")
+    one_line_error(
+        invoke("compare", base, new, "--html", tmp_path / "c.html", "--map-metric", "ssim"),
+        2,
+        "--map-metric ssim: ssim is not among the metrics computed",
+    )
+
+
+def test_compare_html_from_csv_reports_uses_their_sidecars(reports, tmp_path):
+    _, _, folder = reports
+    base, new = tmp_path / "base.csv", tmp_path / "new.csv"
+    for pred, report in ((SAMPLE_PRED, base), (folder / "new_pred", new)):
+        invoke(
+            "eval",
+            pred,
+            SAMPLE_GT,
+            "-m",
+            "l1,ssim",
+            "--csv",
+            report,
+            "-q",
+            "--preset",
+            "basicsr",
+            "--scale",
+            "2",
+        )
+    page_path = tmp_path / "changes.html"
+    result = invoke("compare", base, new, "--html", page_path, "--map-metric", "ssim", "-q")
+    assert result.exit_code == 1, result.output
+    page = outline(page_path.read_text(encoding="utf-8"))
+    captions = " ".join(thumb["data-caption"] for thumb in page.thumbs)
+    # the sidecar's convention (Y channel, 2 px cropped) reaches the maps: 256 - 4 - 10 = 242
+    assert "noise: ssim map 242x242" in captions
+    means = [float(m) for m in re.findall(r"noise: ssim map 242x242, mean ([0-9.e-]+)", captions)]
+    values = [pd.read_csv(path).set_index("name").loc["noise", "ssim"] for path in (base, new)]
+    assert means == pytest.approx(values, rel=1e-5)
