@@ -10,6 +10,7 @@ memory is split, and a single pair that does not fit on the GPU is computed on t
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,12 +96,15 @@ def resolve_device(spec: str) -> torch.device:
 def _to_device(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
     """Stack ``(H, W, C)`` arrays into an ``(N, C, H, W)`` tensor on ``device``, in their stored type.
 
-    Pixels travel as stored (uint8 is a quarter of float32) and are scaled on the device.
+    Pixels travel as stored (uint8 is a quarter of float32) and are scaled on the device. A single
+    array is wrapped, not copied (a huge image is often a batch of one); the result is only read.
     """
-    stacked = np.stack(arrays)
+    stacked = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
     if stacked.dtype == np.uint16:  # torch < 2.3 cannot wrap uint16 arrays
         stacked = stacked.astype(np.int32)
-    batch = torch.from_numpy(stacked)
+    with warnings.catch_warnings():  # Pillow's arrays are read-only; nothing writes to this tensor
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        batch = torch.from_numpy(stacked)
     if device.type == "cuda":
         batch = batch.pin_memory().to(device, non_blocking=True)
     return batch.permute(0, 3, 1, 2)
@@ -143,7 +147,9 @@ def pair_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.de
     ):
         # Subtract the stored integers, then scale: one rounding instead of three, so that float32
         # keeps full relative precision for differences of a few 16-bit levels.
-        integer_diff = raw_pred.to(torch.int32) - raw_gt.to(torch.int32)
+        # int16 holds any difference of 8-bit values at half the memory of int32.
+        signed = torch.int16 if raw_pred.dtype == raw_gt.dtype == torch.uint8 else torch.int32
+        integer_diff = raw_pred.to(signed) - raw_gt.to(signed)
         diff = _expand_channels(_scaled(integer_diff, first.pred.scale, dtype), channels)
     weights = None
     if config.with_weights:

@@ -240,7 +240,7 @@ def _bce(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
 
 def _weighted_tv(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     if batch.weights is None:
-        return L.weighted_tv_loss(batch.pred, L.edge_aware_weights(batch.target), reduction="none")
+        return L.edge_aware_tv_loss(batch.pred, batch.target, reduction="none")
     return L.weighted_tv_loss(batch.pred, batch.weights, reduction="none")
 
 

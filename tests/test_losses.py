@@ -380,3 +380,33 @@ def test_ms_ssim_reuses_precomputed_first_scale_components():
         L.ms_ssim(pred, target, reduction="none", first_scale=components),
         L.ms_ssim(pred, target, reduction="none"),
     )
+
+
+@pytest.mark.parametrize("band_values", [1, 70, 3 * 70 * 5, 10**9])
+def test_total_variation_in_bands_of_rows_equals_the_whole(monkeypatch, band_values):
+    import importlib
+
+    tv_module = importlib.import_module("lossctl.losses.tv")
+    pred, target = pair(seed=23, shape=(2, 3, 37, 70))
+    weight = torch.rand(2, 1, 37, 70, dtype=torch.float64)
+    losses = {
+        "tv": lambda p: L.tv_loss(p, reduction="none"),
+        "isotropic": lambda p: L.tv_loss(p, isotropic=True, reduction="none"),
+        "weighted": lambda p: L.weighted_tv_loss(p, weight, reduction="none"),
+        "edge_aware": lambda p: L.edge_aware_tv_loss(p, target, reduction="none"),
+    }
+    tracked = pred.clone().requires_grad_(True)
+    whole = {name: loss(tracked) for name, loss in losses.items()}
+    grads = {name: torch.autograd.grad(value.sum(), tracked)[0] for name, value in whole.items()}
+    torch.testing.assert_close(
+        whole["edge_aware"], L.weighted_tv_loss(tracked, L.edge_aware_weights(target), reduction="none")
+    )
+    monkeypatch.setattr(tv_module, "TV_BAND_VALUES", band_values)
+    if band_values == 1:
+        assert len(tv_module._row_bands(pred)) == 37
+    for name, loss in losses.items():
+        banded = loss(tracked)
+        torch.testing.assert_close(banded, whole[name], rtol=0, atol=1e-14)
+        torch.testing.assert_close(
+            torch.autograd.grad(banded.sum(), tracked)[0], grads[name], rtol=0, atol=1e-14
+        )

@@ -70,7 +70,7 @@ from .ssim import (
     ssim_loss,
     ssim_map,
 )
-from .tv import edge_aware_weights, image_gradients, tv_loss, weighted_tv_loss
+from .tv import edge_aware_tv_loss, edge_aware_weights, image_gradients, tv_loss, weighted_tv_loss
 
 __all__ = [
     "BCELoss",
@@ -102,6 +102,7 @@ __all__ = [
     "dice_coefficient",
     "dice_from_sums",
     "dice_loss",
+    "edge_aware_tv_loss",
     "edge_aware_weights",
     "huber_error",
     "huber_loss",

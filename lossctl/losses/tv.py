@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_tensor, per_image_sum, reduce, safe_divide, safe_sqrt
+from ._common import check_pair, check_tensor, per_image_sum, reduce, safe_divide, safe_sqrt
 
 
 def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -13,6 +13,26 @@ def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Shapes ``(N, C, H-1, W)`` (vertical) and ``(N, C, H, W-1)`` (horizontal).
     """
     return images[:, :, 1:, :] - images[:, :, :-1, :], images[:, :, :, 1:] - images[:, :, :, :-1]
+
+
+# Images of more than this many values (a whole batch) are taken in bands of rows, so that the
+# gradients and their temporaries need a band's memory rather than the image's (a 12000 x 12000 RGB
+# image is 432M values: each full-size float32 temporary 1.7 GB).
+TV_BAND_VALUES = 1 << 24
+
+
+def _row_bands(images: torch.Tensor) -> list[tuple[int, int]]:
+    """Row ranges ``[first, end)`` that cover the images: one unless they exceed ``TV_BAND_VALUES``."""
+    batch, channels, height, width = images.shape
+    rows = max(1, TV_BAND_VALUES // max(1, batch * channels * width))
+    return [(first, min(first + rows, height)) for first in range(0, height, rows)]
+
+
+def _band_gradients(images: torch.Tensor, first: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vertical differences of rows ``[first, min(end, H - 1))`` and the horizontal differences of
+    rows ``[first, end)``: over all bands, every difference of :func:`image_gradients` exactly once."""
+    band = images[:, :, first : min(end + 1, images.shape[2])]
+    return band[:, :, 1:] - band[:, :, :-1], band[:, :, : end - first, 1:] - band[:, :, : end - first, :-1]
 
 
 def tv_loss(pred: torch.Tensor, isotropic: bool = False, reduction: str = "mean") -> torch.Tensor:
@@ -24,11 +44,13 @@ def tv_loss(pred: torch.Tensor, isotropic: bool = False, reduction: str = "mean"
     ``TotalVariation`` reports the anisotropic sum without the normalisation.
     """
     pred = check_tensor(pred, "pred", image=True)
-    dy, dx = image_gradients(pred)
-    if isotropic:
-        total = per_image_sum(safe_sqrt(dy[:, :, :, :-1] ** 2 + dx[:, :, :-1, :] ** 2))
-    else:
-        total = per_image_sum(dy.abs()) + per_image_sum(dx.abs())
+    total = 0
+    for first, end in _row_bands(pred):
+        dy, dx = _band_gradients(pred, first, end)
+        if isotropic:
+            total = total + per_image_sum(safe_sqrt(dy[:, :, :, :-1] ** 2 + dx[:, :, : dy.shape[2], :] ** 2))
+        else:
+            total = total + per_image_sum(dy.abs()) + per_image_sum(dx.abs())
     return reduce(total / pred[0].numel(), reduction)
 
 
@@ -38,12 +60,45 @@ def edge_aware_weights(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     Returns the vertical and horizontal weights, shaped ``(N, 1, H-1, W)`` and ``(N, 1, H, W-1)``.
     """
     dy, dx = image_gradients(check_tensor(target, "target", image=True))
-    return torch.exp(-dy.abs().mean(dim=1, keepdim=True)), torch.exp(-dx.abs().mean(dim=1, keepdim=True))
+    return _edge_weights(dy), _edge_weights(dx)
 
 
-def _directional_weighted_tv(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _edge_weights(grad: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-grad.abs().mean(dim=1, keepdim=True))
+
+
+def _weighted_sums(grad: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: ``sum(w |grad|)`` and ``sum(w)`` with ``w`` repeated over the gradient's channels."""
     weight = weight.expand_as(grad)
-    return safe_divide(per_image_sum(weight * grad.abs()), per_image_sum(weight), if_zero=0.0)
+    return per_image_sum(weight * grad.abs()), per_image_sum(weight)
+
+
+def _check_weights(pred: torch.Tensor, weight_y: torch.Tensor, weight_x: torch.Tensor) -> None:
+    batch, channels, height, width = pred.shape
+    for name, weight, grid in (
+        ("vertical", weight_y, (height - 1, width)),
+        ("horizontal", weight_x, (height, width - 1)),
+    ):
+        if (
+            weight.shape[0] != batch
+            or weight.shape[1] not in (1, channels)
+            or tuple(weight.shape[2:]) != grid
+        ):
+            raise ValueError(
+                f"weight does not fit pred: {name} weights {tuple(weight.shape)} for differences {(batch, channels, *grid)}"
+            )
+
+
+def _weighted_tv(pred: torch.Tensor, band_weights) -> torch.Tensor:
+    """``sum_d sum(w_d |grad_d pred|) / sum(w_d)`` per image, the sums taken band by band;
+    ``band_weights(first, end, dy, dx)`` gives the band's vertical and horizontal weights."""
+    sums = [0, 0, 0, 0]  # weighted |dy|, dy weights, weighted |dx|, dx weights
+    for first, end in _row_bands(pred):
+        dy, dx = _band_gradients(pred, first, end)
+        weight_y, weight_x = band_weights(first, end, dy, dx)
+        for index, part in enumerate((*_weighted_sums(dy, weight_y), *_weighted_sums(dx, weight_x))):
+            sums[index] = sums[index] + part
+    return safe_divide(sums[0], sums[1], if_zero=0.0) + safe_divide(sums[2], sums[3], if_zero=0.0)
 
 
 def weighted_tv_loss(
@@ -65,14 +120,23 @@ def weighted_tv_loss(
     else:
         weight = check_tensor(weight, "weight", image=True).to(pred.dtype)
         weight_y, weight_x = weight[:, :, :-1, :], weight[:, :, :, :-1]
-    dy, dx = image_gradients(pred)
-    for name, grad, w in (("vertical", dy, weight_y), ("horizontal", dx, weight_x)):
-        if (
-            w.shape[0] != grad.shape[0]
-            or w.shape[1] not in (1, grad.shape[1])
-            or w.shape[2:] != grad.shape[2:]
-        ):
-            raise ValueError(
-                f"weight does not fit pred: {name} weights {tuple(w.shape)} for differences {tuple(grad.shape)}"
-            )
-    return reduce(_directional_weighted_tv(dy, weight_y) + _directional_weighted_tv(dx, weight_x), reduction)
+    _check_weights(pred, weight_y, weight_x)
+
+    def band_weights(first: int, end: int, dy: torch.Tensor, dx: torch.Tensor):
+        return weight_y[:, :, first : first + dy.shape[2]], weight_x[:, :, first:end]
+
+    return reduce(_weighted_tv(pred, band_weights), reduction)
+
+
+def edge_aware_tv_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """:func:`weighted_tv_loss` of ``pred`` with the :func:`edge_aware_weights` of ``target``,
+    computed band by band so that a huge image never needs its full-size weights and gradients at once.
+    ``pred``, ``target``: ``(N, C, H, W)``; ``reduction='none'`` gives ``(N,)``.
+    """
+    pred, target = check_pair(pred, target, image=True)
+
+    def band_weights(first: int, end: int, dy: torch.Tensor, dx: torch.Tensor):
+        target_dy, target_dx = _band_gradients(target, first, end)
+        return _edge_weights(target_dy), _edge_weights(target_dx)
+
+    return reduce(_weighted_tv(pred, band_weights), reduction)
