@@ -40,7 +40,7 @@ class EvalConfig:
     # Segmentation scores: "probs", "logits" or "auto" (probabilities where they sum to 1).
     pred_kind: str = "auto"
     ignore_index: int | None = None
-    num_classes: int | None = None  # set by evaluate() from the first segmentation prediction
+    num_classes: int | None = None  # None: evaluate() reads the first segmentation prediction's
     max_pixels: int | None = None  # None: Pillow's decompression-bomb limit
 
 
@@ -406,7 +406,8 @@ def evaluate(
     )
     batcher = _Batcher(config.batch_size, max_buffered=4 * config.batch_size)
     prefetch = 2 * config.batch_size + 2 * config.workers
-    config = replace(config, num_classes=first_class_count(computable))
+    if config.num_classes is None:  # a shard is given the whole pairing's
+        config = replace(config, num_classes=first_class_count(computable))
     try:
         for item in _decoded(computable, config, prefetch):
             if isinstance(item, PairResult):

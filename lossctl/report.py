@@ -7,7 +7,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ class ReportInfo:
     skipped_files: int = 0
     convention: dict[str, Any] | None = None
     segmentation: dict[str, Any] | None = None
+    shard: dict[str, Any] | None = None  # a shard report's place in the whole run (lossctl.sharding)
 
     @property
     def all_params(self) -> dict[str, Any]:
@@ -82,7 +83,11 @@ def results_frame(results: Sequence[PairResult], metrics: Sequence[str]) -> pd.D
 
 def per_class_columns(results: Sequence[PairResult], metrics: Sequence[str]) -> list[str]:
     """The ``METRIC_class_K`` columns of segmentation pairs, by metric then class number."""
-    names = {name for result in results for name in result.values if name not in metrics}
+    return sorted_per_class({name for result in results for name in result.values if name not in metrics})
+
+
+def sorted_per_class(names: Iterable[str]) -> list[str]:
+    """``METRIC_class_K`` column names by metric, then class number."""
 
     def order(name: str) -> tuple[str, int]:
         metric, _, number = name.rpartition("_class_")
@@ -202,6 +207,8 @@ def to_json(
         "counts": {**status_counts(frame), "skipped_files": info.skipped_files},
         "summary": {name: _clean(entry) for name, entry in summary.items()},
     }
+    if info.shard is not None:
+        document["shard"] = info.shard
     if rows:
         document["rows"] = [_clean(record) for record in frame.astype(object).to_dict(orient="records")]
     return json.dumps(document, indent=2, allow_nan=False) + "\n"

@@ -17,6 +17,7 @@ from . import __version__
 from .conventions import Convention
 from .errors import LossctlError
 from .metrics import METRICS, ParamValue
+from .sharding import Shard
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,12 @@ class Evaluation:
 
 
 def run_evaluation(
-    request: EvalRequest, on_start: Callable[[int], Callable[[int], None]] | None = None
+    request: EvalRequest,
+    on_start: Callable[[int], Callable[[int], None]] | None = None,
+    shard: Shard | None = None,
 ) -> Evaluation:
-    """Evaluate every pair of ``request``. ``on_start(total)`` may return a progress callback."""
+    """Evaluate every pair of ``request``, or only those of ``shard`` (a shard report, which
+    :mod:`lossctl.merge` joins). ``on_start(total)`` may return a progress callback."""
     if request.weights_root is not None and "weighted_tv" not in request.metrics:
         raise LossctlError("--weights is only used by weighted_tv, which is not among the selected metrics")
 
@@ -75,13 +79,30 @@ def run_evaluation(
         max_pixels=request.max_pixels,
     )
     device = resolve_device(request.device)
-    on_progress = on_start(len(pairing.pairs)) if on_start else None
+    pairs, record = pairing.pairs, None
+    if shard is not None:
+        pairs, record, config = _shard_pairs(pairing.pairs, shard, config)
+    on_progress = on_start(len(pairs)) if on_start else None
     try:
-        results = evaluate(pairing.pairs, config, on_progress=on_progress)
+        results = evaluate(pairs, config, on_progress=on_progress)
     except EvaluationInterrupted as interrupted:
-        partial = _evaluation(interrupted.results, request, pairing, device)
-        raise RunInterrupted(partial, len(pairing.pairs)) from None
-    return _evaluation(results, request, pairing, device)
+        partial = _evaluation(interrupted.results, request, pairing, device, record)
+        raise RunInterrupted(partial, len(pairs)) from None
+    return _evaluation(results, request, pairing, device, record)
+
+
+def _shard_pairs(pairs, shard: Shard, config):
+    """The pairs of ``shard``, its report record, and ``config`` with the class count of the whole
+    pairing's first segmentation prediction, so that every shard checks pairs against the same."""
+    from .engine import first_class_count
+    from .io import set_max_pixels
+    from .sharding import plan_shard
+
+    set_max_pixels(config.max_pixels)  # headers over the limit weigh like an unreadable file
+    plan = plan_shard(pairs, shard, config.workers)
+    num_classes = first_class_count([pair for pair in pairs if pair.status == "pending"])
+    record = {**plan.record, "pixels": plan.pixels, "total_pixels": plan.total_pixels}
+    return plan.pairs, record, replace(config, num_classes=num_classes)
 
 
 class RunInterrupted(Exception):
@@ -92,7 +113,7 @@ class RunInterrupted(Exception):
         self.evaluation, self.total = evaluation, total
 
 
-def _evaluation(results, request: EvalRequest, pairing, device) -> Evaluation:
+def _evaluation(results, request: EvalRequest, pairing, device, shard: dict | None = None) -> Evaluation:
     import torch
 
     from . import report
@@ -112,6 +133,7 @@ def _evaluation(results, request: EvalRequest, pairing, device) -> Evaluation:
         segmentation={"pred_kind": request.pred_kind, "ignore_index": request.ignore_index}
         if any(pair.is_segmentation for pair in pairing.pairs)
         else None,
+        shard=shard,
     )
     return Evaluation(frame, report.summarize(frame, request.metrics), info)
 
