@@ -79,6 +79,8 @@ def shard_report(document: Any, source: str) -> ShardReport:
     if not fields_ok or not isinstance(shard.get("positions"), list):
         raise LossctlError(f"{source} has a damaged 'shard' record; {made_by}")
     positions = shard["positions"]
+    if not all(isinstance(row, dict) for row in document["rows"]):
+        raise LossctlError(f"{source} is damaged: a row that is not an object")
     if len(positions) != len(document["rows"]):
         raise LossctlError(
             f"{source} is damaged: {len(document['rows'])} rows but {len(positions)} pair positions"
@@ -119,8 +121,16 @@ def _check_same_run(reports: Sequence[ShardReport]) -> None:
             words, mine, theirs = differences[0]
             raise LossctlError(
                 f"{report.source} and {first.source} come from different runs: different {words} "
-                f"({_short(theirs)} vs {_short(mine)})"
+                f"({_difference(theirs, mine)})"
             )
+
+
+def _difference(theirs: Any, mine: Any) -> str:
+    """``theirs vs mine``; for two mappings, only the keys whose values differ."""
+    if isinstance(theirs, dict) and isinstance(mine, dict):
+        keys = [key for key in {**mine, **theirs} if theirs.get(key) != mine.get(key)]
+        return "; ".join(f"{key}: {_short(theirs.get(key))} vs {_short(mine.get(key))}" for key in keys)
+    return f"{_short(theirs)} vs {_short(mine)}"
 
 
 def _short(value: Any, limit: int = 120) -> str:
