@@ -134,8 +134,8 @@ def _join(answers: list[dict[str, Any]], world_size: int) -> Evaluation:
         raise RankFailed(
             f"rank {rank} of {world_size} failed{others if len(failed) > 1 else ''}: {_first_line(reason)}"
         )
-    reports = [
-        shard_report(json.loads(answer["report"]), f"rank {rank}") for rank, answer in enumerate(answers)
+    reports = [  # each text is dropped once parsed: rank 0 holds every row of the run
+        shard_report(json.loads(answer.pop("report")), f"rank {rank}") for rank, answer in enumerate(answers)
     ]
     return merge_reports(reports)
 
