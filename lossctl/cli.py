@@ -762,6 +762,7 @@ def merge_command(
     shards: Annotated[
         list[Path],
         typer.Argument(
+            metavar="SHARD",
             help="Shard reports (lossctl eval --shard K/N --json FILE), all N of one split.",
             show_default=False,
         ),
