@@ -49,15 +49,18 @@ class Launch:
 def from_environment(environ: dict[str, str] | None = None) -> Launch | None:
     """The torchrun job this process belongs to, or None when it runs alone (``WORLD_SIZE`` unset or 1)."""
     environ = os.environ if environ is None else environ
-    if "RANK" not in environ or int(environ.get("WORLD_SIZE", "1")) <= 1:
+    if "RANK" not in environ:
         return None
     try:
-        return Launch(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", "0")))
+        launch = Launch(
+            int(environ["RANK"]), int(environ.get("WORLD_SIZE", "1")), int(environ.get("LOCAL_RANK", "0"))
+        )
     except ValueError:
         raise LossctlError(
             "RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them); got "
             + ", ".join(f"{key}={environ.get(key)!r}" for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
         ) from None
+    return launch if launch.world_size > 1 else None
 
 
 def timeout() -> timedelta:

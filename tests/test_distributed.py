@@ -99,6 +99,8 @@ def test_the_launch_comes_from_torchruns_environment():
     assert launch == Launch(3, 8, 1) and str(launch.shard) == "3/8"
     with pytest.raises(LossctlError, match="must be integers"):
         from_environment({"RANK": "x", "WORLD_SIZE": "2"})
+    with pytest.raises(LossctlError, match="WORLD_SIZE='two'"):
+        from_environment({"RANK": "0", "WORLD_SIZE": "two"})
 
 
 def test_each_rank_computes_on_its_own_gpu_unless_told_otherwise(monkeypatch):
