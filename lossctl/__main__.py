@@ -1,3 +1,4 @@
 from lossctl.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

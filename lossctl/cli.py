@@ -68,6 +68,25 @@ class Precision(str, Enum):
     float64 = "float64"
 
 
+class Decoder(str, Enum):
+    auto = "auto"
+    threads = "threads"
+    processes = "processes"
+
+
+def _batch_size(text: str) -> int | None:
+    """``--batch-size``: a positive integer, or ``auto`` (``None``)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise LossctlError(f"--batch-size must be a positive integer or auto; got {text!r}") from None
+    if value < 1:
+        raise LossctlError(f"--batch-size must be at least 1; got {value}")
+    return value
+
+
 # Options shared by the commands that evaluate folders (eval, check).
 PredArgument = Annotated[
     Path, typer.Argument(help="Folder of predictions (searched recursively).", show_default=False)
@@ -107,11 +126,11 @@ DeviceOption = Annotated[
     ),
 ]
 BatchSizeOption = Annotated[
-    int,
+    str,
     typer.Option(
         "--batch-size",
-        metavar="N",
-        help="Pairs per batch (pairs are grouped by shape).",
+        metavar="N|auto",
+        help="Pairs per batch (pairs are grouped by shape); auto: 64 on a GPU, capped by its free memory, 16 on a CPU.",
         rich_help_panel="Computing",
     ),
 ]
@@ -120,8 +139,16 @@ WorkersOption = Annotated[
     typer.Option(
         "--workers",
         metavar="N",
-        help="Decoding threads \\[default: number of cores].",
+        help="Decoding threads or processes \\[default: number of cores].",
         show_default=False,
+        rich_help_panel="Computing",
+    ),
+]
+DecoderOption = Annotated[
+    Decoder,
+    typer.Option(
+        "--decoder",
+        help="Decode in threads or processes; auto: processes with more than 2 workers and 8 pairs per worker.",
         rich_help_panel="Computing",
     ),
 ]
@@ -433,8 +460,9 @@ def eval_command(
     param: ParamOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = "auto",
-    batch_size: BatchSizeOption = 16,
+    batch_size: BatchSizeOption = "auto",
     workers: WorkersOption = None,
+    decoder: DecoderOption = Decoder.auto,
     precision: PrecisionOption = Precision.float32,
     preset: PresetOption = None,
     scale: ScaleOption = None,
@@ -480,8 +508,9 @@ def eval_command(
         overrides = [*(param or []), *_threshold_override(threshold, names)]
         params = resolve_params(names, overrides, convention.param_defaults)
         request = EvalRequest(
-            pred, gt, names, params, weights, device, batch_size, workers, precision.value, convention,
+            pred, gt, names, params, weights, device, _batch_size(batch_size), workers, precision.value, convention,
             pred_kind=pred_kind.value, ignore_index=ignore_index, all_metrics=metrics is None, max_pixels=max_pixels,
+            decoder=decoder.value,
         )  # fmt: skip
         shard = _shard(shard_text, json_path)
         _check_output_path(csv_path, "--csv")
@@ -628,8 +657,9 @@ def check_command(
     param: ParamOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = "auto",
-    batch_size: BatchSizeOption = 16,
+    batch_size: BatchSizeOption = "auto",
     workers: WorkersOption = None,
+    decoder: DecoderOption = Decoder.auto,
     precision: PrecisionOption = Precision.float32,
     preset: PresetOption = None,
     scale: ScaleOption = None,
@@ -675,8 +705,8 @@ def check_command(
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
         request = EvalRequest(
-            pred, gt, names, params, weights, device, batch_size, workers, precision.value, convention,
-            pred_kind=pred_kind.value, ignore_index=ignore_index, max_pixels=max_pixels,
+            pred, gt, names, params, weights, device, _batch_size(batch_size), workers, precision.value, convention,
+            pred_kind=pred_kind.value, ignore_index=ignore_index, max_pixels=max_pixels, decoder=decoder.value,
         )  # fmt: skip
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path)
 

@@ -11,20 +11,31 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from .conventions import Convention
-from .errors import ImageReadError, LossctlError
-from .io import LoadedPair, LoadedSegmentation, Pair, load_pair, set_max_pixels
+from .decoding import DecodeFailure, decode_ahead, use_processes
+from .errors import LossctlError
+from .io import LoadedPair, LoadedSegmentation, Pair, set_max_pixels
+
+# Executes the lazily imported lossctl.losses now: importlib's LazyLoader is not thread-safe, and
+# the compute threads would otherwise race to load it on first use.
+from .losses import ssim_components  # noqa: F401
 from .metrics import METRICS, PairBatch, ParamValue, SegmentationBatch
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
-MAX_BATCH_VALUES = 1 << 25  # values per input tensor of a batch; SSIM needs about 10x that in memory
+MAX_BATCH_VALUES = 1 << 25  # values per input tensor of a batch when the device's memory is not known
+# Peak device memory of a batch, in values of the compute precision per input value: pred, target
+# and their difference, the full-size temporaries of tv and weighted_tv, and headroom. SSIM works in
+# blocks of at most 2^26 values and element-wise metrics in chunks, so they add a bounded amount.
+WORKING_SET_PER_VALUE = 12
+AUTO_BATCH_SIZE = {"cpu": 16, "cuda": 64}
 
 
 @dataclass(frozen=True)
@@ -32,7 +43,7 @@ class EvalConfig:
     metrics: Sequence[str]
     params: dict[str, dict[str, ParamValue]]
     device: str = "auto"
-    batch_size: int = 16
+    batch_size: int | None = None  # None: auto, see resolve_batch
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     precision: str = "float32"
     with_weights: bool = False
@@ -40,8 +51,10 @@ class EvalConfig:
     # Segmentation scores: "probs", "logits" or "auto" (probabilities where they sum to 1).
     pred_kind: str = "auto"
     ignore_index: int | None = None
-    num_classes: int | None = None  # None: evaluate() reads the first segmentation prediction's
+    num_classes: int | None = None  # None: iter_results() reads the first segmentation prediction's
     max_pixels: int | None = None  # None: Pillow's decompression-bomb limit
+    decoder: str = "auto"  # decode in "threads", "processes", or "auto" (see decoding.use_processes)
+    compute_threads: int | None = None  # CPU only; None: one per core
 
 
 @dataclass
@@ -261,6 +274,75 @@ def _out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+CPU_BLOCK_VALUES = 1 << 20  # values per input tensor of one CPU computation (about one 512x512 RGB pair)
+
+
+def cpu_blocks(
+    items: Sequence[LoadedPair | LoadedSegmentation],
+) -> Iterator[Sequence[LoadedPair | LoadedSegmentation]]:
+    """A batch in blocks of about ``CPU_BLOCK_VALUES`` values per tensor (at least one pair).
+
+    A CPU computes each element-wise step of every metric as a pass over memory; blocks that stay in
+    cache make the whole metric set 3-4x faster than batches of 16 large images.
+    """
+    start = 0
+    while start < len(items):
+        stop = start + max(1, CPU_BLOCK_VALUES // _batch_values(items[start : start + 1]))
+        yield items[start:stop]
+        start = stop
+
+
+@contextmanager
+def _one_thread_per_operation() -> Iterator[None]:
+    """torch and OpenCV each run an operation on one thread while the engine computes blocks in
+    parallel threads. Splitting every small operation over all cores makes each wait for the
+    slowest core at a barrier: with decoding threads (or another process) busy on the same cores,
+    that made the metrics 3-10x slower than one thread per operation on a 2-core machine."""
+    import cv2
+
+    torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        cv2.setNumThreads(cv2_threads)
+
+
+class _Computer:
+    """Computes ready batches: on a GPU one batch at a time in this thread; on a CPU as blocks
+    (see :func:`cpu_blocks`) in a pool of threads, at most two blocks per thread in flight.
+    Results come back in the order the batches were given."""
+
+    def __init__(self, config: EvalConfig, device: torch.device):
+        self.config, self.device = config, device
+        self.threads = config.compute_threads or (os.cpu_count() or 1)
+        self.pool = None
+        if device.type == "cpu":
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lossctl-compute")
+        self.in_flight: deque[Future] = deque()
+
+    def submit(self, items: Sequence[LoadedPair | LoadedSegmentation]) -> Iterator[PairResult]:
+        """Start computing ``items``; yield the results of earlier blocks that are done or must be
+        waited for to keep the number in flight bounded."""
+        if self.pool is None:
+            yield from compute_within_memory(items, self.config, self.device)
+            return
+        for block in cpu_blocks(items):
+            self.in_flight.append(self.pool.submit(compute_within_memory, block, self.config, self.device))
+            while len(self.in_flight) > 2 * self.threads or (self.in_flight and self.in_flight[0].done()):
+                yield from self.in_flight.popleft().result()
+
+    def finish(self) -> Iterator[PairResult]:
+        while self.in_flight:
+            yield from self.in_flight.popleft().result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def compute_within_memory(
     items: Sequence[LoadedPair | LoadedSegmentation], config: EvalConfig, device: torch.device
 ) -> list[PairResult]:
@@ -300,13 +382,6 @@ def first_class_count(pairs: Sequence[Pair]) -> int | None:
     return None
 
 
-def _load(pair: Pair, with_weights: bool) -> LoadedPair | PairResult:
-    try:
-        return load_pair(pair, with_weights)
-    except ImageReadError as error:
-        return PairResult(pair=pair, status="error", error=str(error))
-
-
 def _batch_values(items: Sequence[LoadedPair | LoadedSegmentation]) -> int:
     first = items[0]
     return len(items) * first.channels * first.height * first.width
@@ -315,8 +390,8 @@ def _batch_values(items: Sequence[LoadedPair | LoadedSegmentation]) -> int:
 class _Batcher:
     """Collects decoded pairs into same-shape batches; says which batch is ready to compute."""
 
-    def __init__(self, batch_size: int, max_buffered: int):
-        self.batch_size, self.max_buffered = batch_size, max_buffered
+    def __init__(self, batch_size: int, max_buffered: int, max_values: int = MAX_BATCH_VALUES):
+        self.batch_size, self.max_buffered, self.max_values = batch_size, max_buffered, max_values
         self.buckets: dict[tuple, list[LoadedPair]] = {}
         self.buffered = 0
 
@@ -324,7 +399,7 @@ class _Batcher:
         bucket = self.buckets.setdefault(item.batch_key, [])
         bucket.append(item)
         self.buffered += 1
-        if len(bucket) >= self.batch_size or _batch_values(bucket) >= MAX_BATCH_VALUES:
+        if len(bucket) >= self.batch_size or _batch_values(bucket) >= self.max_values:
             return self._take(item.batch_key)
         if self.buffered > self.max_buffered:  # many distinct shapes: flush the fullest bucket
             return self._take(max(self.buckets, key=lambda key: len(self.buckets[key])))
@@ -340,24 +415,6 @@ class _Batcher:
             yield self._take(next(iter(self.buckets)))
 
 
-def _decoded(pairs: Iterable[Pair], config: EvalConfig, prefetch: int) -> Iterator[LoadedPair | PairResult]:
-    """Decode ``pairs`` in a thread pool, at most ``prefetch`` ahead, yielding in input order.
-
-    When the consumer stops early (Ctrl-C), queued decodes are cancelled rather than awaited.
-    """
-    pool = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="lossctl-decode")
-    try:
-        in_flight: deque[Future] = deque()
-        for pair in pairs:
-            in_flight.append(pool.submit(_load, pair, config.with_weights))
-            if len(in_flight) >= prefetch:
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
 class EvaluationInterrupted(Exception):
     """Ctrl-C during :func:`evaluate`: ``results`` holds the pairs finished so far, in input order."""
 
@@ -366,17 +423,9 @@ class EvaluationInterrupted(Exception):
         self.results = results
 
 
-def evaluate(
-    pairs: Sequence[Pair],
-    config: EvalConfig,
-    on_progress: Callable[[int], None] | None = None,
-) -> list[PairResult]:
-    """Compute every metric of ``config`` for every pair; one result per pair, in input order.
-
-    Unmatched and conflicting pairs, unreadable files and size mismatches become results with
-    status ``unmatched`` or ``error`` and a reason; every other pair is computed.
-    """
-    if config.batch_size < 1:
+def check_config(config: EvalConfig) -> None:
+    """Raise :class:`LossctlError` for a setting no evaluation can run with."""
+    if config.batch_size is not None and config.batch_size < 1:
         raise LossctlError(f"--batch-size must be at least 1; got {config.batch_size}")
     if config.workers < 1:
         raise LossctlError(f"--workers must be at least 1; got {config.workers}")
@@ -386,44 +435,99 @@ def evaluate(
         raise LossctlError(f"--precision must be float32 or float64; got {config.precision!r}")
     if config.max_pixels is not None and config.max_pixels < 1:
         raise LossctlError(f"--max-pixels must be at least 1; got {config.max_pixels}")
+
+
+def resolve_batch(config: EvalConfig, device: torch.device) -> tuple[int, int]:
+    """Pairs per batch and the most input values a batch may hold.
+
+    ``batch_size=None`` (auto) takes 64 pairs on a GPU and 16 on a CPU (which computes in
+    cache-sized blocks anyway). On a GPU either way, a batch holds no more values than half of the
+    free device memory can take at ``WORKING_SET_PER_VALUE``; a batch that still runs out of memory
+    is split (see :func:`compute_within_memory`).
+    """
+    batch_size = config.batch_size or AUTO_BATCH_SIZE.get(device.type, 16)
+    if device.type != "cuda":
+        return batch_size, MAX_BATCH_VALUES
+    free, _ = torch.cuda.mem_get_info(device)
+    value_bytes = torch.finfo(PRECISIONS[config.precision]).bits // 8
+    return batch_size, max(1, free // 2 // (WORKING_SET_PER_VALUE * value_bytes))
+
+
+def iter_results(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]:
+    """Compute every metric of ``config`` for every pair, yielding one result per pair as it is
+    done (not in input order), so that a caller can keep just what its report needs.
+
+    Unmatched and conflicting pairs, unreadable files and size mismatches become results with
+    status ``unmatched`` or ``error`` and a reason; every other pair is computed. A pair's own notes
+    (see :class:`Pair`) come first in its result's. Close the iterator (or let it finish) to stop
+    the decoding and compute threads.
+    """
+    with closing(_computed(pairs, config)) as results:
+        for result in results:
+            if result.pair.notes:
+                result.notes[:0] = result.pair.notes
+            yield result
+
+
+def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]:
+    check_config(config)
     device = resolve_device(config.device)
     set_max_pixels(config.max_pixels)
-    results: dict[str, PairResult] = {}
-
-    def record(batch_results: Iterable[PairResult]) -> None:
-        done = 0
-        for result in batch_results:
-            results[result.pair.name] = result
-            done += 1
-        if on_progress and done:
-            on_progress(done)
-
+    for pair in pairs:
+        if pair.status != "pending":
+            yield PairResult(pair=pair, status=pair.status, error=_reason(pair))
     computable = [pair for pair in pairs if pair.status == "pending"]
-    record(
-        PairResult(pair=pair, status=pair.status, error=_reason(pair))
-        for pair in pairs
-        if pair.status != "pending"
-    )
-    batcher = _Batcher(config.batch_size, max_buffered=4 * config.batch_size)
-    prefetch = 2 * config.batch_size + 2 * config.workers
+    batch_size, max_values = resolve_batch(config, device)
+    batcher = _Batcher(batch_size, max_buffered=4 * batch_size, max_values=max_values)
+    prefetch = 2 * batch_size + 2 * config.workers
     if config.num_classes is None:  # a shard is given the whole pairing's
         config = replace(config, num_classes=first_class_count(computable))
-    try:
-        for item in _decoded(computable, config, prefetch):
-            if isinstance(item, PairResult):
-                record([item])
+    processes = use_processes(config.decoder, config.workers, len(computable))
+    decoded = decode_ahead(
+        computable, config.with_weights, config.workers, prefetch, processes, config.max_pixels
+    )
+    computer = _Computer(config, device)
+    with ExitStack() as stack:
+        stack.enter_context(closing(decoded))
+        stack.callback(computer.close)
+        if device.type == "cpu":
+            stack.enter_context(_one_thread_per_operation())
+        for item in decoded:
+            if isinstance(item, DecodeFailure):
+                yield PairResult(pair=item.pair, status="error", error=item.reason)
             elif (ready := batcher.add(item)) is not None:
-                record(compute_within_memory(ready, config, device))
+                yield from computer.submit(ready)
         for ready in batcher.drain():
-            record(compute_within_memory(ready, config, device))
-    except KeyboardInterrupt:
-        raise EvaluationInterrupted([results[pair.name] for pair in pairs if pair.name in results]) from None
+            yield from computer.submit(ready)
+        yield from computer.finish()
+
+
+def evaluate(
+    pairs: Sequence[Pair],
+    config: EvalConfig,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[PairResult]:
+    """:func:`iter_results` collected in input order (one result per pair).
+
+    Ctrl-C raises :class:`EvaluationInterrupted` with the results finished so far.
+    """
+    results: dict[str, PairResult] = {}
+    with closing(iter_results(pairs, config)) as computed:
+        try:
+            for result in computed:
+                results[result.pair.name] = result
+                if on_progress:
+                    on_progress(1)
+        except KeyboardInterrupt:
+            raise EvaluationInterrupted([results[p.name] for p in pairs if p.name in results]) from None
     return [results[pair.name] for pair in pairs]
 
 
 def _reason(pair: Pair) -> str:
     reasons = []
-    if pair.gt is None:
+    if pair.pred is None and pair.gt is None:
+        pass  # a folder that could not be read: the problem says so
+    elif pair.gt is None:
         reasons.append("no ground truth with this name")
     elif pair.pred is None:
         reasons.append("no prediction with this name")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class Pair:
     gt: Path | None
     weight: Path | None = None
     problem: str | None = None
+    notes: tuple[str, ...] = ()  # facts worth reporting that do not stop the computation
 
     @property
     def is_segmentation(self) -> bool:
@@ -51,6 +52,8 @@ class Pair:
 
     @property
     def status(self) -> str:
+        if self.pred is None and self.gt is None:  # a folder that could not be read
+            return "error"
         if self.pred is None or self.gt is None:
             return "unmatched"
         return "error" if self.problem else "pending"
@@ -157,17 +160,32 @@ class LoadedSegmentation:
         return ("segmentation", *self.scores.shape, self.scores.dtype.str)
 
 
-def find_images(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
-    """Map each image's key (relative path without extension, '/'-separated) to its files.
+@dataclass
+class FolderScan:
+    """The images under a folder by key (relative path without extension, '/'-separated), the
+    files skipped because their extension is not an image format's, and the subfolders that could
+    not be read (relative path, reason)."""
 
-    Returns the map and the files skipped because their extension is not an image format's.
+    images: dict[str, list[Path]]
+    skipped: list[Path]
+    unreadable: list[tuple[str, str]]
+
+
+def find_images(root: Path) -> FolderScan:
+    """Walk ``root`` (following symbolic links, each real folder once) for its images.
+
+    A subfolder that cannot be read is recorded, not fatal; ``root`` itself unreadable raises
+    :class:`LossctlError`.
     """
-    images: dict[str, list[Path]] = {}
-    skipped: list[Path] = []
+    scan = FolderScan({}, [], [])
+    images, skipped = scan.images, scan.skipped
     visited: set[str] = set()
 
     def unreadable(error: OSError) -> None:
-        raise LossctlError(f"cannot read folder {error.filename}: {error.strerror or error}")
+        reason = error.strerror or str(error)
+        if Path(error.filename) == root:
+            raise LossctlError(f"cannot read folder {error.filename}: {reason}")
+        scan.unreadable.append((Path(error.filename).relative_to(root).as_posix(), reason))
 
     for directory, subdirectories, files in os.walk(root, onerror=unreadable, followlinks=True):
         real = os.path.realpath(directory)
@@ -183,7 +201,7 @@ def find_images(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
                 continue
             key = path.relative_to(root).with_suffix("").as_posix()
             images.setdefault(key, []).append(path)
-    return images, skipped
+    return scan
 
 
 def _check_folder(path: Path, role: str) -> None:
@@ -216,9 +234,9 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
     _check_folder(gt_root, "ground-truth")
     if weights_root is not None:
         _check_folder(weights_root, "weights")
-    pred_images, pred_skipped = find_images(pred_root)
-    gt_images, gt_skipped = find_images(gt_root)
-    weight_images = find_images(weights_root)[0] if weights_root is not None else {}
+    pred_scan, gt_scan = find_images(pred_root), find_images(gt_root)
+    pred_images, gt_images = pred_scan.images, gt_scan.images
+    weight_images = find_images(weights_root).images if weights_root is not None else {}
     if not pred_images:
         raise LossctlError(f"no images found in prediction folder {pred_root}")
     if not gt_images:
@@ -244,6 +262,17 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
                 problem="; ".join(problems) or None,
             )
         )
+    pairs = _note_files_reached_twice(pairs)
+    for side, scan in (("pred", pred_scan), ("gt", gt_scan)):
+        for folder, reason in scan.unreadable:
+            pairs.append(
+                Pair(
+                    name=f"{folder}/",
+                    pred=None,
+                    gt=None,
+                    problem=f"cannot read {side} folder {folder}: {reason}; its images are not in this report",
+                )
+            )
     if not any(pair.pred and pair.gt for pair in pairs):
         look_alikes = [
             (key, twin) for key in sorted(pred_images) for twin in by_case["pred"].get(key.casefold(), [])
@@ -253,7 +282,39 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
         raise LossctlError(
             f"no prediction in {pred_root} has a ground truth with the same relative path in {gt_root}{hint}"
         )
-    return Pairing(pairs=pairs, skipped=pred_skipped + gt_skipped)
+    return Pairing(pairs=pairs, skipped=pred_scan.skipped + gt_scan.skipped)
+
+
+def _file_identity(path: Path | None) -> tuple[int, int] | None:
+    try:
+        stat = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino) if stat is not None else None
+
+
+def _note_files_reached_twice(pairs: list[Pair]) -> list[Pair]:
+    """Note the pairs whose files are one file reached under two names (a symbolic or hard link):
+    a prediction that is also another pair's prediction, or a prediction that is its ground truth."""
+    names_of: dict[tuple[str, tuple[int, int]], list[str]] = {}
+    identities = []
+    for pair in pairs:
+        pred_id, gt_id = _file_identity(pair.pred), _file_identity(pair.gt)
+        identities.append((pred_id, gt_id))
+        for side, identity in (("pred", pred_id), ("gt", gt_id)):
+            if identity is not None:
+                names_of.setdefault((side, identity), []).append(pair.name)
+    noted = []
+    for pair, (pred_id, gt_id) in zip(pairs, identities, strict=True):
+        notes = []
+        if pred_id is not None and pred_id == gt_id:
+            notes.append("pred and gt are the same file")
+        for side, identity in (("pred", pred_id), ("gt", gt_id)):
+            others = [name for name in names_of.get((side, identity), []) if name != pair.name]
+            if others:
+                notes.append(f"{side} is the same file as the {side} of {', '.join(others)}")
+        noted.append(replace(pair, notes=tuple(notes)) if notes else pair)
+    return noted
 
 
 def _png_bit_depth_and_color_type(data: bytes) -> tuple[int, int] | None:

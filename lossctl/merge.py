@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 
 from .errors import LossctlError
-from .report import ROW_COLUMNS, ReportInfo, sorted_per_class, summarize
+from .report import ReportInfo, summarize
+from .results import ROW_COLUMNS, sorted_per_class
 from .run import Evaluation
 from .sharding import pairing_digest
 

@@ -62,6 +62,9 @@ class _Noted:
                 self.notes[index].append(text)
 
 
+ELEMENTWISE_CHUNK_VALUES = 1 << 24  # per chunk of a batch, for element-wise metrics of huge images
+
+
 class PairBatch(_Noted):
     """A batch of same-shaped image pairs on the compute device, with shared intermediates.
 
@@ -80,6 +83,7 @@ class PairBatch(_Noted):
     ):
         self.pred, self.target, self.weights = pred, target, weights
         self._diff = diff
+        self._ssim_components: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         super().__init__(pred.shape[0])
 
     @property
@@ -91,11 +95,35 @@ class PairBatch(_Noted):
 
     @cached_property
     def mse(self) -> torch.Tensor:
-        return self.image_mean(L.squared_error(self.diff))
+        return self.image_mean_of(L.squared_error, self.diff)
 
     @staticmethod
-    def image_mean(values: torch.Tensor) -> torch.Tensor:
-        return values.flatten(1).mean(dim=1)
+    def image_mean_of(kernel: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        """Per-image mean of the element-wise ``kernel(*inputs)``.
+
+        Images of more than ``ELEMENTWISE_CHUNK_VALUES`` values are taken in chunks whose sums are
+        added in float64, so that a huge image needs the kernel's temporaries of one chunk, not of
+        the image; smaller ones are one chunk, exactly ``kernel(*inputs).mean()``.
+        """
+        import torch
+
+        flat = [values.flatten(1) for values in inputs]
+        count = flat[0].shape[1]
+        chunk = max(1, ELEMENTWISE_CHUNK_VALUES // flat[0].shape[0])
+        if count <= chunk:
+            return kernel(*flat).mean(dim=1)
+        total = sum(
+            kernel(*(values[:, start : start + chunk] for values in flat)).sum(dim=1, dtype=torch.float64)
+            for start in range(0, count, chunk)
+        )
+        return (total / count).to(flat[0].dtype)
+
+    def ssim_components(self, p: Mapping[str, ParamValue]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`lossctl.losses.ssim_components` at full scale, computed once for ssim and ms_ssim."""
+        key = (int(p["window"]), float(p["sigma"]), float(p["k1"]), float(p["k2"]))
+        if key not in self._ssim_components:
+            self._ssim_components[key] = L.ssim_components(self.pred, self.target, 1.0, *key)
+        return self._ssim_components[key]
 
 
 class SegmentationBatch(_Noted):
@@ -165,6 +193,8 @@ def _ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     if min(-(-height // factor), -(-width // factor)) < window:
         shrunk = f" after downsampling by {factor}" if factor > 1 else ""
         return _all_nan(batch, f"ssim: {width}x{height} is smaller than the {window}x{window} window{shrunk}")
+    if not downsample:
+        return batch.ssim_components(p)[0].mean(dim=1)
     return L.ssim(
         batch.pred,
         batch.target,
@@ -186,14 +216,26 @@ def _ms_ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
         return _all_nan(
             batch, f"ms_ssim: {width}x{height} is smaller than the {smallest} px that 5 scales need"
         )
-    return L.ms_ssim(batch.pred, batch.target, 1.0, window, p["sigma"], p["k1"], p["k2"], reduction="none")
+    return L.ms_ssim(
+        batch.pred,
+        batch.target,
+        1.0,
+        window,
+        p["sigma"],
+        p["k1"],
+        p["k2"],
+        reduction="none",
+        first_scale=batch.ssim_components(p),
+    )
 
 
 def _bce(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     flat = batch.pred.flatten(1)
     out_of_range = ~((flat >= 0) & (flat <= 1)).all(dim=1)
     batch.note(out_of_range.tolist(), "bce: prediction outside [0, 1]")
-    return _nan_where(batch.image_mean(L.binary_cross_entropy_error(batch.pred, batch.target)), out_of_range)
+    return _nan_where(
+        batch.image_mean_of(L.binary_cross_entropy_error, batch.pred, batch.target), out_of_range
+    )
 
 
 def _weighted_tv(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
@@ -252,7 +294,7 @@ SSIM_WINDOW = (
 METRICS: dict[str, Metric] = {
     metric.name: metric
     for metric in (
-        Metric("l1", "lower", "mean |p - g| (MAE)", lambda b, p: b.image_mean(L.absolute_error(b.diff))),
+        Metric("l1", "lower", "mean |p - g| (MAE)", lambda b, p: b.image_mean_of(L.absolute_error, b.diff)),
         Metric("mse", "lower", "mean (p - g)^2 (the L2 loss of torch.nn.MSELoss)", lambda b, p: b.mse),
         Metric("rmse", "lower", "sqrt(mse)", lambda b, p: L.rmse_from_mse(b.mse)),
         Metric(
@@ -282,31 +324,34 @@ METRICS: dict[str, Metric] = {
             "charbonnier",
             "lower",
             "mean sqrt((p - g)^2 + eps^2)",
-            lambda b, p: b.image_mean(L.charbonnier_error(b.diff, p["eps"])),
+            lambda b, p: b.image_mean_of(lambda d: L.charbonnier_error(d, p["eps"]), b.diff),
             (Param("eps", 1e-3, ">= 0", _non_negative),),
         ),
         Metric(
             "smooth_l1",
             "lower",
             "torch.nn.functional.smooth_l1_loss",
-            lambda b, p: b.image_mean(L.smooth_l1_error(b.diff, p["beta"])),
+            lambda b, p: b.image_mean_of(lambda d: L.smooth_l1_error(d, p["beta"]), b.diff),
             (Param("beta", 1.0, ">= 0", _non_negative),),
         ),
         Metric(
             "huber",
             "lower",
             "torch.nn.functional.huber_loss",
-            lambda b, p: b.image_mean(L.huber_error(b.diff, p["delta"])),
+            lambda b, p: b.image_mean_of(lambda d: L.huber_error(d, p["delta"]), b.diff),
             (Param("delta", 1.0, "> 0", _positive),),
         ),
         Metric(
-            "log_cosh", "lower", "mean log(cosh(p - g))", lambda b, p: b.image_mean(L.log_cosh_error(b.diff))
+            "log_cosh",
+            "lower",
+            "mean log(cosh(p - g))",
+            lambda b, p: b.image_mean_of(L.log_cosh_error, b.diff),
         ),
         Metric(
             "quantile",
             "lower",
             "pinball loss, mean max(q (g - p), (q - 1)(g - p))",
-            lambda b, p: b.image_mean(L.quantile_error(b.diff, p["q"])),
+            lambda b, p: b.image_mean_of(lambda d: L.quantile_error(d, p["q"]), b.diff),
             (Param("q", 0.5, "in [0, 1]", lambda v: 0 <= v <= 1),),
         ),
         Metric(

@@ -7,7 +7,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,11 +19,11 @@ from rich.table import Table
 from rich.text import Text
 
 from .metrics import METRICS, ParamValue
+from .results import ResultTable
 
 if TYPE_CHECKING:
     from .engine import PairResult
 
-ROW_COLUMNS = ["name", "pred", "gt", "height", "width", "channels", "bit_depth", "status", "error", "notes"]
 STATUSES = ("ok", "error", "unmatched")
 ARROWS = {"higher": "↑", "lower": "↓"}
 
@@ -53,47 +53,8 @@ class ReportInfo:
 
 
 def results_frame(results: Sequence[PairResult], metrics: Sequence[str]) -> pd.DataFrame:
-    """One row per pair: the columns of ``ROW_COLUMNS`` then one column per metric."""
-    rows = [
-        {
-            "name": result.pair.name,
-            "pred": str(result.pair.pred) if result.pair.pred else "",
-            "gt": str(result.pair.gt) if result.pair.gt else "",
-            "height": result.height,
-            "width": result.width,
-            "channels": result.channels,
-            "bit_depth": result.bit_depth,
-            "status": result.status,
-            "error": result.error,
-            "notes": "; ".join(result.notes),
-            **{name: result.values.get(name, math.nan) for name in metrics},
-            **{name: value for name, value in result.values.items() if name not in metrics},
-        }
-        for result in results
-    ]
-    frame = pd.DataFrame(rows, columns=ROW_COLUMNS + list(metrics) + per_class_columns(results, metrics))
-    # Object dtype keeps 8 an integer (and "8/16" a string) beside the empty cells of failed pairs.
-    frame["bit_depth"] = pd.Series([result.bit_depth for result in results], dtype=object)
-    for column in ("height", "width", "channels"):
-        frame[column] = frame[column].astype("Int64")
-    for name in metrics:
-        frame[name] = frame[name].astype("float64")
-    return frame
-
-
-def per_class_columns(results: Sequence[PairResult], metrics: Sequence[str]) -> list[str]:
-    """The ``METRIC_class_K`` columns of segmentation pairs, by metric then class number."""
-    return sorted_per_class({name for result in results for name in result.values if name not in metrics})
-
-
-def sorted_per_class(names: Iterable[str]) -> list[str]:
-    """``METRIC_class_K`` column names by metric, then class number."""
-
-    def order(name: str) -> tuple[str, int]:
-        metric, _, number = name.rpartition("_class_")
-        return metric, int(number) if number.isdigit() else -1
-
-    return sorted(names, key=order)
+    """One row per pair: the columns of ``ROW_COLUMNS`` then one column per metric (and per class)."""
+    return ResultTable.of(results, metrics).frame()
 
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ class EvalRequest:
     params: dict[str, dict[str, ParamValue]]
     weights_root: Path | None = None
     device: str = "auto"
-    batch_size: int = 16
+    batch_size: int | None = None  # None: chosen from the device (see engine.resolve_batch)
     workers: int | None = None
     precision: str = "float32"
     convention: Convention = Convention()
@@ -36,6 +37,7 @@ class EvalRequest:
     ignore_index: int | None = None
     all_metrics: bool = False  # True: keep only the metrics that apply to the pairs found
     max_pixels: int | None = None
+    decoder: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ def run_evaluation(
         raise LossctlError("--weights is only used by weighted_tv, which is not among the selected metrics")
 
     from . import io
-    from .engine import EvalConfig, EvaluationInterrupted, evaluate, resolve_device
+    from .engine import EvalConfig, iter_results, resolve_device
+    from .results import ResultTable
 
     pairing = io.pair_folders(request.pred_root, request.gt_root, request.weights_root)
     metrics = list(request.metrics)
@@ -77,18 +80,23 @@ def run_evaluation(
         pred_kind=request.pred_kind,
         ignore_index=request.ignore_index,
         max_pixels=request.max_pixels,
+        decoder=request.decoder,
     )
     device = resolve_device(request.device)
     pairs, record = pairing.pairs, None
     if shard is not None:
         pairs, record, config = _shard_pairs(pairing.pairs, shard, config)
     on_progress = on_start(len(pairs)) if on_start else None
-    try:
-        results = evaluate(pairs, config, on_progress=on_progress)
-    except EvaluationInterrupted as interrupted:
-        partial = _evaluation(interrupted.results, request, pairing, device, record)
-        raise RunInterrupted(partial, len(pairs)) from None
-    return _evaluation(results, request, pairing, device, record)
+    table = ResultTable(pairs, request.metrics)
+    with closing(iter_results(pairs, config)) as computed:
+        try:
+            for result in computed:
+                table.add(result)
+                if on_progress:
+                    on_progress(1)
+        except KeyboardInterrupt:
+            raise RunInterrupted(_evaluation(table, request, pairing, device, record), len(pairs)) from None
+    return _evaluation(table, request, pairing, device, record)
 
 
 def _shard_pairs(pairs, shard: Shard, config):
@@ -113,12 +121,12 @@ class RunInterrupted(Exception):
         self.evaluation, self.total = evaluation, total
 
 
-def _evaluation(results, request: EvalRequest, pairing, device, shard: dict | None = None) -> Evaluation:
+def _evaluation(table, request: EvalRequest, pairing, device, shard: dict | None = None) -> Evaluation:
     import torch
 
     from . import report
 
-    frame = report.results_frame(results, request.metrics)
+    frame = table.frame()
     info = report.ReportInfo(
         pred_root=str(request.pred_root),
         gt_root=str(request.gt_root),

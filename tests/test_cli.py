@@ -233,6 +233,7 @@ def test_weights_folder(tmp_path, rng):
         (["--device", "tpu"], "unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
         (["--device", "meta"], "unsupported device 'meta'"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--batch-size", "many"], "--batch-size must be a positive integer or auto; got 'many'"),
         (["--workers", "0"], "--workers must be at least 1"),
         (["--csv", "/nonexistent/folder/report.csv"], "folder /nonexistent/folder does not exist"),
         (["--metrics", "psnr", "--weights", "."], "--weights is only used by weighted_tv"),

@@ -111,7 +111,10 @@ def test_every_metric_on_real_photos_matches_a_float64_reference(precision, rel)
             assert result.values[metric] == pytest.approx(value, **tolerance), (name, metric)
 
 
-def test_results_do_not_depend_on_batching_or_workers(folders, rng):
+def test_results_do_not_depend_on_batching_workers_or_cpu_blocks(folders, rng, monkeypatch):
+    import lossctl.engine
+    import lossctl.metrics
+
     pred, gt = folders
     for index in range(7):
         size = (24, 32) if index % 2 else (40, 36)
@@ -119,7 +122,10 @@ def test_results_do_not_depend_on_batching_or_workers(folders, rng):
         save_image(gt / f"img{index}.png", clean)
         save_image(pred / f"img{index}.png", noisy(rng, clean))
     reference = run(pred, gt, batch_size=1, workers=1)
-    for batch_size, workers in [(3, 2), (16, 4)]:
+    settings = [(3, 2, 1 << 20, 1 << 24), (16, 4, 1 << 20, 1 << 24), (16, 2, 1, 1000), (16, 2, 5000, 7)]
+    for batch_size, workers, block_values, chunk_values in settings:
+        monkeypatch.setattr(lossctl.engine, "CPU_BLOCK_VALUES", block_values)
+        monkeypatch.setattr(lossctl.metrics, "ELEMENTWISE_CHUNK_VALUES", chunk_values)
         other = run(pred, gt, batch_size=batch_size, workers=workers)
         for name, result in reference.items():
             for metric, value in result.values.items():

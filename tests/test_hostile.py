@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lossctl import engine
+from lossctl import decoding, engine
 from lossctl.cli import app
 
 from .conftest import noisy, random_rgb, save_image
@@ -186,3 +186,87 @@ def test_a_folder_of_every_hostile_case_reports_each_pair_exactly(tmp_path):
         and f"PASS: {len(expected)} pairs, 0 failed ({failing} missing or unreadable, allowed)"
         in allowed.stdout
     )
+
+
+def test_decoding_in_processes_gives_the_same_report_as_threads(tmp_path):
+    pred, gt, expected = build_hostile_folders(tmp_path)
+    reports = {}
+    for decoder in ("threads", "processes"):
+        result = invoke(
+            "eval", pred, gt, "-m", "l1,psnr,ssim", "--decoder", decoder, "--workers", "2", "--format", "csv"
+        )
+        assert result.exit_code == 3, result.output
+        reports[decoder] = result.stdout
+    assert reports["processes"] == reports["threads"]
+    assert len(pd.read_csv(io.StringIO(reports["processes"]))) == len(expected)
+
+
+def _die_on_poison(pair, with_weights):
+    """A decoder that kills its worker process on the pair named 'poison' (as a decoder crash would)."""
+    if pair.name == "poison":
+        os._exit(1)
+    return decoding._load_in_process(pair, with_weights)
+
+
+def test_a_pair_that_kills_its_decoding_process_is_an_error_row_and_the_rest_is_computed(
+    folders, rng, monkeypatch
+):
+    pred, gt = folders
+    for name in ("a", "b", "poison", "c", "d"):
+        clean = random_rgb(rng, 16, 16)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+        save_image(gt / f"{name}.png", clean)
+    monkeypatch.setattr(decoding, "_load_in_process", _die_on_poison)
+    result = invoke(
+        "eval", pred, gt, "-m", "l1", "--decoder", "processes", "--workers", "2", "--format", "csv"
+    )
+    assert result.exit_code == 3, result.output
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("name")
+    assert rows.loc["poison", "error"] == (
+        "the decoding process died on this pair (a decoder crash or out of memory)"
+    )
+    assert (rows.drop(index="poison")["status"] == "ok").all() and len(rows) == 5
+
+
+def test_one_file_reached_under_two_names_is_noted(folders, rng):
+    pred, gt = folders
+    for name in ("a", "b", "c"):
+        clean = random_rgb(rng, 16, 16)
+        save_image(gt / f"{name}.png", clean)
+    save_image(pred / "a.png", noisy(rng, random_rgb(rng, 16, 16)))
+    (pred / "b.png").symlink_to(pred / "a.png")
+    os.link(gt / "c.png", pred / "c.png")
+    result = invoke("eval", pred, gt, "-m", "psnr", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("name")
+    assert rows.loc["a", "notes"] == "pred is the same file as the pred of b"
+    assert rows.loc["b", "notes"] == "pred is the same file as the pred of a"
+    assert rows.loc["c", "notes"] == "pred and gt are the same file"
+    assert rows.loc["c", "psnr"] == float("inf") and (rows["status"] == "ok").all()
+
+
+def test_an_unreadable_subfolder_is_an_error_row_and_the_rest_is_computed(folders, rng, monkeypatch):
+    pred, gt = folders
+    for name in ("top", "locked/inside", "open/inside"):
+        clean = random_rgb(rng, 16, 16)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == os.fspath(pred / "locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = invoke("eval", pred, gt, "-m", "l1", "--format", "csv")
+    assert result.exit_code == 3, result.output
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("name")
+    assert rows.loc["locked/", "status"] == "error"
+    assert rows.loc["locked/", "error"] == (
+        "cannot read pred folder locked: Permission denied; its images are not in this report"
+    )
+    assert rows.loc["locked/inside", "status"] == "unmatched"
+    assert rows.loc["top", "status"] == "ok" and rows.loc["open/inside", "status"] == "ok"
+    check = invoke("check", pred, gt, "--max", "l1=1")
+    assert check.exit_code == 3 and "Traceback" not in check.output

@@ -338,11 +338,45 @@ def test_log_cosh_keeps_relative_precision_for_tiny_errors_in_float32():
     torch.testing.assert_close(got.double(), expected, rtol=2e-6, atol=0)
 
 
-def test_large_inputs_compute_ssim_one_channel_at_a_time_with_the_same_result(monkeypatch):
+@pytest.mark.parametrize("block_values", [1, 100, 24 * 70, 3 * 24 * 70, 10**9])
+def test_ssim_computed_in_blocks_of_planes_or_rows_equals_the_whole(monkeypatch, block_values):
     import importlib
 
     ssim_module = importlib.import_module("lossctl.losses.ssim")
-    pred, target = pair(seed=16, shape=(2, 3, 24, 28))
-    whole = L.ssim(pred, target, reduction="none")
-    monkeypatch.setattr(ssim_module, "CHANNEL_AT_A_TIME_VALUES", 100)
-    torch.testing.assert_close(L.ssim(pred, target, reduction="none"), whole, rtol=0, atol=1e-15)
+    pred, target = pair(seed=16, shape=(2, 3, 64, 70))
+    pred.requires_grad_(True)
+    whole = L.ms_ssim(pred.repeat(1, 1, 3, 3), target.repeat(1, 1, 3, 3), reduction="none")
+    whole_ssim = L.ssim(pred, target, reduction="none")
+    (whole_grad,) = torch.autograd.grad(whole_ssim.sum(), pred)
+    monkeypatch.setattr(ssim_module, "CPU_BLOCK_VALUES", block_values)
+    blocked = L.ssim(pred, target, reduction="none")
+    torch.testing.assert_close(blocked, whole_ssim, rtol=0, atol=1e-14)
+    torch.testing.assert_close(torch.autograd.grad(blocked.sum(), pred)[0], whole_grad, rtol=0, atol=1e-14)
+    torch.testing.assert_close(
+        L.ms_ssim(pred.repeat(1, 1, 3, 3), target.repeat(1, 1, 3, 3), reduction="none"),
+        whole,
+        rtol=0,
+        atol=1e-14,
+    )
+    if block_values == 1:  # one band of rows at a time, more than one band per plane
+        assert len(list(ssim_module._blocks(6, 64, 70, 11, block_values))) == 6 * 2
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 3e-7), (torch.float64, 1e-14)])
+def test_ssim_without_gradient_uses_opencv_filtering_with_the_same_values(dtype, atol):
+    pred, target = pair(seed=21, shape=(2, 3, 170, 181), dtype=dtype)
+    plain = (L.ssim(pred, target, reduction="none"), L.ms_ssim(pred, target, reduction="none"))
+    tracked = pred.clone().requires_grad_(True)  # gradients need the torch filter
+    with_grad = (L.ssim(tracked, target, reduction="none"), L.ms_ssim(tracked, target, reduction="none"))
+    for fast, differentiable in zip(plain, with_grad, strict=True):
+        torch.testing.assert_close(fast, differentiable.detach(), rtol=0, atol=atol)
+
+
+def test_ms_ssim_reuses_precomputed_first_scale_components():
+    pred, target = pair(seed=22, shape=(1, 3, 170, 170))
+    components = L.ssim_components(pred, target)
+    torch.testing.assert_close(components[0].mean(dim=1), L.ssim(pred, target, reduction="none"))
+    torch.testing.assert_close(
+        L.ms_ssim(pred, target, reduction="none", first_scale=components),
+        L.ms_ssim(pred, target, reduction="none"),
+    )

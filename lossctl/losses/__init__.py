@@ -66,6 +66,7 @@ from .ssim import (
     ms_ssim_loss,
     ms_ssim_min_size,
     ssim,
+    ssim_components,
     ssim_loss,
 )
 from .tv import edge_aware_weights, image_gradients, tv_loss, weighted_tv_loss
@@ -127,6 +128,7 @@ __all__ = [
     "ms_ssim_loss",
     "ms_ssim_min_size",
     "ssim",
+    "ssim_components",
     "ssim_loss",
     "tv_loss",
     "weighted_tv_loss",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,8 +40,31 @@ def _filter_valid_along(maps: torch.Tensor, taps: tuple[float, ...], dim: int) -
 
 
 def _gaussian_filter_valid(maps: torch.Tensor, taps: tuple[float, ...]) -> torch.Tensor:
-    """Separable 'valid' Gaussian filter of the last two dimensions of ``maps``."""
+    """Separable 'valid' Gaussian filter of the last two dimensions of ``(planes, H, W)`` ``maps``."""
+    if maps.device.type == "cpu" and maps.dtype in _OPENCV_TYPES and not maps.requires_grad:
+        return _opencv_filter_valid(maps, taps)
     return _filter_valid_along(_filter_valid_along(maps, taps, -2), taps, -1)
+
+
+_OPENCV_TYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _opencv_filter_valid(maps: torch.Tensor, taps: tuple[float, ...]) -> torch.Tensor:
+    """:func:`_gaussian_filter_valid` by OpenCV's separable filter, plane by plane.
+
+    On a CPU it is about 2.4x faster than the shifted-slice sums (one vectorised pass per direction
+    instead of one pass per tap) and gives the same values to float rounding (OpenCV accumulates in
+    the input's precision). It has no gradient, so it is used only where none is needed.
+    """
+    import cv2
+
+    kernel = np.asarray(taps, dtype=_OPENCV_TYPES[maps.dtype])
+    planes = maps.detach().contiguous().numpy()
+    filtered = np.empty_like(planes)
+    for plane, out in zip(planes, filtered, strict=True):
+        cv2.sepFilter2D(plane, -1, kernel, kernel, dst=out, borderType=cv2.BORDER_CONSTANT)
+    half = len(taps) // 2
+    return torch.from_numpy(filtered)[:, half : filtered.shape[1] - half, half : filtered.shape[2] - half]
 
 
 def check_ssim_window(window_size: int, sigma: float) -> None:
@@ -50,7 +74,52 @@ def check_ssim_window(window_size: int, sigma: float) -> None:
         raise ValueError(f"sigma must be > 0; got {sigma}")
 
 
-CHANNEL_AT_A_TIME_VALUES = 1 << 26  # above this many values, SSIM's maps are made one channel at a time
+# SSIM's maps are made one block of image planes (or of rows of one plane) at a time. On a CPU a
+# block of about a megabyte keeps all of SSIM's temporaries in cache: 3-4x faster than filtering
+# whole batches. On a GPU large blocks keep it busy; the limit only bounds the memory of huge images.
+CPU_BLOCK_VALUES = 1 << 19
+GPU_BLOCK_VALUES = 1 << 26
+
+
+def _blocks(planes: int, height: int, width: int, window: int, block_values: int):
+    """``(plane slice, first output row, end output row)`` blocks covering every valid output row of
+    every plane, each needing about ``block_values`` input values or fewer (at least one row)."""
+    valid_rows = height - window + 1
+    if planes * height * width <= block_values:
+        yield slice(0, planes), 0, valid_rows
+    elif height * width <= block_values:
+        step = block_values // (height * width)
+        for first in range(0, planes, step):
+            yield slice(first, min(first + step, planes)), 0, valid_rows
+    else:  # one plane in bands of rows; each band reads window - 1 rows beyond its own
+        rows = max(block_values // width - window + 1, 4 * (window - 1), 1)
+        for plane in range(planes):
+            for first in range(0, valid_rows, rows):
+                yield slice(plane, plane + 1), first, min(first + rows, valid_rows)
+
+
+def _ssim_maps(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    shift: torch.Tensor,
+    data_range: float,
+    taps: tuple[float, ...],
+    k1: float,
+    k2: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid-region SSIM map and contrast-structure map of ``x`` and ``y`` (already centred by
+    ``shift``, which is added back for the luminance term)."""
+    mean_x, mean_y = _gaussian_filter_valid(x, taps), _gaussian_filter_valid(y, taps)
+    var_sum = _gaussian_filter_valid(x * x, taps) - mean_x * mean_x
+    var_sum = var_sum + (_gaussian_filter_valid(y * y, taps) - mean_y * mean_y)
+    cov_xy = _gaussian_filter_valid(x * y, taps) - mean_x * mean_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    contrast_structure = (2 * cov_xy + c2) / (var_sum + c2)
+    del cov_xy, var_sum
+    mu_x, mu_y = mean_x + shift, mean_y + shift
+    del mean_x, mean_y
+    luminance = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
+    return luminance * contrast_structure, contrast_structure
 
 
 def _ssim_and_contrast_structure(
@@ -58,33 +127,40 @@ def _ssim_and_contrast_structure(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Means over the valid region of the SSIM map and of its contrast-structure term, ``(N, C)`` each.
 
-    Channels are independent, so very large inputs are computed one channel at a time (the same
-    numbers, a third or less of the memory for RGB).
+    Every map value depends only on a window of its plane, so the maps are made in blocks of planes
+    or of rows (see :func:`_blocks`) and their sums added: the same numbers up to summation order,
+    with memory bounded by the block instead of the image.
     """
-    if pred.numel() > CHANNEL_AT_A_TIME_VALUES and pred.shape[1] > 1:
-        parts = [
-            _ssim_and_contrast_structure(pred[:, [c]], target[:, [c]], data_range, taps, k1, k2)
-            for c in range(pred.shape[1])
-        ]
-        return torch.cat([full for full, _ in parts], dim=1), torch.cat([cs for _, cs in parts], dim=1)
-    # Variances are differences of two large terms (E[x^2] - E[x]^2); centring each channel first
+    batch, channels, height, width = pred.shape
+    window = len(taps)
+    # Variances are differences of two large terms (E[x^2] - E[x]^2); centring each plane first
     # keeps float32 within 1e-5 of float64. SSIM's variances do not depend on the shift.
-    shift = ((pred + target) / 2).mean(dim=(2, 3), keepdim=True).detach()
-    x, y = pred - shift, target - shift
-    # The five maps are filtered one at a time, each product made just before its filter: about a
-    # third of the peak memory of filtering them stacked, which matters for very large images.
-    mean_x, mean_y = _gaussian_filter_valid(x, taps), _gaussian_filter_valid(y, taps)
-    var_sum = _gaussian_filter_valid(x * x, taps) - mean_x * mean_x
-    var_sum = var_sum + (_gaussian_filter_valid(y * y, taps) - mean_y * mean_y)
-    cov_xy = _gaussian_filter_valid(x * y, taps) - mean_x * mean_y
-    del x, y
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    contrast_structure = (2 * cov_xy + c2) / (var_sum + c2)
-    del cov_xy, var_sum
-    mu_x, mu_y = mean_x + shift, mean_y + shift
-    del mean_x, mean_y
-    luminance = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
-    return (luminance * contrast_structure).mean(dim=(2, 3)), contrast_structure.mean(dim=(2, 3))
+    shift = ((pred + target) / 2).mean(dim=(2, 3), keepdim=True).detach().reshape(-1, 1, 1)
+    x, y = pred.reshape(-1, height, width), target.reshape(-1, height, width)
+    block_values = CPU_BLOCK_VALUES if pred.device.type == "cpu" else GPU_BLOCK_VALUES
+    full_parts: list[torch.Tensor] = []
+    cs_parts: list[torch.Tensor] = []
+    for planes, first, end in _blocks(x.shape[0], height, width, window, block_values):
+        rows = slice(first, end + window - 1)
+        full, contrast_structure = _ssim_maps(
+            x[planes, rows] - shift[planes],
+            y[planes, rows] - shift[planes],
+            shift[planes],
+            data_range,
+            taps,
+            k1,
+            k2,
+        )
+        full_sum, cs_sum = full.sum(dim=(1, 2)), contrast_structure.sum(dim=(1, 2))
+        if first > 0:  # another band of the plane just summed
+            full_sum, cs_sum = full_sum + full_parts.pop(), cs_sum + cs_parts.pop()
+        full_parts.append(full_sum)
+        cs_parts.append(cs_sum)
+    count = (height - window + 1) * (width - window + 1)
+    return (
+        (torch.cat(full_parts) / count).reshape(batch, channels),
+        (torch.cat(cs_parts) / count).reshape(batch, channels),
+    )
 
 
 def _check_size(pred: torch.Tensor, smallest: int, what: str) -> None:
@@ -126,6 +202,27 @@ def matlab_downsample(images: torch.Tensor) -> torch.Tensor:
     return _matlab_downsample_along(_matlab_downsample_along(images, factor, -2), factor, -1)
 
 
+def ssim_components(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel, ``(N, C)`` each: the valid-region mean of the SSIM map (see
+    :func:`ssim`) and of its contrast-structure term ``(2 sigma_xy + C2) / (sigma_x^2 + sigma_y^2 + C2)``.
+
+    :func:`ssim` is the channel mean of the first; :func:`ms_ssim` uses both at its first scale, and
+    accepts them through ``first_scale`` so that an evaluator computing both filters once.
+    """
+    pred, target = check_pair(pred, target, image=True)
+    check_ssim_window(window_size, sigma)
+    _check_size(pred, window_size, f"the {window_size}x{window_size} SSIM window")
+    return _ssim_and_contrast_structure(pred, target, data_range, gaussian_window(window_size, sigma), k1, k2)
+
+
 def ssim(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -152,10 +249,7 @@ def ssim(
     check_ssim_window(window_size, sigma)
     if downsample:
         pred, target = matlab_downsample(pred), matlab_downsample(target)
-    _check_size(pred, window_size, f"the {window_size}x{window_size} SSIM window")
-    per_channel, _ = _ssim_and_contrast_structure(
-        pred, target, data_range, gaussian_window(window_size, sigma), k1, k2
-    )
+    per_channel, _ = ssim_components(pred, target, data_range, window_size, sigma, k1, k2)
     return reduce(per_channel.mean(dim=1), reduction)
 
 
@@ -192,6 +286,7 @@ def ms_ssim(
     k2: float = 0.03,
     weights: tuple[float, ...] = MS_SSIM_WEIGHTS,
     reduction: str = "mean",
+    first_scale: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Multi-scale SSIM (Wang, Simoncelli and Bovik 2003) as pytorch-msssim computes it.
 
@@ -201,7 +296,8 @@ def ms_ssim(
     of 1 on odd sides, counted in the mean). The result is averaged over channels.
     ``pred``, ``target``: ``(N, C, H, W)`` with ``min(H, W) >= 161`` for the defaults.
     Equals ``pytorch_msssim.ms_ssim(pred, target, data_range, size_average=False)``.
-    ``reduction='none'`` gives ``(N,)``.
+    ``reduction='none'`` gives ``(N,)``. ``first_scale``: :func:`ssim_components` of ``pred`` and
+    ``target`` with the same settings, when already computed.
     """
     pred, target = check_pair(pred, target, image=True)
     check_ssim_window(window_size, sigma)
@@ -210,7 +306,10 @@ def ms_ssim(
     taps = gaussian_window(window_size, sigma)
     factors = []
     for scale in range(len(weights)):
-        full, contrast_structure = _ssim_and_contrast_structure(pred, target, data_range, taps, k1, k2)
+        if scale == 0 and first_scale is not None:
+            full, contrast_structure = first_scale
+        else:
+            full, contrast_structure = _ssim_and_contrast_structure(pred, target, data_range, taps, k1, k2)
         if scale < len(weights) - 1:
             factors.append(F.relu(contrast_structure))
             padding = [side % 2 for side in pred.shape[-2:]]

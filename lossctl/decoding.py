@@ -1,0 +1,196 @@
+"""Decode pairs ahead of the computation, in worker threads or worker processes.
+
+Pillow and OpenCV release the GIL while they decode, so threads overlap decoding with computing;
+but with many cores the Python work around each decode holds the GIL long enough that threads stop
+scaling (16 threads reached about 7x one core on a 16-core machine). Worker processes do not share
+a GIL: each decodes a pair and hands its pixels back through shared memory (a copy the size of the
+image, not a pickle through a pipe). This module imports neither torch nor the engine, so worker
+processes start in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+from .errors import ImageReadError, LossctlError
+from .io import LoadedPair, LoadedSegmentation, Pair, load_pair, set_max_pixels
+
+DECODERS = ("auto", "threads", "processes")
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    """A pair whose files could not be read (or whose sizes differ): ``reason`` is one line."""
+
+    pair: Pair
+    reason: str
+
+
+Decoded = LoadedPair | LoadedSegmentation | DecodeFailure
+
+
+def use_processes(decoder: str, workers: int, pairs: int) -> bool:
+    """``auto``: processes where threads would contend for the GIL (more than 2 workers) and the
+    folder is large enough to repay starting them (at least 8 pairs per worker)."""
+    if decoder not in DECODERS:
+        raise LossctlError(f"--decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
+    if decoder == "auto":
+        return workers > 2 and pairs >= 8 * workers
+    return decoder == "processes"
+
+
+def _load(pair: Pair, with_weights: bool) -> Decoded:
+    try:
+        return load_pair(pair, with_weights)
+    except ImageReadError as error:
+        return DecodeFailure(pair, str(error))
+
+
+@dataclass(frozen=True)
+class _SharedArray:
+    """A worker's array left in a named shared-memory block for the parent to take."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def put(cls, array: np.ndarray) -> _SharedArray:
+        block = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))
+        try:
+            np.ndarray(array.shape, array.dtype, buffer=block.buf)[...] = array
+        finally:
+            block.close()
+        return cls(block.name, array.shape, array.dtype.str)
+
+    def take(self) -> np.ndarray:
+        block = shared_memory.SharedMemory(name=self.name)
+        try:
+            return np.ndarray(self.shape, np.dtype(self.dtype), buffer=block.buf).copy()
+        finally:
+            block.close()
+            block.unlink()
+
+
+def _map_arrays(value: Any, change) -> Any:
+    """``value`` with ``change`` applied to every array (or shared array) in its dataclass fields."""
+    if isinstance(value, (np.ndarray, _SharedArray)):
+        return change(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        updates = {
+            item.name: _map_arrays(getattr(value, item.name), change)
+            for item in dataclasses.fields(value)
+            if isinstance(getattr(value, item.name), (np.ndarray, _SharedArray))
+            or dataclasses.is_dataclass(getattr(value, item.name))
+        }
+        return dataclasses.replace(value, **updates) if updates else value
+    return value
+
+
+def _load_in_process(pair: Pair, with_weights: bool) -> Decoded:
+    return _map_arrays(_load(pair, with_weights), _SharedArray.put)
+
+
+def _start_worker(max_pixels: int | None) -> None:
+    set_max_pixels(max_pixels)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)  # one decode per process; the processes are the parallelism
+    except ImportError:  # pragma: no cover - OpenCV is a dependency
+        pass
+
+
+class _Decoders:
+    """A pool of decoders; a process pool broken by a dying worker is replaced, and the pair that
+    was being decoded is retried alone so that only a pair that kills its decoder again fails."""
+
+    def __init__(self, workers: int, processes: bool, max_pixels: int | None):
+        self.workers, self.processes, self.max_pixels = workers, processes, max_pixels
+        self.pool = self._new_pool(workers)
+
+    def _new_pool(self, workers: int) -> Executor:
+        if not self.processes:
+            return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lossctl-decode")
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        return ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(self.max_pixels,))
+
+    def submit(self, pair: Pair, with_weights: bool) -> Future:
+        work = _load_in_process if self.processes else _load
+        try:
+            return self.pool.submit(work, pair, with_weights)
+        except BrokenProcessPool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool(self.workers)
+            return self.pool.submit(work, pair, with_weights)
+
+    def result(self, future: Future, pair: Pair, with_weights: bool) -> Decoded:
+        try:
+            decoded = future.result()
+        except BrokenProcessPool:
+            decoded = self._alone(pair, with_weights)
+        return _map_arrays(decoded, _SharedArray.take) if self.processes else decoded
+
+    def _alone(self, pair: Pair, with_weights: bool) -> Decoded:
+        pool = self._new_pool(1)
+        try:
+            return pool.submit(_load_in_process, pair, with_weights).result()
+        except BrokenProcessPool:
+            return DecodeFailure(
+                pair, "the decoding process died on this pair (a decoder crash or out of memory)"
+            )
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def decode_ahead(
+    pairs: Iterable[Pair],
+    with_weights: bool,
+    workers: int,
+    prefetch: int,
+    processes: bool = False,
+    max_pixels: int | None = None,
+) -> Iterator[Decoded]:
+    """Decode ``pairs`` in ``workers`` threads (or processes), at most ``prefetch`` ahead, yielding
+    them in input order.
+
+    When the consumer stops early (Ctrl-C), queued decodes are cancelled rather than awaited.
+    """
+    decoders = _Decoders(max(1, workers), processes, max_pixels)
+    in_flight: deque[tuple[Future, Pair]] = deque()
+    try:
+        for pair in pairs:
+            in_flight.append((decoders.submit(pair, with_weights), pair))
+            if len(in_flight) >= prefetch:
+                yield decoders.result(*in_flight.popleft(), with_weights)
+        while in_flight:
+            yield decoders.result(*in_flight.popleft(), with_weights)
+    finally:
+        decoders.close()
+        if processes:  # free the shared blocks of decodes that finished but were never taken
+            for future, _ in in_flight:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    _map_arrays(future.result(), _release)
+
+
+def _release(shared: _SharedArray) -> None:
+    try:
+        block = shared_memory.SharedMemory(name=shared.name)
+    except FileNotFoundError:
+        return
+    block.close()
+    block.unlink()
