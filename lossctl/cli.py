@@ -343,6 +343,14 @@ def _root(
     # Pillow warns about damaged metadata it can read past; a damaged file that cannot be read is
     # reported in its pair's row, so the warnings would only repeat it as multi-line noise.
     warnings.filterwarnings("ignore", module=r"PIL\.")
+    if os.environ.get("RANK", "0") != "0" and os.environ.get("WORLD_SIZE", "1") != "1":
+        _silence_this_rank()
+
+
+def _silence_this_rank() -> None:
+    """Under torchrun only rank 0 speaks: it reports for every rank, errors included."""
+    stderr.quiet = True
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class _LazyProgress:
@@ -488,13 +496,26 @@ def _threshold_override(threshold: float | None, names: list[str]) -> list[str]:
     return [f"iou.threshold={threshold!r}"]
 
 
-def _evaluate_or_keep_partial(request, quiet: bool, csv_path: Path | None, json_path: Path | None):
-    """Run the evaluation; on Ctrl-C keep what is done as ``FILE.partial`` reports and exit 130."""
+def _evaluate_or_keep_partial(
+    request, quiet: bool, csv_path: Path | None, json_path: Path | None, shard=None
+):
+    """Run the evaluation (this shard of it, or this rank's under torchrun, where the other ranks
+    exit 0 once rank 0 has their rows); on Ctrl-C keep what is done as ``FILE.partial`` reports
+    and exit 130."""
+    from . import distributed
     from .run import RunInterrupted, run_evaluation
 
+    launch = distributed.from_environment()
+    if launch is not None and shard is not None:
+        raise LossctlError("--shard is for separate jobs; under torchrun the ranks already share the pairs")
     try:
         with _progress(quiet) as on_start:
-            return run_evaluation(request, on_start)
+            if launch is None:
+                return run_evaluation(request, on_start, shard)
+            evaluation = distributed.run_ranks(request, launch, on_start)
+            if evaluation is None:
+                raise typer.Exit(EXIT_OK)
+            return evaluation
     except RunInterrupted as interrupted:
         partial = [Path(f"{path}.partial") if path else None for path in (csv_path, json_path)]
         _write_reports(*partial, interrupted.evaluation)
@@ -563,6 +584,8 @@ EVAL_EPILOG = """[b]Examples[/b]
   lossctl eval pred/ gt/ --metrics psnr,ssim,l1 --csv report.csv
   lossctl eval pred/ gt/ --param charbonnier.eps=1e-4 --format json > report.json
   lossctl eval pred/ gt/ --maps maps/ --html report.html
+  lossctl eval pred/ gt/ --shard 0/2 --json shard-0.json
+  torchrun --nproc-per-node 4 -m lossctl eval pred/ gt/ --csv report.csv
 
 Exit codes: 0 every pair computed; 3 some pairs failed or were unmatched (the report is still complete); 2 usage or input error."""
 
@@ -596,6 +619,16 @@ def eval_command(
     ignore_index: IgnoreIndexOption = None,
     threshold: ThresholdOption = None,
     max_pixels: MaxPixelsOption = None,
+    shard_text: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="K/N",
+            help="Evaluate only shard K of N (K from 0, e.g. $SLURM_ARRAY_TASK_ID/8) into a shard report for [b]lossctl merge[/b]; needs --json.",
+            show_default=False,
+            rich_help_panel="Computing",
+        ),
+    ] = None,
     csv_path: CsvOption = None,
     json_path: JsonOption = None,
     maps_dir: Annotated[
@@ -650,6 +683,7 @@ def eval_command(
             pred_kind=pred_kind.value, ignore_index=ignore_index, all_metrics=metrics is None, max_pixels=max_pixels,
             decoder=decoder.value,
         )  # fmt: skip
+        shard = _shard(shard_text, json_path)
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
         _check_output_path(html_path, "--html")
@@ -658,27 +692,55 @@ def eval_command(
         )
         pictures.check(names if pictures.wanted else None)
         _prepare_maps_dir(maps_dir)
-        evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path)
-
-        from . import report
-
-        frame, summary, info = evaluation.frame, evaluation.summary, evaluation.info
+        evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path, shard)
         _write_reports(csv_path, json_path, evaluation)
+        if shard is not None and not quiet:
+            _say_shard(evaluation.info.shard, len(evaluation.frame))
         if pictures.wanted:
             _eval_pictures(evaluation, request, quiet, pictures)
-        show_per_image = per_image if per_image is not None else len(frame) <= PER_IMAGE_AUTO_LIMIT
-        with _stdout_reader_may_leave():
-            if output_format == OutputFormat.table:
-                report.render_table(Console(), frame, summary, info, show_per_image)
-            elif output_format == OutputFormat.csv:
-                report.to_csv(frame, sys.stdout)
-            elif output_format == OutputFormat.json:
-                sys.stdout.write(report.to_json(frame, summary, info))
-            else:
-                sys.stdout.write(report.to_markdown(frame, summary, info, show_per_image))
-        counts = report.status_counts(frame)
-        code = EXIT_OK if counts["ok"] == counts["pairs"] else EXIT_PAIRS_FAILED
+        code = _show(evaluation, output_format, per_image)
     raise typer.Exit(code)
+
+
+def _show(evaluation, output_format: OutputFormat, per_image: bool | None) -> int:
+    """Print an evaluation's report to stdout; its exit code (0 every pair computed, else 3)."""
+    from . import report
+
+    frame, summary, info = evaluation.frame, evaluation.summary, evaluation.info
+    show_per_image = per_image if per_image is not None else len(frame) <= PER_IMAGE_AUTO_LIMIT
+    with _stdout_reader_may_leave():
+        if output_format == OutputFormat.table:
+            report.render_table(Console(), frame, summary, info, show_per_image)
+        elif output_format == OutputFormat.csv:
+            report.to_csv(frame, sys.stdout)
+        elif output_format == OutputFormat.json:
+            sys.stdout.write(report.to_json(frame, summary, info))
+        else:
+            sys.stdout.write(report.to_markdown(frame, summary, info, show_per_image))
+    counts = report.status_counts(frame)
+    return EXIT_OK if counts["ok"] == counts["pairs"] else EXIT_PAIRS_FAILED
+
+
+def _shard(text: str | None, json_path: Path | None):
+    if text is None:
+        return None
+    from .sharding import parse_shard
+
+    shard = parse_shard(text)
+    if json_path is None:
+        raise LossctlError(f"--shard {shard} writes a shard report for lossctl merge: give --json FILE")
+    return shard
+
+
+def _say_shard(record: dict, pairs: int) -> None:
+    share = record["pixels"] / record["total_pixels"] if record["total_pixels"] else 0.0
+    stderr.print(
+        f"shard {record['index']}/{record['count']}: {pairs} of {record['pairs']} pairs, {share:.0%} of the "
+        "pixels; join the shard reports with lossctl merge",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 CHECK_EPILOG = """[b]Examples[/b]
@@ -921,6 +983,61 @@ def _compare_pictures(comparison, quiet: bool, pictures: _Pictures) -> None:
         comparison, drawn.cards, pictures.metric, drawn.scale, pictures.scale_mode, drawn.worse
     )
     _write(pictures.html_path, lambda stream: stream.write(html_report.render_page(page)))
+
+
+MERGE_EPILOG = """[b]Examples[/b]
+
+  lossctl eval pred/ gt/ --shard 0/2 --json shard-0.json   (one job each, K from 0)
+  lossctl eval pred/ gt/ --shard 1/2 --json shard-1.json
+  lossctl merge shard-*.json -o report.json
+
+Exit codes: 0 every pair computed; 3 some pairs failed or were unmatched (the report is still complete); 2 a shard missing or given twice, shards that overlap or come from different runs, or a file that is not a shard report."""
+
+
+@app.command("merge", epilog=MERGE_EPILOG)
+def merge_command(
+    shards: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="SHARD",
+            help="Shard reports (lossctl eval --shard K/N --json FILE), all N of one split.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Write the merged report: CSV (with its .meta.json sidecar) when FILE ends in .csv, else JSON.",
+            rich_help_panel="Output",
+        ),
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="What goes to stdout.", rich_help_panel="Output")
+    ] = OutputFormat.table,
+    per_image: Annotated[
+        bool | None,
+        typer.Option(
+            "--per-image/--no-per-image",
+            help=f"Show per-image rows \\[default: when at most {PER_IMAGE_AUTO_LIMIT} pairs].",
+            show_default=False,
+            rich_help_panel="Output",
+        ),
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Join shard reports into the report a single run would have written; check they cover every pair once."""
+    from . import merge
+
+    with _reported_errors(debug):
+        _check_output_path(output, "--output")
+        evaluation = merge.merge_files(shards)
+        csv_output = output is not None and output.suffix.lower() == ".csv"
+        _write_reports(output if csv_output else None, None if csv_output else output, evaluation)
+        code = _show(evaluation, output_format, per_image)
+    raise typer.Exit(code)
 
 
 @app.command("metrics")

@@ -52,7 +52,7 @@ class EvalConfig:
     # Segmentation scores: "probs", "logits" or "auto" (probabilities where they sum to 1).
     pred_kind: str = "auto"
     ignore_index: int | None = None
-    num_classes: int | None = None  # set by evaluate() from the first segmentation prediction
+    num_classes: int | None = None  # None: iter_results() reads the first segmentation prediction's
     max_pixels: int | None = None  # None: Pillow's decompression-bomb limit
     decoder: str = "auto"  # decode in "threads", "processes", or "auto" (see decoding.use_processes)
     compute_threads: int | None = None  # CPU only; None: one per core
@@ -511,7 +511,8 @@ def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]
     batch_size, max_values = resolve_batch(config, device)
     batcher = _Batcher(batch_size, max_buffered=4 * batch_size, max_values=max_values)
     prefetch = 2 * batch_size + 2 * config.workers
-    config = replace(config, num_classes=first_class_count(computable))
+    if config.num_classes is None:  # a shard is given the whole pairing's
+        config = replace(config, num_classes=first_class_count(computable))
     processes = use_processes(config.decoder, config.workers, len(computable))
     decoded = decode_ahead(
         computable, config.with_weights, config.workers, prefetch, processes, config.max_pixels

@@ -43,6 +43,7 @@ class ReportInfo:
     skipped_files: int = 0
     convention: dict[str, Any] | None = None
     segmentation: dict[str, Any] | None = None
+    shard: dict[str, Any] | None = None  # a shard report's place in the whole run (lossctl.sharding)
 
     @property
     def all_params(self) -> dict[str, Any]:
@@ -171,6 +172,8 @@ def to_json(
         "counts": {**status_counts(frame), "skipped_files": info.skipped_files},
         "summary": {name: _clean(entry) for name, entry in summary.items()},
     }
+    if info.shard is not None:
+        document["shard"] = info.shard
     if rows:
         document["rows"] = [_clean(record) for record in frame.astype(object).to_dict(orient="records")]
     return json.dumps(document, indent=2, allow_nan=False) + "\n"

@@ -80,13 +80,7 @@ class ResultTable:
 
     def extra_columns(self) -> list[str]:
         """The ``METRIC_class_K`` columns of segmentation pairs, by metric then class number."""
-        names = {name for values in self._extra.values() for name in values}
-
-        def order(name: str) -> tuple[str, int]:
-            metric, _, number = name.rpartition("_class_")
-            return metric, int(number) if number.isdigit() else -1
-
-        return sorted(names, key=order)
+        return sorted_per_class({name for values in self._extra.values() for name in values})
 
     def frame(self) -> pd.DataFrame:
         """One row per finished pair, in the pairs' order: ``ROW_COLUMNS`` then one column per metric
@@ -111,4 +105,23 @@ class ResultTable:
             columns[name] = self._values[rows, index]
         for name in self.extra_columns():
             columns[name] = np.array([self._extra.get(row, {}).get(name, math.nan) for row in rows])
+        for column in (
+            "name",
+            "pred",
+            "gt",
+            "status",
+            "error",
+            "notes",
+        ):  # text even with no rows (an empty shard)
+            columns[column] = np.array(columns[column], dtype=object)
         return pd.DataFrame(columns, index=pd.RangeIndex(len(rows)))
+
+
+def sorted_per_class(names: Iterable[str]) -> list[str]:
+    """``METRIC_class_K`` column names by metric, then class number."""
+
+    def order(name: str) -> tuple[str, int]:
+        metric, _, number = name.rpartition("_class_")
+        return metric, int(number) if number.isdigit() else -1
+
+    return sorted(names, key=order)

@@ -18,6 +18,7 @@ from . import __version__
 from .conventions import Convention
 from .errors import LossctlError
 from .metrics import METRICS, ParamValue
+from .sharding import Shard
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,12 @@ class Evaluation:
 
 
 def run_evaluation(
-    request: EvalRequest, on_start: Callable[[int], Callable[[int], None]] | None = None
+    request: EvalRequest,
+    on_start: Callable[[int], Callable[[int], None]] | None = None,
+    shard: Shard | None = None,
 ) -> Evaluation:
-    """Evaluate every pair of ``request``. ``on_start(total)`` may return a progress callback."""
+    """Evaluate every pair of ``request``, or only those of ``shard`` (a shard report, which
+    :mod:`lossctl.merge` joins). ``on_start(total)`` may return a progress callback."""
     if request.weights_root is not None and "weighted_tv" not in request.metrics:
         raise LossctlError("--weights is only used by weighted_tv, which is not among the selected metrics")
 
@@ -66,17 +70,20 @@ def run_evaluation(
         )
     config = eval_config(request)
     device = resolve_device(request.device)
-    on_progress = on_start(len(pairing.pairs)) if on_start else None
-    table = ResultTable(pairing.pairs, request.metrics)
-    with closing(iter_results(pairing.pairs, config)) as computed:
+    pairs, record = pairing.pairs, None
+    if shard is not None:
+        pairs, record, config = _shard_pairs(pairing.pairs, shard, config)
+    on_progress = on_start(len(pairs)) if on_start else None
+    table = ResultTable(pairs, request.metrics)
+    with closing(iter_results(pairs, config)) as computed:
         try:
             for result in computed:
                 table.add(result)
                 if on_progress:
                     on_progress(1)
         except KeyboardInterrupt:
-            raise RunInterrupted(_evaluation(table, request, pairing, device), len(pairing.pairs)) from None
-    return _evaluation(table, request, pairing, device)
+            raise RunInterrupted(_evaluation(table, request, pairing, device, record), len(pairs)) from None
+    return _evaluation(table, request, pairing, device, record)
 
 
 def eval_config(request: EvalRequest):
@@ -99,6 +106,20 @@ def eval_config(request: EvalRequest):
     )
 
 
+def _shard_pairs(pairs, shard: Shard, config):
+    """The pairs of ``shard``, its report record, and ``config`` with the class count of the whole
+    pairing's first segmentation prediction, so that every shard checks pairs against the same."""
+    from .engine import first_class_count
+    from .io import set_max_pixels
+    from .sharding import plan_shard
+
+    set_max_pixels(config.max_pixels)  # headers over the limit weigh like an unreadable file
+    plan = plan_shard(pairs, shard, config.workers)
+    num_classes = first_class_count([pair for pair in pairs if pair.status == "pending"])
+    record = {**plan.record, "pixels": plan.pixels, "total_pixels": plan.total_pixels}
+    return plan.pairs, record, replace(config, num_classes=num_classes)
+
+
 class RunInterrupted(Exception):
     """Ctrl-C: ``evaluation`` holds the pairs finished, of ``total``."""
 
@@ -107,7 +128,7 @@ class RunInterrupted(Exception):
         self.evaluation, self.total = evaluation, total
 
 
-def _evaluation(table, request: EvalRequest, pairing, device) -> Evaluation:
+def _evaluation(table, request: EvalRequest, pairing, device, shard: dict | None = None) -> Evaluation:
     import torch
 
     from . import report
@@ -127,6 +148,7 @@ def _evaluation(table, request: EvalRequest, pairing, device) -> Evaluation:
         segmentation={"pred_kind": request.pred_kind, "ignore_index": request.ignore_index}
         if any(pair.is_segmentation for pair in pairing.pairs)
         else None,
+        shard=shard,
     )
     return Evaluation(frame, report.summarize(frame, request.metrics), info)
 
