@@ -578,6 +578,21 @@ def _eval_pictures(evaluation, request, quiet: bool, pictures: _Pictures) -> Non
         _write(pictures.html_path, lambda stream: stream.write(html_report.render_page(page)))
 
 
+# Options of the commands that print an evaluation's report (eval, merge).
+ReportFormatOption = Annotated[
+    OutputFormat, typer.Option("--format", help="What goes to stdout.", rich_help_panel="Output")
+]
+PerImageOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--per-image/--no-per-image",
+        help=f"Show per-image rows \\[default: when at most {PER_IMAGE_AUTO_LIMIT} pairs].",
+        show_default=False,
+        rich_help_panel="Output",
+    ),
+]
+
+
 EVAL_EPILOG = """[b]Examples[/b]
 
   lossctl eval sample_images/pred sample_images/gt
@@ -655,18 +670,8 @@ def eval_command(
             rich_help_panel="Pictures",
         ),
     ] = None,
-    output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="What goes to stdout.", rich_help_panel="Output")
-    ] = OutputFormat.table,
-    per_image: Annotated[
-        bool | None,
-        typer.Option(
-            "--per-image/--no-per-image",
-            help=f"Show per-image rows \\[default: when at most {PER_IMAGE_AUTO_LIMIT} pairs].",
-            show_default=False,
-            rich_help_panel="Output",
-        ),
-    ] = None,
+    output_format: ReportFormatOption = OutputFormat.table,
+    per_image: PerImageOption = None,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -1014,18 +1019,8 @@ def merge_command(
             rich_help_panel="Output",
         ),
     ] = None,
-    output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="What goes to stdout.", rich_help_panel="Output")
-    ] = OutputFormat.table,
-    per_image: Annotated[
-        bool | None,
-        typer.Option(
-            "--per-image/--no-per-image",
-            help=f"Show per-image rows \\[default: when at most {PER_IMAGE_AUTO_LIMIT} pairs].",
-            show_default=False,
-            rich_help_panel="Output",
-        ),
-    ] = None,
+    output_format: ReportFormatOption = OutputFormat.table,
+    per_image: PerImageOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Join shard reports into the report a single run would have written; check they cover every pair once."""
