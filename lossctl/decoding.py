@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -65,7 +66,12 @@ class _SharedArray:
     dtype: str
 
     @classmethod
-    def put(cls, array: np.ndarray) -> _SharedArray:
+    def put(cls, array: np.ndarray) -> _SharedArray | np.ndarray:
+        """The array in a new shared block; or the array itself (sent pickled through the pool's
+        pipe) when the shared-memory file system lacks room for it: containers often mount a 64 MB
+        /dev/shm, and writing past its end would kill the worker with SIGBUS."""
+        if not _shared_memory_has_room(array.nbytes):
+            return array
         block = shared_memory.SharedMemory(create=True, size=max(1, array.nbytes))
         try:
             np.ndarray(array.shape, array.dtype, buffer=block.buf)[...] = array
@@ -73,13 +79,29 @@ class _SharedArray:
             block.close()
         return cls(block.name, array.shape, array.dtype.str)
 
-    def take(self) -> np.ndarray:
+    @staticmethod
+    def take(value: _SharedArray | np.ndarray) -> np.ndarray:
+        return value._copy_out() if isinstance(value, _SharedArray) else value
+
+    def _copy_out(self) -> np.ndarray:
         block = shared_memory.SharedMemory(name=self.name)
         try:
             return np.ndarray(self.shape, np.dtype(self.dtype), buffer=block.buf).copy()
         finally:
             block.close()
             block.unlink()
+
+
+SHM_FOLDER = "/dev/shm"
+SHM_HEADROOM = 64 << 20  # left free for the other workers' blocks in flight
+
+
+def _shared_memory_has_room(size: int) -> bool:
+    try:
+        stats = os.statvfs(SHM_FOLDER)
+    except OSError:  # no /dev/shm (macOS, Windows): shared memory is not a small file system there
+        return True
+    return stats.f_bavail * stats.f_frsize >= size + SHM_HEADROOM
 
 
 def _map_arrays(value: Any, change) -> Any:
@@ -187,7 +209,9 @@ def decode_ahead(
                     _map_arrays(future.result(), _release)
 
 
-def _release(shared: _SharedArray) -> None:
+def _release(shared: _SharedArray | np.ndarray) -> None:
+    if not isinstance(shared, _SharedArray):
+        return
     try:
         block = shared_memory.SharedMemory(name=shared.name)
     except FileNotFoundError:

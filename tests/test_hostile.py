@@ -270,3 +270,26 @@ def test_an_unreadable_subfolder_is_an_error_row_and_the_rest_is_computed(folder
     assert rows.loc["top", "status"] == "ok" and rows.loc["open/inside", "status"] == "ok"
     check = invoke("check", pred, gt, "--max", "l1=1")
     assert check.exit_code == 3 and "Traceback" not in check.output
+
+
+def _load_without_room_in_shared_memory(pair, with_weights):
+    """A worker that finds no room in /dev/shm (as in a container with a small one)."""
+    decoding.SHM_HEADROOM = 1 << 62
+    return decoding._load_in_process(pair, with_weights)
+
+
+def test_decoding_processes_send_pixels_through_the_pipe_when_shared_memory_is_full(
+    folders, rng, monkeypatch
+):
+    pred, gt = folders
+    for name in ("a", "b", "c"):
+        clean = random_rgb(rng, 24, 24)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+        save_image(gt / f"{name}.png", clean)
+    threads = invoke("eval", pred, gt, "-m", "l1,ssim", "--decoder", "threads", "--format", "csv")
+    monkeypatch.setattr(decoding, "_load_in_process", _load_without_room_in_shared_memory)
+    processes = invoke(
+        "eval", pred, gt, "-m", "l1,ssim", "--decoder", "processes", "--workers", "2", "--format", "csv"
+    )
+    assert processes.exit_code == threads.exit_code == 0
+    assert processes.stdout == threads.stdout
