@@ -89,12 +89,15 @@ def _batch_size(text: str) -> int | None:
 
 # Options shared by the commands that evaluate folders (eval, check).
 PredArgument = Annotated[
-    Path, typer.Argument(help="Folder of predictions (searched recursively).", show_default=False)
+    Path,
+    typer.Argument(metavar="PRED", help="Folder of predictions (searched recursively).", show_default=False),
 ]
 GtArgument = Annotated[
     Path,
     typer.Argument(
-        help="Folder of ground-truth images, paired by relative path without extension.", show_default=False
+        metavar="GT",
+        help="Folder of ground-truth images, paired by relative path without extension.",
+        show_default=False,
     ),
 ]
 ParamOption = Annotated[
