@@ -55,7 +55,6 @@ class EvalConfig:
     num_classes: int | None = None  # None: iter_results() reads the first segmentation prediction's
     max_pixels: int | None = None  # None: Pillow's decompression-bomb limit
     decoder: str = "auto"  # decode in "threads", "processes", or "auto" (see decoding.use_processes)
-    compute_threads: int | None = None  # CPU only; None: one per core
 
 
 @dataclass
@@ -334,7 +333,7 @@ class _Computer:
 
     def __init__(self, config: EvalConfig, device: torch.device):
         self.config, self.device = config, device
-        self.threads = config.compute_threads or (os.cpu_count() or 1)
+        self.threads = os.cpu_count() or 1
         self.pool = None
         if device.type == "cpu":
             self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lossctl-compute")
@@ -433,11 +432,13 @@ class _Batcher:
 
 
 def decode_pairs(
-    pairs: Sequence[Pair], config: EvalConfig, prefetch: int
+    pairs: Sequence[Pair], config: EvalConfig, prefetch: int, processes: bool = False
 ) -> Iterator[LoadedPair | LoadedSegmentation | PairResult]:
-    """``pairs`` decoded in ``config.workers`` threads, in input order, a pair that cannot be read
-    as an error :class:`PairResult` (for callers that want the pixels, such as the heat maps)."""
-    decoded = decode_ahead(pairs, config.with_weights, config.workers, prefetch, max_pixels=config.max_pixels)
+    """``pairs`` decoded in ``config.workers`` threads (or processes), in input order, a pair that
+    cannot be read as an error :class:`PairResult`."""
+    decoded = decode_ahead(
+        pairs, config.with_weights, config.workers, prefetch, processes, max_pixels=config.max_pixels
+    )
     with closing(decoded):
         for item in decoded:
             if isinstance(item, DecodeFailure):
@@ -514,9 +515,7 @@ def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]
     if config.num_classes is None:  # a shard is given the whole pairing's
         config = replace(config, num_classes=first_class_count(computable))
     processes = use_processes(config.decoder, config.workers, len(computable))
-    decoded = decode_ahead(
-        computable, config.with_weights, config.workers, prefetch, processes, config.max_pixels
-    )
+    decoded = decode_pairs(computable, config, prefetch, processes)
     computer = _Computer(config, device)
     with ExitStack() as stack:
         stack.enter_context(closing(decoded))
@@ -524,8 +523,8 @@ def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]
         if device.type == "cpu":
             stack.enter_context(_one_thread_per_operation())
         for item in decoded:
-            if isinstance(item, DecodeFailure):
-                yield PairResult(pair=item.pair, status="error", error=item.reason)
+            if isinstance(item, PairResult):
+                yield item
             elif (ready := batcher.add(item)) is not None:
                 yield from computer.submit(ready)
         for ready in batcher.drain():
