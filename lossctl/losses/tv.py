@@ -91,11 +91,12 @@ def _check_weights(pred: torch.Tensor, weight_y: torch.Tensor, weight_x: torch.T
 
 def _weighted_tv(pred: torch.Tensor, band_weights) -> torch.Tensor:
     """``sum_d sum(w_d |grad_d pred|) / sum(w_d)`` per image, the sums taken band by band;
-    ``band_weights(first, end, dy, dx)`` gives the band's vertical and horizontal weights."""
+    ``band_weights(first, end)`` gives the vertical and horizontal weights of rows ``[first, end)``
+    (the vertical ones end at the last difference, row ``H - 2``)."""
     sums = [0, 0, 0, 0]  # weighted |dy|, dy weights, weighted |dx|, dx weights
     for first, end in _row_bands(pred):
         dy, dx = _band_gradients(pred, first, end)
-        weight_y, weight_x = band_weights(first, end, dy, dx)
+        weight_y, weight_x = band_weights(first, end)
         for index, part in enumerate((*_weighted_sums(dy, weight_y), *_weighted_sums(dx, weight_x))):
             sums[index] = sums[index] + part
     return safe_divide(sums[0], sums[1], if_zero=0.0) + safe_divide(sums[2], sums[3], if_zero=0.0)
@@ -122,8 +123,8 @@ def weighted_tv_loss(
         weight_y, weight_x = weight[:, :, :-1, :], weight[:, :, :, :-1]
     _check_weights(pred, weight_y, weight_x)
 
-    def band_weights(first: int, end: int, dy: torch.Tensor, dx: torch.Tensor):
-        return weight_y[:, :, first : first + dy.shape[2]], weight_x[:, :, first:end]
+    def band_weights(first: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return weight_y[:, :, first:end], weight_x[:, :, first:end]  # weight_y has H - 1 rows
 
     return reduce(_weighted_tv(pred, band_weights), reduction)
 
@@ -135,7 +136,7 @@ def edge_aware_tv_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str 
     """
     pred, target = check_pair(pred, target, image=True)
 
-    def band_weights(first: int, end: int, dy: torch.Tensor, dx: torch.Tensor):
+    def band_weights(first: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         target_dy, target_dx = _band_gradients(target, first, end)
         return _edge_weights(target_dy), _edge_weights(target_dx)
 
