@@ -7,10 +7,10 @@ scales them to [0, 1] under the pixel conventions of METRICS.md; the engine conv
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -240,18 +240,6 @@ def _ambiguity(side: str, paths: list[str]) -> str:
     return f"ambiguous {side}: {len(paths)} files share this name ({names})"
 
 
-class _LazyDict(dict):
-    """A dict whose values are made by their factories on first access."""
-
-    def __init__(self, factories: dict[str, Callable[[], object]]):
-        super().__init__()
-        self.factories = factories
-
-    def __missing__(self, key: str) -> object:
-        value = self[key] = self.factories[key]()
-        return value
-
-
 def _casefolded(images: dict[str, list[str]]) -> dict[str, list[str]]:
     folded: dict[str, list[str]] = {}
     for key in images:
@@ -279,16 +267,22 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
         raise LossctlError(f"no images found in ground-truth folder {gt_root}")
 
     pairs = []
+
     # The other side's keys by case-folded key, made only when a pair lacks a side (it costs a few
     # hundred bytes per image, for nothing when every image has its match).
-    by_case = _LazyDict({"pred": lambda: _casefolded(gt_images), "gt": lambda: _casefolded(pred_images)})
+    @functools.cache
+    def other_side_by_case(side: str) -> dict[str, list[str]]:
+        return _casefolded(gt_images if side == "pred" else pred_images)
+
     for key in sorted(pred_images.keys() | gt_images.keys()):
         preds, gts, weights = pred_images.get(key, []), gt_images.get(key, []), weight_images.get(key, [])
         problems = [
             _ambiguity(side, paths) for side, paths in (("pred", preds), ("gt", gts)) if len(paths) > 1
         ]
         lonely = "pred" if not gts else "gt" if not preds else None
-        if lonely and (twins := [other for other in by_case[lonely].get(key.casefold(), []) if other != key]):
+        if lonely and (
+            twins := [other for other in other_side_by_case(lonely).get(key.casefold(), []) if other != key]
+        ):
             other_side = "gt" if lonely == "pred" else "pred"
             problems.append(f"{other_side} has {', '.join(twins)}, which differs only in case")
         pairs.append(
@@ -313,7 +307,9 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
             )
     if not any(pair.pred and pair.gt for pair in pairs):
         look_alikes = [
-            (key, twin) for key in sorted(pred_images) for twin in by_case["pred"].get(key.casefold(), [])
+            (key, twin)
+            for key in sorted(pred_images)
+            for twin in other_side_by_case("pred").get(key.casefold(), [])
         ]
         example = f", e.g. {look_alikes[0][0]} and {look_alikes[0][1]}" if look_alikes else ""
         hint = f" ({len(look_alikes)} would match if case were ignored{example})" if look_alikes else ""
