@@ -283,7 +283,7 @@ class Verdict:
 
 
 def check_frame(frame: pd.DataFrame, config: CheckConfig) -> Verdict:
-    """Apply ``config``'s rules to a results frame (``report.results_frame``)."""
+    """Apply ``config``'s rules to a results frame (``results.ResultTable.frame``)."""
     verdict = Verdict(pairs=len(frame), allow_missing=config.allow_missing, mode=config.mode)
     ok = frame[frame["status"] == "ok"]
     for row in frame[frame["status"] != "ok"].itertuples(index=False):

@@ -192,7 +192,7 @@ def _json_value(value: Any) -> float:
 
 
 def frame_from_rows(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> pd.DataFrame:
-    """The frame :func:`lossctl.report.results_frame` built, from its JSON rows: the same columns,
+    """The frame :meth:`lossctl.results.ResultTable.frame` built, from its JSON rows: the same columns,
     in the same order, with the same types."""
     fixed = set(ROW_COLUMNS) | set(metrics)
     per_class = sorted_per_class({key for row in rows for key in row if key not in fixed})

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import pandas as pd
 from rich import box
@@ -19,10 +19,6 @@ from rich.table import Table
 from rich.text import Text
 
 from .metrics import METRICS, ParamValue
-from .results import ResultTable
-
-if TYPE_CHECKING:
-    from .engine import PairResult
 
 STATUSES = ("ok", "error", "unmatched")
 ARROWS = {"higher": "↑", "lower": "↓"}
@@ -50,11 +46,6 @@ class ReportInfo:
         """Every parameter a report needs to be reproduced: the convention and each metric's."""
         extra = {"segmentation": self.segmentation} if self.segmentation else {}
         return {"convention": self.convention or {}, **extra, **self.params}
-
-
-def results_frame(results: Sequence[PairResult], metrics: Sequence[str]) -> pd.DataFrame:
-    """One row per pair: the columns of ``ROW_COLUMNS`` then one column per metric (and per class)."""
-    return ResultTable.of(results, metrics).frame()
 
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:

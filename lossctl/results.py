@@ -41,12 +41,6 @@ class ResultTable:
         self._extra: dict[int, dict[str, float]] = {}  # per-class values of segmentation pairs
         self._texts: dict[str, str] = {}
 
-    @classmethod
-    def of(cls, results: Sequence[PairResult], metrics: Sequence[str]) -> ResultTable:
-        table = cls([result.pair for result in results], metrics)
-        table.add_all(results)
-        return table
-
     def add(self, result: PairResult) -> None:
         row = self._row[result.pair.name]
         self._done[row] = True
@@ -70,14 +64,6 @@ class ResultTable:
         small for MS-SSIM)."""
         return self._texts.setdefault(text, text)
 
-    def add_all(self, results: Iterable[PairResult]) -> None:
-        for result in results:
-            self.add(result)
-
-    @property
-    def done(self) -> int:
-        return int(self._done.sum())
-
     def extra_columns(self) -> list[str]:
         """The ``METRIC_class_K`` columns of segmentation pairs, by metric then class number."""
         return sorted_per_class({name for values in self._extra.values() for name in values})
@@ -89,32 +75,28 @@ class ResultTable:
         pairs = [self.pairs[row] for row in rows]
         sizes = self._sizes[rows]
         columns: dict[str, object] = {
-            "name": [pair.name for pair in pairs],
-            "pred": [pair.pred_file or "" for pair in pairs],
-            "gt": [pair.gt_file or "" for pair in pairs],
+            "name": _text(pair.name for pair in pairs),
+            "pred": _text(pair.pred_file or "" for pair in pairs),
+            "gt": _text(pair.gt_file or "" for pair in pairs),
         }
         for index, column in enumerate(("height", "width", "channels")):
             values = sizes[:, index].astype(np.int64)
             columns[column] = pd.arrays.IntegerArray(values, values == _MISSING)
         # Object dtype keeps 8 an integer (and "8/16" a string) beside the empty cells of failed pairs.
         columns["bit_depth"] = pd.Series(self._bit_depth[rows], dtype=object)
-        columns["status"] = self._status[rows].tolist()
-        columns["error"] = [self._error.get(row, "") for row in rows]
-        columns["notes"] = [self._notes.get(row, "") for row in rows]
+        columns["status"] = _text(self._status[rows])
+        columns["error"] = _text(self._error.get(row, "") for row in rows)
+        columns["notes"] = _text(self._notes.get(row, "") for row in rows)
         for index, name in enumerate(self.metrics):
             columns[name] = self._values[rows, index]
         for name in self.extra_columns():
             columns[name] = np.array([self._extra.get(row, {}).get(name, math.nan) for row in rows])
-        for column in (
-            "name",
-            "pred",
-            "gt",
-            "status",
-            "error",
-            "notes",
-        ):  # text even with no rows (an empty shard)
-            columns[column] = np.array(columns[column], dtype=object)
         return pd.DataFrame(columns, index=pd.RangeIndex(len(rows)))
+
+
+def _text(values: Iterable[str]) -> np.ndarray:
+    """A text column as object dtype, even with no rows (an empty shard)."""
+    return np.array(list(values), dtype=object)
 
 
 def sorted_per_class(names: Iterable[str]) -> list[str]:
