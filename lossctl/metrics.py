@@ -120,7 +120,7 @@ class PairBatch(_Noted):
 
     def ssim_components(self, p: Mapping[str, ParamValue]) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`lossctl.losses.ssim_components` at full scale, computed once for ssim and ms_ssim."""
-        key = (int(p["window"]), float(p["sigma"]), float(p["k1"]), float(p["k2"]))
+        key = _ssim_window(p)
         if key not in self._ssim_components:
             self._ssim_components[key] = L.ssim_components(self.pred, self.target, 1.0, *key)
         return self._ssim_components[key]
@@ -186,6 +186,11 @@ def _all_nan(batch: PairBatch, note: str) -> torch.Tensor:
     return batch.pred.new_full((batch.pred.shape[0],), float("nan"))
 
 
+def _ssim_window(p: Mapping[str, ParamValue]) -> tuple[int, float, float, float]:
+    """The ``window_size, sigma, k1, k2`` arguments of the SSIM functions from ``SSIM_WINDOW`` params."""
+    return int(p["window"]), float(p["sigma"]), float(p["k1"]), float(p["k2"])
+
+
 def _ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     window, downsample = int(p["window"]), bool(p["downsample"])
     height, width = batch.pred.shape[-2:]
@@ -195,17 +200,7 @@ def _ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
         return _all_nan(batch, f"ssim: {width}x{height} is smaller than the {window}x{window} window{shrunk}")
     if not downsample:
         return batch.ssim_components(p)[0].mean(dim=1)
-    return L.ssim(
-        batch.pred,
-        batch.target,
-        1.0,
-        window,
-        p["sigma"],
-        p["k1"],
-        p["k2"],
-        reduction="none",
-        downsample=downsample,
-    )
+    return L.ssim(batch.pred, batch.target, 1.0, *_ssim_window(p), reduction="none", downsample=downsample)
 
 
 def _ms_ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
@@ -217,15 +212,7 @@ def _ms_ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
             batch, f"ms_ssim: {width}x{height} is smaller than the {smallest} px that 5 scales need"
         )
     return L.ms_ssim(
-        batch.pred,
-        batch.target,
-        1.0,
-        window,
-        p["sigma"],
-        p["k1"],
-        p["k2"],
-        reduction="none",
-        first_scale=batch.ssim_components(p),
+        batch.pred, batch.target, 1.0, *_ssim_window(p), reduction="none", first_scale=batch.ssim_components(p)
     )
 
 
