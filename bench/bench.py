@@ -37,14 +37,15 @@ import pandas as pd
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import decode_floor, make_pairs  # noqa: E402
+from throughput import decode_floor, eval_command, make_pairs  # noqa: E402
 
 PEER_METRICS = "l1,mse,psnr,ssim,tv"
 
 
 def run_lossctl(pred: Path, gt: Path, device: str, metrics: str | None) -> tuple[float, pd.DataFrame]:
-    command = [sys.executable, "-m", "lossctl", "eval", str(pred), str(gt), "--device", device, "-q"]
-    command += ["--format", "csv"] + (["--metrics", metrics] if metrics else [])
+    command = eval_command(
+        pred, gt, "--device", device, "--format", "csv", *(["--metrics", metrics] if metrics else [])
+    )
     start = time.perf_counter()
     completed = subprocess.run(command, check=True, capture_output=True, text=True)
     elapsed = time.perf_counter() - start

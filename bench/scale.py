@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).parent))
+from throughput import eval_command  # noqa: E402
+
 
 def make_pairs(root: Path, pairs: int, size: int) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
@@ -58,18 +61,7 @@ def measure(pred: Path, gt: Path, report: Path, extra: list[str]) -> tuple[float
     command = [
         "/usr/bin/time",
         "-v",
-        sys.executable,
-        "-m",
-        "lossctl",
-        "eval",
-        str(pred),
-        str(gt),
-        "-q",
-        "--csv",
-        str(report),
-        "--format",
-        "csv",
-        *extra,
+        *eval_command(pred, gt, "--csv", str(report), "--format", "csv", *extra),
     ]
     start = time.perf_counter()
     completed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

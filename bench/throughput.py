@@ -48,21 +48,13 @@ def decode_floor(pred: Path, gt: Path) -> float:
     return (time.perf_counter() - start) / (os.cpu_count() or 1)
 
 
+def eval_command(pred: Path, gt: Path, *options: str) -> list[str]:
+    """``python -m lossctl eval PRED GT -q OPTIONS``, run with this interpreter."""
+    return [sys.executable, "-m", "lossctl", "eval", str(pred), str(gt), "-q", *options]
+
+
 def time_eval(pred: Path, gt: Path, device: str, extra: list[str]) -> float:
-    command = [
-        sys.executable,
-        "-m",
-        "lossctl",
-        "eval",
-        str(pred),
-        str(gt),
-        "--device",
-        device,
-        "-q",
-        "--format",
-        "csv",
-        *extra,
-    ]
+    command = eval_command(pred, gt, "--device", device, "--format", "csv", *extra)
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
