@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field, replace
@@ -447,14 +447,6 @@ def decode_pairs(
                 yield item
 
 
-class EvaluationInterrupted(Exception):
-    """Ctrl-C during :func:`evaluate`: ``results`` holds the pairs finished so far, in input order."""
-
-    def __init__(self, results: list[PairResult]):
-        super().__init__(f"interrupted after {len(results)} pairs")
-        self.results = results
-
-
 def check_config(config: EvalConfig) -> None:
     """Raise :class:`LossctlError` for a setting no evaluation can run with."""
     if config.batch_size is not None and config.batch_size < 1:
@@ -532,24 +524,11 @@ def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]
         yield from computer.finish()
 
 
-def evaluate(
-    pairs: Sequence[Pair],
-    config: EvalConfig,
-    on_progress: Callable[[int], None] | None = None,
-) -> list[PairResult]:
-    """:func:`iter_results` collected in input order (one result per pair).
-
-    Ctrl-C raises :class:`EvaluationInterrupted` with the results finished so far.
-    """
-    results: dict[str, PairResult] = {}
+def evaluate(pairs: Sequence[Pair], config: EvalConfig) -> list[PairResult]:
+    """:func:`iter_results` collected in input order (one result per pair); the command line
+    streams them into a report instead (:func:`lossctl.run.run_evaluation`)."""
     with closing(iter_results(pairs, config)) as computed:
-        try:
-            for result in computed:
-                results[result.pair.name] = result
-                if on_progress:
-                    on_progress(1)
-        except KeyboardInterrupt:
-            raise EvaluationInterrupted([results[p.name] for p in pairs if p.name in results]) from None
+        results = {result.pair.name: result for result in computed}
     return [results[pair.name] for pair in pairs]
 
 

@@ -212,7 +212,12 @@ def _ms_ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
             batch, f"ms_ssim: {width}x{height} is smaller than the {smallest} px that 5 scales need"
         )
     return L.ms_ssim(
-        batch.pred, batch.target, 1.0, *_ssim_window(p), reduction="none", first_scale=batch.ssim_components(p)
+        batch.pred,
+        batch.target,
+        1.0,
+        *_ssim_window(p),
+        reduction="none",
+        first_scale=batch.ssim_components(p),
     )
 
 
