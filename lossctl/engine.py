@@ -10,6 +10,7 @@ memory is split, and a single pair that does not fit on the GPU is computed on t
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -92,6 +93,9 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+_QUIET_FROM_NUMPY = threading.Lock()
+
+
 def _to_device(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
     """Stack ``(H, W, C)`` arrays into an ``(N, C, H, W)`` tensor on ``device``, in their stored type.
 
@@ -101,7 +105,9 @@ def _to_device(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
     stacked = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
     if stacked.dtype == np.uint16:  # torch < 2.3 cannot wrap uint16 arrays
         stacked = stacked.astype(np.int32)
-    with warnings.catch_warnings():  # Pillow's arrays are read-only; nothing writes to this tensor
+    # Pillow's arrays are read-only and nothing writes to this tensor. catch_warnings changes the
+    # process-wide filters, so the compute threads take turns.
+    with _QUIET_FROM_NUMPY, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         batch = torch.from_numpy(stacked)
     if device.type == "cuda":
