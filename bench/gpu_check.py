@@ -8,10 +8,12 @@
 4. bench/bench.py on the GPU: lossctl against the decode floor and the peers, with their agreement.
 
     PYTHONPATH=. python bench/gpu_check.py | tee gpu_results.md
+    PYTHONPATH=. python bench/gpu_check.py agreement dtypes   # some sections only
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import subprocess
 import sys
@@ -137,16 +139,27 @@ def against_peers() -> list[str]:
     return [completed.stdout.strip() or f"failed: {completed.stderr.strip()[-300:]}"]
 
 
+SECTIONS = {
+    "agreement": ("CPU vs CUDA agreement", agreement),
+    "dtypes": ("CUDA dtype matrix", dtype_matrix),
+    "throughput": ("Throughput", throughput),
+    "peers": ("Against the peers (bench/bench.py)", against_peers),
+}
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    chosen = parser.parse_args().sections or list(SECTIONS)
+    if unknown := set(chosen) - set(SECTIONS):
+        parser.error(f"unknown section {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     if not torch.cuda.is_available():
         sys.exit("gpu_check.py needs CUDA; none is available here")
     print(f"# GPU checks on {torch.cuda.get_device_name()} (torch {torch.__version__})\n")
-    for title, section in (
-        ("CPU vs CUDA agreement", agreement),
-        ("CUDA dtype matrix", dtype_matrix),
-        ("Throughput", throughput),
-        ("Against the peers (bench/bench.py)", against_peers),
-    ):
+    for key in chosen:
+        title, section = SECTIONS[key]
         print(f"## {title}\n")
         print("\n".join(section()) + "\n", flush=True)
 

@@ -1,8 +1,8 @@
 """Where `lossctl eval`'s time goes, per pair: decoding, moving the pixels to the device, each metric.
 
 Decodes N generated pairs (bench/throughput.py's generator) with lossctl's own loader, then times,
-on the chosen device, the upload and scaling of a batch and every metric of the default set on the
-engine's blocks (on a CPU: one thread per operation and one pair per block, as the engine runs
+on the chosen device, the engine's `pair_batch` (upload, scaling, 8-bit level counts) and every
+metric of the default set on the engine's blocks (on a CPU: one thread per operation and one pair per block, as the engine runs
 them; each compute thread does this work in parallel). Prints a Markdown table for bench/RESULTS.md.
 
     python bench/profile.py --pairs 16 --size 512 --device cpu
@@ -24,7 +24,7 @@ from throughput import make_pairs  # noqa: E402
 
 from lossctl import engine  # noqa: E402
 from lossctl.io import load_pair, pair_folders  # noqa: E402
-from lossctl.metrics import METRICS, PairBatch, resolve_params  # noqa: E402
+from lossctl.metrics import METRICS, resolve_params  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -51,7 +51,8 @@ def main() -> None:
         loaded = [load_pair(pair) for pair in pairs]
         decode = (time.perf_counter() - start) / len(pairs)
     block = 1 if device.type == "cpu" else len(loaded)  # the engine's CPU block is one 512x512 pair
-    timings = dict.fromkeys(["upload and scale", *names], 0.0)
+    timings = dict.fromkeys(["upload, scale, count levels", *names], 0.0)
+    config = engine.EvalConfig(metrics=names, params=params)
     single = engine._one_thread_per_operation() if device.type == "cpu" else nullcontext()
     with single, torch.no_grad():
         for repeat in range(args.repeat + 1):
@@ -59,18 +60,11 @@ def main() -> None:
                 items = loaded[first : first + block]
                 synchronize(device)
                 start = time.perf_counter()
-                raw = engine._to_device([item.pred.pixels for item in items], device)
-                raw_gt = engine._to_device([item.gt.pixels for item in items], device)
-                pred = engine._scaled(raw, items[0].pred.scale, torch.float32)
-                target = engine._scaled(raw_gt, items[0].gt.scale, torch.float32)
-                diff = engine._scaled(
-                    raw.to(torch.int32) - raw_gt.to(torch.int32), items[0].pred.scale, torch.float32
-                )
+                batch = engine.pair_batch(items, config, device)
                 synchronize(device)
                 lap = time.perf_counter()
                 if repeat:
-                    timings["upload and scale"] += lap - start
-                batch = PairBatch(pred, target, diff=diff)
+                    timings["upload, scale, count levels"] += lap - start
                 for name in names:
                     METRICS[name].compute(batch, params.get(name, {}))
                     synchronize(device)

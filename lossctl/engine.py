@@ -21,10 +21,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from . import levels
 from .conventions import Convention
 from .decoding import DecodeFailure, decode_ahead, use_processes
 from .errors import LossctlError
 from .io import LoadedPair, LoadedSegmentation, Pair, set_max_pixels
+from .levels import PixelLevels
 
 # Executes the lazily imported lossctl.losses now: importlib's LazyLoader is not thread-safe, and
 # the compute threads would otherwise race to load it on first use.
@@ -150,23 +152,49 @@ def pair_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.de
         and not raw_gt.is_floating_point()
         and first.pred.scale == first.gt.scale
     ):
-        # Subtract the stored integers, then scale: one rounding instead of three, so that float32
-        # keeps full relative precision for differences of a few 16-bit levels.
-        # int16 holds any difference of 8-bit values at half the memory of int32.
-        signed = torch.int16 if raw_pred.dtype == raw_gt.dtype == torch.uint8 else torch.int32
-        integer_diff = raw_pred.to(signed) - raw_gt.to(signed)
-        diff = _expand_channels(_scaled(integer_diff, first.pred.scale, dtype), channels)
+
+        def diff() -> torch.Tensor:
+            # Subtract the stored integers, then scale: one rounding instead of three, so that
+            # float32 keeps full relative precision for differences of a few 16-bit levels.
+            # int16 holds any difference of 8-bit values at half the memory of int32.
+            signed = torch.int16 if raw_pred.dtype == raw_gt.dtype == torch.uint8 else torch.int32
+            integer_diff = raw_pred.to(signed) - raw_gt.to(signed)
+            scaled = _expand_channels(_scaled(integer_diff, first.pred.scale, dtype), channels)
+            return convention.apply(scaled, offset=False)
+
     weights = None
     if config.with_weights:
         nan_map = np.full(first.gt.pixels.shape[:2] + (1,), np.nan, dtype=np.float32)
         weight_arrays = [nan_map if item.weight is None else item.weight for item in items]
         weights = convention.apply(_to_device(weight_arrays, device).to(dtype))
     pred, target = convention.apply(pred), convention.apply(target)
-    diff = None if diff is None else convention.apply(diff, offset=False)
-    batch = PairBatch(pred, target, weights, diff=diff)
+    batch = PairBatch(pred, target, weights, diff=diff, levels=_pixel_levels(items, pred, config, device))
     _note_nan_images(batch, raw_pred, "pred")
     _note_nan_images(batch, raw_gt, "gt")
     return batch
+
+
+def _pixel_levels(
+    items: Sequence[LoadedPair], pred: torch.Tensor, config: EvalConfig, device: torch.device
+) -> PixelLevels | None:
+    """The level counts of a CPU batch of 8-bit pairs (see :mod:`lossctl.levels`), or None where
+    the values are not the stored levels (Y channel of RGB) or counting would not pay."""
+    first = items[0]
+    if (
+        device.type != "cpu"
+        or first.pred.pixels.dtype != np.uint8
+        or first.gt.pixels.dtype != np.uint8
+        or (config.convention.y_channel and first.channels == 3)
+        or pred[0].numel() < levels.MIN_VALUES
+    ):
+        return None
+    counts = levels.count_levels(
+        [item.pred.pixels for item in items],
+        [item.gt.pixels for item in items],
+        first.channels,
+        config.convention.crop_border,
+    )
+    return PixelLevels(counts, first.pred.scale, first.gt.scale)
 
 
 def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.device) -> list[PairResult]:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from . import losses as L
+    from .levels import PixelLevels
 else:
     L = lazy_import("lossctl.losses")
 
@@ -68,10 +69,12 @@ ELEMENTWISE_CHUNK_VALUES = 1 << 24  # per chunk of a batch, for element-wise met
 class PairBatch(_Noted):
     """A batch of same-shaped image pairs on the compute device, with shared intermediates.
 
-    ``pred``, ``target``: ``(N, C, H, W)`` in [0, 1]; ``diff``, when given, their difference computed
-    before scaling (see the engine). ``weights``: ``(N, 1, H, W)`` weight maps for
-    ``weighted_tv`` (NaN for pairs without one) or ``None`` for edge-aware weights from the target.
-    Metrics record why a value is NaN with :meth:`note`.
+    ``pred``, ``target``: ``(N, C, H, W)`` in [0, 1]; ``diff``, when given (or a function making it
+    on first use), their difference computed before scaling (see the engine). ``weights``:
+    ``(N, 1, H, W)`` weight maps for ``weighted_tv`` (NaN for pairs without one) or ``None`` for
+    edge-aware weights from the target. ``levels``: the level counts of 8-bit pairs (see
+    :mod:`lossctl.levels`) when the engine made them; element-wise metrics then read them instead
+    of every value. Metrics record why a value is NaN with :meth:`note`.
     """
 
     def __init__(
@@ -79,9 +82,10 @@ class PairBatch(_Noted):
         pred: torch.Tensor,
         target: torch.Tensor,
         weights: torch.Tensor | None = None,
-        diff: torch.Tensor | None = None,
+        diff: torch.Tensor | Callable[[], torch.Tensor] | None = None,
+        levels: PixelLevels | None = None,
     ):
-        self.pred, self.target, self.weights = pred, target, weights
+        self.pred, self.target, self.weights, self.levels = pred, target, weights, levels
         self._diff = diff
         self._ssim_components: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         super().__init__(pred.shape[0])
@@ -91,32 +95,38 @@ class PairBatch(_Noted):
         """``pred - target``; the engine passes it in when it can compute it more exactly."""
         if self._diff is None:
             self._diff = self.pred - self.target
+        elif callable(self._diff):
+            self._diff = self._diff()
         return self._diff
 
     @cached_property
     def mse(self) -> torch.Tensor:
-        return self.image_mean_of(L.squared_error, self.diff)
+        return self.image_mean_of(L.squared_error, "diff")
 
-    @staticmethod
-    def image_mean_of(kernel: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-        """Per-image mean of the element-wise ``kernel(*inputs)``.
+    def image_mean_of(self, kernel: Callable[..., torch.Tensor], *inputs: str) -> torch.Tensor:
+        """Per-image mean of the element-wise ``kernel(*inputs)`` over all ``C*H*W`` values, each
+        input named ``'pred'``, ``'target'`` or ``'diff'``; in the batch's dtype."""
+        count = self.pred[0].numel()
+        return (self.image_sum_of(kernel, *inputs) / count).to(self.pred.dtype)
 
-        Images of more than ``ELEMENTWISE_CHUNK_VALUES`` values are taken in chunks whose sums are
-        added in float64, so that a huge image needs the kernel's temporaries of one chunk, not of
-        the image; smaller ones are one chunk, exactly ``kernel(*inputs).mean()``.
+    def image_sum_of(self, kernel: Callable[..., torch.Tensor], *inputs: str) -> torch.Tensor:
+        """Per-image sum of the element-wise ``kernel(*inputs)`` (see :meth:`image_mean_of`), in float64.
+
+        From the level counts when there are some; otherwise over every value, images of more than
+        ``ELEMENTWISE_CHUNK_VALUES`` values in chunks (so that a huge image needs the kernel's
+        temporaries of one chunk, not of the image).
         """
         import torch
 
-        flat = [values.flatten(1) for values in inputs]
+        if self.levels is not None:
+            return self.levels.image_sums(kernel, inputs, self.pred.dtype)
+        flat = [getattr(self, name).flatten(1) for name in inputs]
         count = flat[0].shape[1]
         chunk = max(1, ELEMENTWISE_CHUNK_VALUES // flat[0].shape[0])
-        if count <= chunk:
-            return kernel(*flat).mean(dim=1)
-        total = sum(
+        return sum(
             kernel(*(values[:, start : start + chunk] for values in flat)).sum(dim=1, dtype=torch.float64)
             for start in range(0, count, chunk)
         )
-        return (total / count).to(flat[0].dtype)
 
     def ssim_components(self, p: Mapping[str, ParamValue]) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`lossctl.losses.ssim_components` at full scale, computed once for ssim and ms_ssim."""
@@ -221,13 +231,37 @@ def _ms_ssim(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     )
 
 
+def _outside_unit_interval(x: torch.Tensor) -> torch.Tensor:
+    return ~((x >= 0) & (x <= 1))  # NaN too
+
+
 def _bce(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
-    flat = batch.pred.flatten(1)
-    out_of_range = ~((flat >= 0) & (flat <= 1)).all(dim=1)
+    out_of_range = batch.image_sum_of(_outside_unit_interval, "pred") > 0
     batch.note(out_of_range.tolist(), "bce: prediction outside [0, 1]")
-    return _nan_where(
-        batch.image_mean_of(L.binary_cross_entropy_error, batch.pred, batch.target), out_of_range
-    )
+    return _nan_where(batch.image_mean_of(L.binary_cross_entropy_error, "pred", "target"), out_of_range)
+
+
+def _product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return x * y
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _dice(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
+    """:func:`lossctl.losses.dice_coefficient` from per-image sums."""
+    intersection = batch.image_sum_of(_product, "pred", "target")
+    total = batch.image_sum_of(_identity, "pred") + batch.image_sum_of(_identity, "target")
+    return L.dice_from_sums(intersection, total).to(batch.pred.dtype)
+
+
+def _iou(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
+    """:func:`lossctl.losses.binary_iou` from per-image counts."""
+    threshold = p["threshold"]
+    intersection = batch.image_sum_of(lambda x, y: L.iou_overlap(x, y, threshold)[0], "pred", "target")
+    union = batch.image_sum_of(lambda x, y: L.iou_overlap(x, y, threshold)[1], "pred", "target")
+    return L.iou_from_counts(intersection, union).to(batch.pred.dtype)
 
 
 def _weighted_tv(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
@@ -286,7 +320,7 @@ SSIM_WINDOW = (
 METRICS: dict[str, Metric] = {
     metric.name: metric
     for metric in (
-        Metric("l1", "lower", "mean |p - g| (MAE)", lambda b, p: b.image_mean_of(L.absolute_error, b.diff)),
+        Metric("l1", "lower", "mean |p - g| (MAE)", lambda b, p: b.image_mean_of(L.absolute_error, "diff")),
         Metric("mse", "lower", "mean (p - g)^2 (the L2 loss of torch.nn.MSELoss)", lambda b, p: b.mse),
         Metric("rmse", "lower", "sqrt(mse)", lambda b, p: L.rmse_from_mse(b.mse)),
         Metric(
@@ -316,34 +350,34 @@ METRICS: dict[str, Metric] = {
             "charbonnier",
             "lower",
             "mean sqrt((p - g)^2 + eps^2)",
-            lambda b, p: b.image_mean_of(lambda d: L.charbonnier_error(d, p["eps"]), b.diff),
+            lambda b, p: b.image_mean_of(lambda d: L.charbonnier_error(d, p["eps"]), "diff"),
             (Param("eps", 1e-3, ">= 0", _non_negative),),
         ),
         Metric(
             "smooth_l1",
             "lower",
             "torch.nn.functional.smooth_l1_loss",
-            lambda b, p: b.image_mean_of(lambda d: L.smooth_l1_error(d, p["beta"]), b.diff),
+            lambda b, p: b.image_mean_of(lambda d: L.smooth_l1_error(d, p["beta"]), "diff"),
             (Param("beta", 1.0, ">= 0", _non_negative),),
         ),
         Metric(
             "huber",
             "lower",
             "torch.nn.functional.huber_loss",
-            lambda b, p: b.image_mean_of(lambda d: L.huber_error(d, p["delta"]), b.diff),
+            lambda b, p: b.image_mean_of(lambda d: L.huber_error(d, p["delta"]), "diff"),
             (Param("delta", 1.0, "> 0", _positive),),
         ),
         Metric(
             "log_cosh",
             "lower",
             "mean log(cosh(p - g))",
-            lambda b, p: b.image_mean_of(L.log_cosh_error, b.diff),
+            lambda b, p: b.image_mean_of(L.log_cosh_error, "diff"),
         ),
         Metric(
             "quantile",
             "lower",
             "pinball loss, mean max(q (g - p), (q - 1)(g - p))",
-            lambda b, p: b.image_mean_of(lambda d: L.quantile_error(d, p["q"]), b.diff),
+            lambda b, p: b.image_mean_of(lambda d: L.quantile_error(d, p["q"]), "diff"),
             (Param("q", 0.5, "in [0, 1]", lambda v: 0 <= v <= 1),),
         ),
         Metric(
@@ -353,14 +387,14 @@ METRICS: dict[str, Metric] = {
             "dice",
             "higher",
             "soft Dice 2 sum(p g) / (sum(p) + sum(g)); 1 when both are empty; segmentation: mean over classes",
-            lambda b, p: L.dice_coefficient(b.pred, b.target, reduction="none"),
+            _dice,
             segmentation=_segmentation_dice,
         ),
         Metric(
             "iou",
             "higher",
             "intersection over union of p >= threshold and g >= 0.5; segmentation: mean over classes of argmax",
-            lambda b, p: L.binary_iou(b.pred, b.target, p["threshold"], reduction="none"),
+            _iou,
             (Param("threshold", 0.5, "in [0, 1]", lambda v: 0 <= v <= 1),),
             segmentation=_segmentation_iou,
         ),

@@ -15,6 +15,8 @@ from .classification import (
     dice_coefficient,
     dice_from_sums,
     dice_loss,
+    iou_from_counts,
+    iou_overlap,
     multiclass_dice,
     one_hot_labels,
 )
@@ -107,6 +109,8 @@ __all__ = [
     "huber_error",
     "huber_loss",
     "image_gradients",
+    "iou_from_counts",
+    "iou_overlap",
     "l1_loss",
     "log_cosh_error",
     "log_cosh_loss",

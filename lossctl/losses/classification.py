@@ -170,10 +170,22 @@ def binary_iou(
     score 1.0, as Dice does. Not differentiable (it thresholds). ``reduction='none'`` gives ``(N,)``.
     """
     pred, target = check_pair(pred, target, image=True)
+    both, either = iou_overlap(pred, target, threshold)
+    intersection = per_image_sum(both.to(pred.dtype))
+    return reduce(iou_from_counts(intersection, per_image_sum(either.to(pred.dtype))), reduction)
+
+
+def iou_overlap(
+    pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise ``(P & G, P | G)`` for ``P = pred >= threshold`` and ``G = target >= 0.5``."""
     predicted, truth = pred >= threshold, target >= 0.5
-    intersection = per_image_sum((predicted & truth).to(pred.dtype))
-    union = per_image_sum((predicted | truth).to(pred.dtype))
-    return reduce(safe_divide(intersection, union, if_zero=1.0), reduction)
+    return predicted & truth, predicted | truth
+
+
+def iou_from_counts(intersection: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """``intersection / union``, and 1.0 where the union is empty (two empty masks)."""
+    return safe_divide(intersection, union, if_zero=1.0)
 
 
 def class_overlaps(

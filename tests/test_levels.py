@@ -1,0 +1,110 @@
+"""Element-wise metrics of 8-bit pairs read from level counts equal the per-value computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lossctl.levels
+from lossctl.conventions import Convention
+from lossctl.engine import EvalConfig, evaluate
+from lossctl.io import pair_folders
+from lossctl.levels import count_levels
+from lossctl.metrics import parse_metric_names, resolve_params
+
+from .conftest import noisy, random_rgb, save_image
+
+ELEMENTWISE = "l1,mse,rmse,psnr,charbonnier,smooth_l1,huber,log_cosh,quantile,bce,dice,iou"
+PARAMS = [
+    "charbonnier.eps=1e-2",
+    "quantile.q=0.3",
+    "iou.threshold=0.3",
+    "huber.delta=0.05",
+    "smooth_l1.beta=0.02",
+]
+
+
+def run(pred, gt, **options):
+    names = parse_metric_names(ELEMENTWISE)
+    config = EvalConfig(metrics=names, params=resolve_params(names, PARAMS), **options)
+    return {result.pair.name: result for result in evaluate(pair_folders(pred, gt).pairs, config)}
+
+
+@pytest.fixture
+def odd_pairs(folders, rng):
+    """8-bit pairs of every kind the level counts must handle."""
+    pred, gt = folders
+    clean = random_rgb(rng, 30, 34)
+    save_image(gt / "rgb.png", clean)
+    save_image(pred / "rgb.png", noisy(rng, clean))
+    save_image(gt / "extremes.png", np.where(clean > 127, 255, 0).astype(np.uint8))  # BCE's clamped logs
+    save_image(pred / "extremes.png", np.where(noisy(rng, clean) > 100, 255, 0).astype(np.uint8))
+    save_image(gt / "identical.png", clean)
+    save_image(pred / "identical.png", clean)
+    gray = rng.integers(0, 256, (30, 34), dtype=np.uint8)
+    save_image(gt / "gray_vs_rgb.png", np.dstack([gray, noisy(rng, gray), gray]))
+    save_image(pred / "gray_vs_rgb.png", gray)
+    save_image(gt / "one_bit.png", gray)
+    save_image(pred / "one_bit.png", gray > 128, mode="1")  # scaled by 1 against a gt scaled by 255
+    return pred, gt
+
+
+@pytest.mark.parametrize("precision, rel", [("float32", 2e-6), ("float64", 1e-12)])
+@pytest.mark.parametrize("crop", [0, 3])
+def test_level_counts_give_the_per_value_results(odd_pairs, monkeypatch, precision, rel, crop):
+    counted = spy_on_counting(monkeypatch)
+    convention = Convention(crop_border=crop)
+    monkeypatch.setattr(lossctl.levels, "MIN_VALUES", 1)
+    from_levels = run(*odd_pairs, precision=precision, convention=convention)
+    assert sum(counted.values()) == 5  # every pair was read from its counts
+    monkeypatch.setattr(lossctl.levels, "MIN_VALUES", 1 << 40)
+    per_value = run(*odd_pairs, precision=precision, convention=convention)
+    assert sum(counted.values()) == 5
+    for name, result in per_value.items():
+        assert result.status == from_levels[name].status == "ok"
+        for metric, value in result.values.items():
+            assert from_levels[name].values[metric] == pytest.approx(value, rel=rel, abs=1e-12), (
+                name,
+                metric,
+            )
+    assert from_levels["identical"].values["psnr"] == float("inf")
+
+
+def test_y_channel_of_rgb_is_not_read_from_levels(odd_pairs, monkeypatch):
+    counted = spy_on_counting(monkeypatch)
+    monkeypatch.setattr(lossctl.levels, "MIN_VALUES", 1)
+    results = run(*odd_pairs, convention=Convention(y_channel=True))
+    assert {result.status for result in results.values()} == {"ok"}
+    assert counted == {1: 1}  # the one-bit grayscale pair only: Y of grayscale is the gray itself
+
+
+def spy_on_counting(monkeypatch) -> dict[int, int]:
+    """Pairs counted by lossctl.levels.count_levels, by channel count."""
+    counted: dict[int, int] = {}
+    real = lossctl.levels.count_levels
+
+    def count_levels(preds, gts, channels, crop_border):
+        counted[channels] = counted.get(channels, 0) + len(preds)
+        return real(preds, gts, channels, crop_border)
+
+    monkeypatch.setattr(lossctl.levels, "count_levels", count_levels)
+    return counted
+
+
+def test_counts_stay_whole_numbers_beyond_float32(rng):
+    side = 4097  # 4097^2 = 16,785,409 values in one bin: float32 cannot hold that count
+    black = np.zeros((side, side, 1), dtype=np.uint8)
+    counts = count_levels([black], [black], channels=1, crop_border=0)
+    assert counts.dtype == torch.float64 and counts[0, 0, 0].item() == side * side
+    assert counts.sum().item() == side * side
+
+
+def test_counts_of_a_cropped_gray_side_repeated_to_rgb(rng):
+    gray = rng.integers(0, 256, (12, 10, 1), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    counts = count_levels([gray], [rgb], channels=3, crop_border=2)
+    expected = np.zeros((256, 256))
+    pred, gt = np.repeat(gray, 3, axis=2)[2:-2, 2:-2], rgb[2:-2, 2:-2]
+    np.add.at(expected, (pred.ravel(), gt.ravel()), 1)
+    np.testing.assert_array_equal(counts[0].numpy(), expected)
