@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     device = engine.resolve_device(args.device)
+    if device.type == "cpu":
+        engine.keep_freed_memory_for_reuse()  # as `lossctl eval` does
     names = [name for name, metric in METRICS.items() if metric.compute is not None]
     params = resolve_params(names, [])
     with tempfile.TemporaryDirectory() as folder:

@@ -342,6 +342,27 @@ def cpu_blocks(
         start = stop
 
 
+def keep_freed_memory_for_reuse() -> None:
+    """Make glibc's malloc keep freed blocks of up to 64 MiB for reuse (process-wide; a no-op
+    without glibc).
+
+    By default it maps each block over 128 KiB afresh from the kernel and unmaps it when freed
+    (raising that threshold only slowly), so every temporary of a metric on a CPU block paid page
+    faults and zeroing: the whole default metric set ran 15-20% slower on 512x512 pairs. Peak
+    memory grows by the blocks kept (about 8% here).
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 64 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
+
+
 @contextmanager
 def _one_thread_per_operation() -> Iterator[None]:
     """torch and OpenCV each run an operation on one thread while the engine computes blocks in
