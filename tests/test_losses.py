@@ -372,6 +372,17 @@ def test_ssim_without_gradient_uses_opencv_filtering_with_the_same_values(dtype,
         torch.testing.assert_close(fast, differentiable.detach(), rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("height, width", [(8, 10), (7, 10), (8, 9), (7, 9), (1, 1)])
+def test_ms_ssim_halving_is_avg_pool2d_with_its_padding_bit_for_bit(dtype, height, width):
+    import importlib
+
+    halve = importlib.import_module("lossctl.losses.ssim")._halve
+    images = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    expected = F.avg_pool2d(images, kernel_size=2, padding=[height % 2, width % 2])
+    torch.testing.assert_close(halve(images), expected, rtol=0, atol=0)
+
+
 def test_ms_ssim_reuses_precomputed_first_scale_components():
     pred, target = pair(seed=22, shape=(1, 3, 170, 170))
     components = L.ssim_components(pred, target)
