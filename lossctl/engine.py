@@ -177,8 +177,9 @@ def pair_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.de
 def _pixel_levels(
     items: Sequence[LoadedPair], pred: torch.Tensor, config: EvalConfig, device: torch.device
 ) -> PixelLevels | None:
-    """The level counts of a CPU batch of 8-bit pairs (see :mod:`lossctl.levels`), or None where
-    the values are not the stored levels (Y channel of RGB) or counting would not pay."""
+    """A CPU batch of 8-bit pairs as their stored levels and level counts (see
+    :mod:`lossctl.levels`), or None where the values are not the stored levels (Y channel of RGB) or
+    counting would not pay."""
     first = items[0]
     if (
         device.type != "cpu"
@@ -188,13 +189,10 @@ def _pixel_levels(
         or pred[0].numel() < levels.MIN_VALUES
     ):
         return None
-    counts = levels.count_levels(
-        [item.pred.pixels for item in items],
-        [item.gt.pixels for item in items],
-        first.channels,
-        config.convention.crop_border,
-    )
-    return PixelLevels(counts, first.pred.scale, first.gt.scale)
+    crop = config.convention.crop_border
+    preds = [levels.compared_levels(item.pred.pixels, first.channels, crop) for item in items]
+    gts = [levels.compared_levels(item.gt.pixels, first.channels, crop) for item in items]
+    return PixelLevels(preds, gts, levels.count_levels(preds, gts), first.pred.scale, first.gt.scale)
 
 
 def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.device) -> list[PairResult]:

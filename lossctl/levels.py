@@ -1,23 +1,32 @@
-"""Element-wise metrics of 8-bit pairs from how often each pair of pixel levels occurs.
+"""Metrics of 8-bit pairs computed from their stored integer levels instead of float values.
 
-In a pair of 8-bit images every element-wise error (L1, MSE, Charbonnier, BCE, ...) depends only on
-the two stored levels ``a`` (pred) and ``b`` (gt) of a value, so an image's sum of ``f(p, g)`` is
-``sum_ab counts[a, b] f(a / scale_p, b / scale_g)``: one pass over the bytes to count (OpenCV's
-``calcHist``) and a 256 x 256 table per metric, instead of a float pass over every value per metric
-and per temporary. The kernels are the library's own, evaluated on exactly the floats the per-value
-path would give them (``a / scale`` in the compute precision, differences of the stored integers
-for ``diff``), and the products are summed in float64, so the result is the per-value mean up to
-the order of summation. On a 2-core CPU this makes the ten element-wise metrics of a 512x512 RGB
-pair about 20x cheaper (see bench/RESULTS.md).
+Element-wise metrics: in a pair of 8-bit images every element-wise error (L1, MSE, Charbonnier,
+BCE, ...) depends only on the two stored levels ``a`` (pred) and ``b`` (gt) of a value, so an
+image's sum of ``f(p, g)`` is ``sum_ab counts[a, b] f(a / scale_p, b / scale_g)``: one pass over the
+bytes to count (OpenCV's ``calcHist``) and a 256 x 256 table per metric, instead of a float pass over
+every value per metric and per temporary. The kernels are the library's own, evaluated on exactly
+the floats the per-value path would give them (``a / scale`` in the compute precision, differences
+of the stored integers for ``diff``), and the products are summed in float64, so the result is the
+per-value mean up to the order of summation. On a 2-core CPU this makes the ten element-wise
+metrics of a 512x512 RGB pair about 20x cheaper (see bench/RESULTS.md).
+
+Total variation and edge-aware weighted TV: the absolute differences of neighbouring 8-bit levels
+are exact small integers (OpenCV's saturating ``absdiff`` on the bytes), and so are their sums over
+channels; the weights ``exp(-G / (C scale))`` of the edge-aware form depend only on such an integer
+sum ``G`` and come from a float64 table. Sums are taken in float64, so both equal their float64
+definition (:func:`lossctl.losses.tv_loss`, :func:`lossctl.losses.edge_aware_tv_loss`) up to the
+order of summation, at a twentieth of the float passes' time.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 if TYPE_CHECKING:
@@ -32,10 +41,16 @@ EXACT_COUNT = 1 << 24  # float32 counts are whole numbers up to here
 
 @dataclass(frozen=True)
 class PixelLevels:
-    """Per image, how many of its values have each pair of 8-bit levels: ``counts[n, a, b]`` values
-    with level ``a`` in the prediction and ``b`` in the ground truth (float64 ``(N, 256, 256)``).
-    ``pred_scale``, ``gt_scale``: the divisors to [0, 1] (255 for 8 bits, 1 for 1 bit)."""
+    """A batch of 8-bit pairs as their stored levels.
 
+    ``preds``, ``gts``: each image's ``(H, W, C)`` uint8 levels as the metrics compare them (see
+    :func:`compared_levels`). ``counts``: per image, how many of its values have each pair of levels,
+    ``counts[n, a, b]`` values with level ``a`` in the prediction and ``b`` in the ground truth
+    (float64 ``(N, 256, 256)``, see :func:`count_levels`). ``pred_scale``, ``gt_scale``: the divisors
+    to [0, 1] (255 for 8 bits, 1 for 1 bit)."""
+
+    preds: Sequence[np.ndarray]
+    gts: Sequence[np.ndarray]
     counts: torch.Tensor
     pred_scale: float
     gt_scale: float
@@ -81,6 +96,43 @@ class PixelLevels:
         """``(256, 256)`` bool: the level pairs some value of the batch has."""
         return self.counts.sum(dim=0) > 0
 
+    def total_variation(self) -> torch.Tensor:
+        """``(N,)`` float64: :func:`lossctl.losses.tv_loss` (anisotropic) of each prediction,
+        ``(sum |dy| + sum |dx|) / (C H W)``, from the integer differences of its levels."""
+        import torch
+
+        totals = []
+        for pred in self.preds:
+            total = sum(math.fsum(cv2.sumElems(difference)) for difference in _abs_differences(pred))
+            totals.append(total / self.pred_scale / pred.size)
+        return torch.tensor(totals, dtype=torch.float64)
+
+    def edge_aware_tv(self) -> torch.Tensor:
+        """``(N,)`` float64: :func:`lossctl.losses.edge_aware_tv_loss` of each pair: for each
+        direction ``d``, ``sum(w_d |grad_d p|) / (C sum(w_d))`` with ``w_d = exp(-mean_C |grad_d g|)``,
+        summed over the two directions; from the integer differences of the levels.
+
+        Per pixel, with ``G`` and ``P`` the channel sums of ``|grad_d g|`` and ``|grad_d p|`` in
+        levels, the numerator is ``w P / scale_p`` and the weight is ``w = exp(-G / (C scale_g))``, the
+        same for every channel (hence the ``C`` below the denominator's sum)."""
+        import torch
+
+        values = []
+        for pred, gt in zip(self.preds, self.gts, strict=True):
+            channels = pred.shape[2]
+            weight_of = np.exp(-np.arange(channels * LEVELS) / (channels * self.gt_scale))
+            value = 0.0
+            for pred_difference, gt_difference in zip(
+                _abs_differences(pred), _abs_differences(gt), strict=True
+            ):
+                if pred_difference.size == 0:  # a single row or column: no differences that way
+                    continue
+                weights = weight_of.take(_channel_sum(gt_difference).astype(np.intp))
+                weighted = np.dot(weights.ravel(), _channel_sum(pred_difference).ravel().astype(np.float64))
+                value += weighted / self.pred_scale / (channels * weights.sum())
+            values.append(value)
+        return torch.tensor(values, dtype=torch.float64)
+
 
 def _level_values(scale: float, dtype: torch.dtype) -> torch.Tensor:
     """The value of every level, ``a / scale``, rounded as the engine's scaling rounds it."""
@@ -90,26 +142,44 @@ def _level_values(scale: float, dtype: torch.dtype) -> torch.Tensor:
     return values if scale == 1.0 else values / scale
 
 
-def count_levels(
-    preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], channels: int, crop_border: int
-) -> torch.Tensor:
-    """``(N, 256, 256)`` float64 counts of the level pairs of each ``(H, W, C)`` uint8 pair, with
-    ``crop_border`` pixels dropped on every side and a grayscale side repeated to ``channels``."""
-    import cv2
+def compared_levels(pixels: np.ndarray, channels: int, crop_border: int) -> np.ndarray:
+    """An ``(H, W, C)`` uint8 image as the metrics compare it: ``crop_border`` pixels dropped on
+    every side and a grayscale image repeated to ``channels`` (a view unless repeated)."""
+    if crop_border:
+        pixels = pixels[crop_border:-crop_border, crop_border:-crop_border]
+    if pixels.shape[2] != channels:
+        pixels = np.repeat(pixels, channels, axis=2)
+    return pixels
+
+
+def count_levels(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> torch.Tensor:
+    """``(N, 256, 256)`` float64 counts of the level pairs of each pair of equally shaped
+    ``(H, W, C)`` uint8 images."""
     import torch
 
     counts = np.zeros((len(preds), LEVELS, LEVELS))
     for index, pair in enumerate(zip(preds, gts, strict=True)):
-        sides = []
-        for pixels in pair:
-            if crop_border:
-                pixels = pixels[crop_border:-crop_border, crop_border:-crop_border]
-            if pixels.shape[2] != channels:
-                pixels = np.repeat(pixels, channels, axis=2)
-            sides.append(np.ascontiguousarray(pixels).reshape(pixels.shape[0], -1))
+        sides = [np.ascontiguousarray(pixels).reshape(pixels.shape[0], -1) for pixels in pair]
         # calcHist counts in float32, exact up to 2^24 per bin: huge images are counted in bands.
         rows = max(1, EXACT_COUNT // sides[0].shape[1])
         for first in range(0, sides[0].shape[0], rows):
             band = [side[first : first + rows] for side in sides]
             counts[index] += cv2.calcHist(band, [0, 1], None, [LEVELS, LEVELS], [0, LEVELS, 0, LEVELS])
     return torch.from_numpy(counts)
+
+
+def _abs_differences(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``|p[i+1, j] - p[i, j]|`` and ``|p[i, j+1] - p[i, j]|`` of an ``(H, W, C)`` uint8 image, uint8
+    ``(H-1, W, C)`` and ``(H, W-1, C)`` (exact: absdiff of two bytes fits in a byte)."""
+    return tuple(
+        cv2.absdiff(later, earlier).reshape(later.shape) if later.size else later  # keeps C = 1
+        for later, earlier in ((pixels[1:], pixels[:-1]), (pixels[:, 1:], pixels[:, :-1]))
+    )
+
+
+def _channel_sum(levels: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float32 sums over the channels of ``(H, W, C)`` uint8 ``levels`` (whole numbers,
+    exact: at most ``C * 255``)."""
+    if levels.shape[2] == 1:
+        return levels[:, :, 0].astype(np.float32)
+    return cv2.transform(levels.astype(np.float32), np.ones((1, levels.shape[2])))

@@ -72,9 +72,9 @@ class PairBatch(_Noted):
     ``pred``, ``target``: ``(N, C, H, W)`` in [0, 1]; ``diff``, when given (or a function making it
     on first use), their difference computed before scaling (see the engine). ``weights``:
     ``(N, 1, H, W)`` weight maps for ``weighted_tv`` (NaN for pairs without one) or ``None`` for
-    edge-aware weights from the target. ``levels``: the level counts of 8-bit pairs (see
-    :mod:`lossctl.levels`) when the engine made them; element-wise metrics then read them instead
-    of every value. Metrics record why a value is NaN with :meth:`note`.
+    edge-aware weights from the target. ``levels``: 8-bit pairs as their stored levels (see
+    :mod:`lossctl.levels`) when the engine made them; element-wise metrics then read their counts
+    instead of every value, and TV their integer differences. Metrics record why a value is NaN with :meth:`note`.
     """
 
     def __init__(
@@ -264,8 +264,16 @@ def _iou(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     return L.iou_from_counts(intersection, union).to(batch.pred.dtype)
 
 
+def _tv(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
+    if batch.levels is not None:
+        return batch.levels.total_variation().to(batch.pred.dtype)
+    return L.tv_loss(batch.pred, reduction="none")
+
+
 def _weighted_tv(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     if batch.weights is None:
+        if batch.levels is not None:
+            return batch.levels.edge_aware_tv().to(batch.pred.dtype)
         return L.edge_aware_tv_loss(batch.pred, batch.target, reduction="none")
     return L.weighted_tv_loss(batch.pred, batch.weights, reduction="none")
 
@@ -416,7 +424,7 @@ METRICS: dict[str, Metric] = {
             "tv",
             "lower",
             "anisotropic total variation of p, divided by C H W",
-            lambda b, p: L.tv_loss(b.pred, reduction="none"),
+            _tv,
         ),
         Metric(
             "weighted_tv",

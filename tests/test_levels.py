@@ -1,4 +1,5 @@
-"""Element-wise metrics of 8-bit pairs read from level counts equal the per-value computation."""
+"""Metrics of 8-bit pairs read from their stored levels (level counts, integer differences) equal
+the per-value computation."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import lossctl.levels
 from lossctl.conventions import Convention
 from lossctl.engine import EvalConfig, evaluate
 from lossctl.io import pair_folders
-from lossctl.levels import count_levels
+from lossctl.levels import compared_levels, count_levels
 from lossctl.metrics import parse_metric_names, resolve_params
 
 from .conftest import noisy, random_rgb, save_image
 
-ELEMENTWISE = "l1,mse,rmse,psnr,charbonnier,smooth_l1,huber,log_cosh,quantile,bce,dice,iou"
+FROM_LEVELS = "l1,mse,rmse,psnr,charbonnier,smooth_l1,huber,log_cosh,quantile,bce,dice,iou,tv,weighted_tv"
 PARAMS = [
     "charbonnier.eps=1e-2",
     "quantile.q=0.3",
@@ -26,7 +27,7 @@ PARAMS = [
 
 
 def run(pred, gt, **options):
-    names = parse_metric_names(ELEMENTWISE)
+    names = parse_metric_names(FROM_LEVELS)
     config = EvalConfig(metrics=names, params=resolve_params(names, PARAMS), **options)
     return {result.pair.name: result for result in evaluate(pair_folders(pred, gt).pairs, config)}
 
@@ -47,6 +48,10 @@ def odd_pairs(folders, rng):
     save_image(pred / "gray_vs_rgb.png", gray)
     save_image(gt / "one_bit.png", gray)
     save_image(pred / "one_bit.png", gray > 128, mode="1")  # scaled by 1 against a gt scaled by 255
+    for name, height, width in (("one_row", 7, 40), ("one_column", 40, 7)):  # one after cropping 3:
+        thin = random_rgb(rng, height, width)  # no TV differences in that direction
+        save_image(gt / f"{name}.png", thin)
+        save_image(pred / f"{name}.png", noisy(rng, thin))
     return pred, gt
 
 
@@ -57,10 +62,10 @@ def test_level_counts_give_the_per_value_results(odd_pairs, monkeypatch, precisi
     convention = Convention(crop_border=crop)
     monkeypatch.setattr(lossctl.levels, "MIN_VALUES", 1)
     from_levels = run(*odd_pairs, precision=precision, convention=convention)
-    assert sum(counted.values()) == 5  # every pair was read from its counts
+    assert sum(counted.values()) == 7  # every pair was read from its counts
     monkeypatch.setattr(lossctl.levels, "MIN_VALUES", 1 << 40)
     per_value = run(*odd_pairs, precision=precision, convention=convention)
-    assert sum(counted.values()) == 5
+    assert sum(counted.values()) == 7
     for name, result in per_value.items():
         assert result.status == from_levels[name].status == "ok"
         for metric, value in result.values.items():
@@ -84,9 +89,10 @@ def spy_on_counting(monkeypatch) -> dict[int, int]:
     counted: dict[int, int] = {}
     real = lossctl.levels.count_levels
 
-    def count_levels(preds, gts, channels, crop_border):
+    def count_levels(preds, gts):
+        channels = preds[0].shape[2]
         counted[channels] = counted.get(channels, 0) + len(preds)
-        return real(preds, gts, channels, crop_border)
+        return real(preds, gts)
 
     monkeypatch.setattr(lossctl.levels, "count_levels", count_levels)
     return counted
@@ -95,7 +101,7 @@ def spy_on_counting(monkeypatch) -> dict[int, int]:
 def test_counts_stay_whole_numbers_beyond_float32(rng):
     side = 4097  # 4097^2 = 16,785,409 values in one bin: float32 cannot hold that count
     black = np.zeros((side, side, 1), dtype=np.uint8)
-    counts = count_levels([black], [black], channels=1, crop_border=0)
+    counts = count_levels([black], [black])
     assert counts.dtype == torch.float64 and counts[0, 0, 0].item() == side * side
     assert counts.sum().item() == side * side
 
@@ -103,7 +109,7 @@ def test_counts_stay_whole_numbers_beyond_float32(rng):
 def test_counts_of_a_cropped_gray_side_repeated_to_rgb(rng):
     gray = rng.integers(0, 256, (12, 10, 1), dtype=np.uint8)
     rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
-    counts = count_levels([gray], [rgb], channels=3, crop_border=2)
+    counts = count_levels([compared_levels(gray, 3, 2)], [compared_levels(rgb, 3, 2)])
     expected = np.zeros((256, 256))
     pred, gt = np.repeat(gray, 3, axis=2)[2:-2, 2:-2], rgb[2:-2, 2:-2]
     np.add.at(expected, (pred.ravel(), gt.ravel()), 1)
