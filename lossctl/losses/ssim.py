@@ -106,37 +106,46 @@ def _ssim_maps(
     taps: tuple[float, ...],
     k1: float,
     k2: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_luminance: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The valid-region luminance and contrast-structure maps of the ``(planes, H, W)`` ``x`` and
-    ``y``, whose product is the SSIM map. ``shift`` (``(planes, 1, 1)``) is about each plane's mean.
+    ``y``, whose product is the SSIM map (the luminance is None unless ``with_luminance``).
+    ``shift`` (``(planes, 1, 1)``) is about each plane's mean.
 
     SSIM needs only ``mu_x mu_y``, ``mu_x^2 + mu_y^2``, ``sigma_xy`` and ``sigma_x^2 + sigma_y^2``,
     and each is a sum or difference of the local means and variances of ``s = x + y`` and
     ``d = x - y``: ``4 mu_x mu_y = mu_s^2 - mu_d^2``, ``2 (mu_x^2 + mu_y^2) = mu_s^2 + mu_d^2``,
     ``4 sigma_xy = var_s - var_d`` and ``2 (sigma_x^2 + sigma_y^2) = var_s + var_d``. So four maps
-    are filtered instead of five, with fewer element-wise passes, and ``var_d`` (small where the
-    images agree) comes from the small ``d`` directly: closer to float64 in float32 than the
-    textbook order. ``s`` is centred by ``2 shift`` first, since ``var_s`` is a difference of two
-    large terms; variances do not depend on the shift.
+    are filtered instead of five, and ``var_d`` (small where the images agree) comes from the small
+    ``d`` directly: closer to float64 in float32 than the textbook order. ``s`` is centred by
+    ``2 shift`` first, since ``var_s`` is a difference of two large terms; variances do not depend on
+    the shift. The two terms are then::
+
+        contrast_structure = 1 - 2 var_d / (var_s + var_d + 2 C2)
+        luminance = 1 - 2 mu_d^2 / (mu_s^2 + mu_d^2 + 2 C1)
+
+    with ``2 C2`` added to ``s^2`` before filtering (the taps sum to 1), each step one fused pass.
     """
-    total = (x + y).sub_(2 * shift)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    total = torch.add(x, y).sub_(2 * shift)
     difference = x - y
     mean_total = _gaussian_filter_valid(total, taps)
     mean_difference = _gaussian_filter_valid(difference, taps)
-    var_total = torch.addcmul(_gaussian_filter_valid(total * total, taps), mean_total, mean_total, value=-1)
-    var_difference = torch.addcmul(
-        _gaussian_filter_valid(difference * difference, taps), mean_difference, mean_difference, value=-1
-    )
+    # var_s + 2 C2 and var_d
+    var_total = _gaussian_filter_valid(torch.addcmul(one * (2 * c2), total, total), taps)
+    var_total.addcmul_(mean_total, mean_total, value=-1)
+    var_difference = _gaussian_filter_valid(difference * difference, taps)
+    var_difference.addcmul_(mean_difference, mean_difference, value=-1)
     del total, difference
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    # (var_s - var_d + 2 c2) / (var_s + var_d + 2 c2), the numerator made from the denominator
-    denominator = (var_total + var_difference).add_(2 * c2)
-    contrast_structure = torch.sub(denominator, var_difference, alpha=2) / denominator
-    del var_total, var_difference, denominator
-    mu_total_squared = torch.add(mean_total, shift, alpha=2).square_()
+    contrast_structure = torch.addcdiv(one, var_difference, var_total.add_(var_difference), value=-2)
+    del var_total, var_difference
+    if not with_luminance:
+        return None, contrast_structure
     mean_difference_squared = mean_difference.square()
-    denominator = (mu_total_squared + mean_difference_squared).add_(2 * c1)
-    luminance = torch.sub(denominator, mean_difference_squared, alpha=2) / denominator
+    uncentred_total = mean_total + 2 * shift
+    denominator = torch.addcmul(mean_difference_squared, uncentred_total, uncentred_total).add_(2 * c1)
+    luminance = torch.addcdiv(one, mean_difference_squared, denominator, value=-2)
     return luminance, contrast_structure
 
 
@@ -148,7 +157,7 @@ def _ssim_and_contrast_structure_maps(
     batch, channels, height, width = pred.shape
     x, y = pred.reshape(-1, height, width), target.reshape(-1, height, width)
     luminance, contrast_structure = _ssim_maps(x, y, _plane_shift(pred, target), data_range, taps, k1, k2)
-    size = luminance.shape[-2:]
+    size = contrast_structure.shape[-2:]
     full = luminance * contrast_structure
     return full.reshape(batch, channels, *size), contrast_structure.reshape(batch, channels, *size)
 
@@ -159,9 +168,16 @@ def _plane_shift(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _ssim_and_contrast_structure(
-    pred: torch.Tensor, target: torch.Tensor, data_range: float, taps: tuple[float, ...], k1: float, k2: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Means over the valid region of the SSIM map and of its contrast-structure term, ``(N, C)`` each.
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float,
+    taps: tuple[float, ...],
+    k1: float,
+    k2: float,
+    with_ssim: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Means over the valid region of the SSIM map (None unless ``with_ssim``) and of its
+    contrast-structure term, ``(N, C)`` each.
 
     Every map value depends only on a window of its plane, so the maps are made in blocks of planes
     or of rows (see :func:`_blocks`) and their sums added: the same numbers up to summation order,
@@ -172,26 +188,20 @@ def _ssim_and_contrast_structure(
     shift = _plane_shift(pred, target)
     x, y = pred.reshape(-1, height, width), target.reshape(-1, height, width)
     block_values = CPU_BLOCK_VALUES if pred.device.type == "cpu" else GPU_BLOCK_VALUES
-    full_parts: list[torch.Tensor] = []
-    cs_parts: list[torch.Tensor] = []
+    cs_sums = x.new_zeros(x.shape[0])
+    full_sums = x.new_zeros(x.shape[0]) if with_ssim else None
     for planes, first, end in _blocks(x.shape[0], height, width, window, block_values):
         rows = slice(first, end + window - 1)
         luminance, contrast_structure = _ssim_maps(
-            x[planes, rows], y[planes, rows], shift[planes], data_range, taps, k1, k2
+            x[planes, rows], y[planes, rows], shift[planes], data_range, taps, k1, k2, with_ssim
         )
-        luminance, contrast_structure = luminance.flatten(1), contrast_structure.flatten(1)
         # Not a BLAS dot product: its float32 sums drift by 1e-5 on a 256x256 plane; torch.sum's don't.
-        full_sum = (luminance * contrast_structure).sum(dim=1)
-        cs_sum = contrast_structure.sum(dim=1)
-        if first > 0:  # another band of the plane just summed
-            full_sum, cs_sum = full_sum + full_parts.pop(), cs_sum + cs_parts.pop()
-        full_parts.append(full_sum)
-        cs_parts.append(cs_sum)
+        cs_sums[planes] += contrast_structure.flatten(1).sum(dim=1)
+        if full_sums is not None:
+            full_sums[planes] += (luminance * contrast_structure).flatten(1).sum(dim=1)
     count = (height - window + 1) * (width - window + 1)
-    return (
-        (torch.cat(full_parts) / count).reshape(batch, channels),
-        (torch.cat(cs_parts) / count).reshape(batch, channels),
-    )
+    full = None if full_sums is None else (full_sums / count).reshape(batch, channels)
+    return full, (cs_sums / count).reshape(batch, channels)
 
 
 def _check_size(pred: torch.Tensor, smallest: int, what: str) -> None:
@@ -370,7 +380,10 @@ def ms_ssim(
         if scale == 0 and first_scale is not None:
             full, contrast_structure = first_scale
         else:
-            full, contrast_structure = _ssim_and_contrast_structure(pred, target, data_range, taps, k1, k2)
+            last = scale == len(weights) - 1  # only its full SSIM is used; the others' contrast-structure
+            full, contrast_structure = _ssim_and_contrast_structure(
+                pred, target, data_range, taps, k1, k2, with_ssim=last
+            )
         if scale < len(weights) - 1:
             factors.append(F.relu(contrast_structure))
             pred, target = _halve(pred), _halve(target)
