@@ -128,7 +128,8 @@ class PixelLevels:
                 if pred_difference.size == 0:  # a single row or column: no differences that way
                     continue
                 weights = weight_of.take(_channel_sum(gt_difference).astype(np.intp))
-                weighted = np.dot(weights.ravel(), _channel_sum(pred_difference).ravel().astype(np.float64))
+                # Not np.dot: NumPy's BLAS would start threads of its own in every compute thread.
+                weighted = np.einsum("ij,ij->", weights, _channel_sum(pred_difference))
                 value += weighted / self.pred_scale / (channels * weights.sum())
             values.append(value)
         return torch.tensor(values, dtype=torch.float64)
