@@ -66,6 +66,11 @@ class PixelLevels:
             differences = torch.arange(1 - LEVELS, LEVELS, dtype=torch.int32).to(dtype) / self.pred_scale
             table = kernel(differences).to(torch.float64)
             return self.diff_counts @ torch.where(self.diff_counts.sum(dim=0) > 0, table, 0.0)
+        if tuple(inputs) in (("pred",), ("target",)):
+            side = 0 if inputs[0] == "pred" else 1
+            counts = self.side_counts[side]
+            table = kernel(_level_values((self.pred_scale, self.gt_scale)[side], dtype)).to(torch.float64)
+            return counts @ torch.where(counts.sum(dim=0) > 0, table, 0.0)
         grid = {
             "pred": _level_values(self.pred_scale, dtype).view(-1, 1),
             "target": _level_values(self.gt_scale, dtype).view(1, -1),
@@ -90,6 +95,12 @@ class PixelLevels:
         difference = (levels.view(-1, 1) - levels.view(1, -1) + LEVELS - 1).reshape(-1)
         flat = self.counts.reshape(self.counts.shape[0], -1)
         return flat.new_zeros(flat.shape[0], 2 * LEVELS - 1).index_add_(1, difference, flat)
+
+    @cached_property
+    def side_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, 256)`` each: per image, how many prediction values, and how many ground-truth
+        values, have each level."""
+        return self.counts.sum(dim=2), self.counts.sum(dim=1)
 
     @cached_property
     def present(self) -> torch.Tensor:
