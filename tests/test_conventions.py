@@ -204,6 +204,27 @@ def test_ms_ssim_matches_pytorch_msssim_on_random_images(shape):
     )
 
 
+@pytest.mark.parametrize("name", ["ssim", "ms_ssim"])
+def test_ssim_gradients_are_right(name):
+    """Autograd through lossctl's fused, partly in-place SSIM steps: along a random direction it
+    equals a central finite difference, and it is pytorch-msssim's gradient up to that library's
+    float32 Gaussian window (a 2e-7 difference for SSIM, 1e-5 for MS-SSIM, relative)."""
+    generator = torch.Generator().manual_seed(4)
+    target = torch.rand(2, 3, 170, 181, generator=generator, dtype=torch.float64)
+    start = (target + 0.1 * torch.randn(target.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    direction = torch.randn(target.shape, generator=generator, dtype=torch.float64)
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    function = getattr(L, name)
+    function(ours, target).backward()
+    getattr(pytorch_msssim, name)(theirs, target, data_range=1).backward()
+    step = 1e-6
+    finite_difference = (
+        function(start + step * direction, target) - function(start - step * direction, target)
+    ) / (2 * step)
+    assert (ours.grad * direction).sum().item() == pytest.approx(finite_difference.item(), rel=1e-6)
+    assert ((ours.grad - theirs.grad).norm() / theirs.grad.norm()).item() < 5e-5
+
+
 def test_ms_ssim_of_the_samples_matches_pytorch_msssim():
     rows = csv_rows(SAMPLE_PRED, SAMPLE_GT, "-m", "ms_ssim")
     for name in RGB_SAMPLES:
