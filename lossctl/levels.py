@@ -21,7 +21,7 @@ order of summation, at a twentieth of the float passes' time.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -114,7 +114,9 @@ class PixelLevels:
 
         totals = []
         for pred in self.preds:
-            total = sum(math.fsum(cv2.sumElems(difference)) for difference in _abs_differences(pred))
+            total = math.fsum(
+                math.fsum(cv2.sumElems(difference)) for band in _abs_differences(pred) for difference in band
+            )
             totals.append(total / self.pred_scale / pred.size)
         return torch.tensor(totals, dtype=torch.float64)
 
@@ -132,17 +134,24 @@ class PixelLevels:
         for pred, gt in zip(self.preds, self.gts, strict=True):
             channels = pred.shape[2]
             weight_of = np.exp(-np.arange(channels * LEVELS) / (channels * self.gt_scale))
-            value = 0.0
-            for pred_difference, gt_difference in zip(
-                _abs_differences(pred), _abs_differences(gt), strict=True
-            ):
-                if pred_difference.size == 0:  # a single row or column: no differences that way
-                    continue
-                weights = weight_of.take(_channel_sum(gt_difference).astype(np.intp))
-                # Not np.dot: NumPy's BLAS would start threads of its own in every compute thread.
-                weighted = np.einsum("ij,ij->", weights, _channel_sum(pred_difference))
-                value += weighted / self.pred_scale / (channels * weights.sum())
-            values.append(value)
+            weighted, total_weight = [0.0, 0.0], [0.0, 0.0]  # per direction: vertical, horizontal
+            for pred_band, gt_band in zip(_abs_differences(pred), _abs_differences(gt), strict=True):
+                for direction, (pred_difference, gt_difference) in enumerate(
+                    zip(pred_band, gt_band, strict=True)
+                ):
+                    if pred_difference.size == 0:  # a single row or column: no differences that way
+                        continue
+                    weights = weight_of.take(_channel_sum(gt_difference).astype(np.intp))
+                    # Not np.dot: NumPy's BLAS would start threads of its own in every compute thread.
+                    weighted[direction] += np.einsum("ij,ij->", weights, _channel_sum(pred_difference))
+                    total_weight[direction] += weights.sum()
+            values.append(
+                sum(
+                    part / self.pred_scale / (channels * weight)
+                    for part, weight in zip(weighted, total_weight, strict=True)
+                    if weight > 0
+                )
+            )
         return torch.tensor(values, dtype=torch.float64)
 
 
@@ -180,13 +189,25 @@ def count_levels(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> torc
     return torch.from_numpy(counts)
 
 
-def _abs_differences(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+# Images of more values than this are differenced in bands of rows, so that the differences, their
+# channel sums and the weights need a band's memory rather than the image's (a 12000 x 12000 RGB
+# pair would otherwise need about 5 GB of temporaries).
+BAND_VALUES = 1 << 24
+
+
+def _abs_differences(pixels: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``|p[i+1, j] - p[i, j]|`` and ``|p[i, j+1] - p[i, j]|`` of an ``(H, W, C)`` uint8 image, uint8
-    ``(H-1, W, C)`` and ``(H, W-1, C)`` (exact: absdiff of two bytes fits in a byte)."""
-    return tuple(
-        cv2.absdiff(later, earlier).reshape(later.shape) if later.size else later  # keeps C = 1
-        for later, earlier in ((pixels[1:], pixels[:-1]), (pixels[:, 1:], pixels[:, :-1]))
-    )
+    (exact: the absolute difference of two bytes fits in a byte), in bands of rows: over all bands,
+    each difference exactly once. One band unless the image has more than ``BAND_VALUES`` values."""
+    height, width, channels = pixels.shape
+    rows = max(1, BAND_VALUES // max(1, width * channels))
+    for first in range(0, height, rows):
+        end = min(first + rows, height)
+        band = pixels[first : min(end + 1, height)]  # one row more, for the vertical differences
+        yield tuple(
+            cv2.absdiff(later, earlier).reshape(later.shape) if later.size else later  # keeps C = 1
+            for later, earlier in ((band[1:], band[:-1]), (band[: end - first, 1:], band[: end - first, :-1]))
+        )
 
 
 def _channel_sum(levels: np.ndarray) -> np.ndarray:

@@ -57,10 +57,12 @@ def odd_pairs(folders, rng):
 
 @pytest.mark.parametrize("precision, rel", [("float32", 2e-6), ("float64", 1e-12)])
 @pytest.mark.parametrize("crop", [0, 3])
-def test_level_counts_give_the_per_value_results(odd_pairs, monkeypatch, precision, rel, crop):
+@pytest.mark.parametrize("band_values", [lossctl.levels.BAND_VALUES, 50])  # 50: TV one row at a time
+def test_level_counts_give_the_per_value_results(odd_pairs, monkeypatch, precision, rel, crop, band_values):
     counted = spy_on_counting(monkeypatch)
     convention = Convention(crop_border=crop)
     monkeypatch.setattr(lossctl.levels, "MIN_VALUES", 1)
+    monkeypatch.setattr(lossctl.levels, "BAND_VALUES", band_values)
     from_levels = run(*odd_pairs, precision=precision, convention=convention)
     assert sum(counted.values()) == 7  # every pair was read from its counts
     monkeypatch.setattr(lossctl.levels, "MIN_VALUES", 1 << 40)
