@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     device = engine.resolve_device(args.device)
     if device.type == "cpu":
-        engine.keep_freed_memory_for_reuse()  # as `lossctl eval` does
+        engine.keep_freed_memory_for_reuse()  # as the engine does for CPU runs
     names = [name for name, metric in METRICS.items() if metric.compute is not None]
     params = resolve_params(names, [])
     with tempfile.TemporaryDirectory() as folder:

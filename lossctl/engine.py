@@ -569,6 +569,7 @@ def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]
         stack.enter_context(closing(decoded))
         stack.callback(computer.close)
         if device.type == "cpu":
+            keep_freed_memory_for_reuse()
             stack.enter_context(_one_thread_per_operation())
         for item in decoded:
             if isinstance(item, PairResult):

@@ -58,7 +58,7 @@ def run_evaluation(
         raise LossctlError("--weights is only used by weighted_tv, which is not among the selected metrics")
 
     from . import io
-    from .engine import iter_results, keep_freed_memory_for_reuse, resolve_device
+    from .engine import iter_results, resolve_device
     from .results import ResultTable
 
     pairing = io.pair_folders(request.pred_root, request.gt_root, request.weights_root)
@@ -70,8 +70,6 @@ def run_evaluation(
         )
     config = eval_config(request)
     device = resolve_device(request.device)
-    if device.type == "cpu":
-        keep_freed_memory_for_reuse()
     pairs, record = pairing.pairs, None
     if shard is not None:
         pairs, record, config = _shard_pairs(pairing.pairs, shard, config)
