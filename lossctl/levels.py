@@ -64,13 +64,12 @@ class PixelLevels:
 
         if tuple(inputs) == ("diff",) and self.pred_scale == self.gt_scale:
             differences = torch.arange(1 - LEVELS, LEVELS, dtype=torch.int32).to(dtype) / self.pred_scale
-            table = kernel(differences).to(torch.float64)
-            return self.diff_counts @ torch.where(self.diff_counts.sum(dim=0) > 0, table, 0.0)
+            return _sums_over(self.diff_counts, kernel(differences), self.diff_counts.sum(dim=0) > 0)
         if tuple(inputs) in (("pred",), ("target",)):
             side = 0 if inputs[0] == "pred" else 1
             counts = self.side_counts[side]
-            table = kernel(_level_values((self.pred_scale, self.gt_scale)[side], dtype)).to(torch.float64)
-            return counts @ torch.where(counts.sum(dim=0) > 0, table, 0.0)
+            table = kernel(_level_values((self.pred_scale, self.gt_scale)[side], dtype))
+            return _sums_over(counts, table, counts.sum(dim=0) > 0)
         grid = {
             "pred": _level_values(self.pred_scale, dtype).view(-1, 1),
             "target": _level_values(self.gt_scale, dtype).view(1, -1),
@@ -81,10 +80,8 @@ class PixelLevels:
                 grid["diff"] = (levels.view(-1, 1) - levels.view(1, -1)).to(dtype) / self.pred_scale
             else:
                 grid["diff"] = grid["pred"] - grid["target"]
-        table = kernel(*(grid[name] for name in inputs)).to(torch.float64).expand(LEVELS, LEVELS)
-        # Levels no value has (1-bit images use two) may give NaN, and 0 * NaN is NaN.
-        table = torch.where(self.present, table, 0.0)
-        return self.counts.reshape(self.counts.shape[0], -1) @ table.reshape(-1)
+        table = kernel(*(grid[name] for name in inputs)).expand(LEVELS, LEVELS)
+        return _sums_over(self.counts, table, self.present)
 
     @cached_property
     def diff_counts(self) -> torch.Tensor:
@@ -153,6 +150,16 @@ class PixelLevels:
                 )
             )
         return torch.tensor(values, dtype=torch.float64)
+
+
+def _sums_over(counts: torch.Tensor, table: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` float64: per image, ``sum(counts[n] * table)`` over the entries some image of the
+    batch has (``present``, shaped like ``table``). Entries no value has (levels a 1-bit image never
+    uses, say) may hold NaN in the table, and 0 * NaN is NaN."""
+    import torch
+
+    table = torch.where(present, table.to(torch.float64), 0.0)
+    return counts.reshape(counts.shape[0], -1) @ table.reshape(-1)
 
 
 def _level_values(scale: float, dtype: torch.dtype) -> torch.Tensor:
