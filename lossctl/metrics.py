@@ -74,7 +74,8 @@ class PairBatch(_Noted):
     ``(N, 1, H, W)`` weight maps for ``weighted_tv`` (NaN for pairs without one) or ``None`` for
     edge-aware weights from the target. ``levels``: 8-bit pairs as their stored levels (see
     :mod:`lossctl.levels`) when the engine made them; element-wise metrics then read their counts
-    instead of every value, and TV their integer differences. Metrics record why a value is NaN with :meth:`note`.
+    instead of every value, and TV their integer differences. Metrics record why a value is NaN
+    with :meth:`note`.
     """
 
     def __init__(

@@ -76,7 +76,8 @@ def check_ssim_window(window_size: int, sigma: float) -> None:
 
 # SSIM's maps are made one block of image planes (or of rows of one plane) at a time. On a CPU a
 # block of a 512x512 plane (a megabyte per map) keeps SSIM's temporaries in a core's cache: 3-4x
-# faster than filtering whole batches, and 20% faster than blocks of two planes. On a GPU large blocks keep it busy; the limit only bounds the memory of huge images.
+# faster than filtering whole batches, and 20% faster than blocks of two planes. On a GPU large
+# blocks keep it busy; the limit only bounds the memory of huge images.
 CPU_BLOCK_VALUES = 1 << 18
 GPU_BLOCK_VALUES = 1 << 26
 
@@ -380,9 +381,9 @@ def ms_ssim(
         if scale == 0 and first_scale is not None:
             full, contrast_structure = first_scale
         else:
-            last = scale == len(weights) - 1  # only its full SSIM is used; the others' contrast-structure
+            # The last scale uses only its full SSIM, the others only their contrast-structure.
             full, contrast_structure = _ssim_and_contrast_structure(
-                pred, target, data_range, taps, k1, k2, with_ssim=last
+                pred, target, data_range, taps, k1, k2, with_ssim=scale == len(weights) - 1
             )
         if scale < len(weights) - 1:
             factors.append(F.relu(contrast_structure))
