@@ -5,6 +5,8 @@ Shared by ``lossctl eval`` and ``lossctl check``; it knows nothing of the termin
 
 from __future__ import annotations
 
+import functools
+import gc
 import os
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -61,6 +63,7 @@ def run_evaluation(
     from .engine import iter_results, resolve_device
     from .results import ResultTable
 
+    _stop_collecting_imported_objects()
     pairing = io.pair_folders(request.pred_root, request.gt_root, request.weights_root)
     metrics = list(request.metrics)
     if request.all_metrics:
@@ -84,6 +87,18 @@ def run_evaluation(
         except KeyboardInterrupt:
             raise RunInterrupted(_evaluation(table, request, pairing, device, record), len(pairs)) from None
     return _evaluation(table, request, pairing, device, record)
+
+
+@functools.cache  # once per process: a later call would also pin whatever garbage is alive then
+def _stop_collecting_imported_objects() -> None:
+    """Exempt every object alive now (torch's 200,000, once imported) from garbage collection.
+
+    Python's full collections traverse every tracked object with all threads stopped: about 0.1 s
+    each with torch loaded, one or two during a 200-pair run, and 0.3-0.4 s in all at interpreter
+    exit. The imported modules' objects live until exit anyway. ``lossctl eval`` of 200 512x512
+    pairs on 2 cores: 4.25 -> 3.67 s.
+    """
+    gc.freeze()
 
 
 def eval_config(request: EvalRequest):
