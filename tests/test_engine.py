@@ -272,3 +272,21 @@ def test_float32_keeps_its_tolerance_for_one_level_16_bit_offsets(folders):
         assert single.values[name] == pytest.approx(double.values[name], rel=1e-5), name
     assert single.values["psnr"] == pytest.approx(double.values["psnr"], abs=1e-4)
     assert double.values["l1"] == pytest.approx(1 / 65535, rel=1e-12)
+
+
+def test_evaluations_exempt_objects_from_garbage_collection_once_per_process():
+    """The first evaluation freezes the objects alive once torch is imported (Python's full
+    collections would walk them all); later ones must not, or each would pin the garbage alive then."""
+    import gc
+
+    from lossctl.run import EvalRequest, run_evaluation
+
+    request = EvalRequest(SAMPLE_PRED, SAMPLE_GT, ["l1"], {}, device="cpu", workers=1)
+    run_evaluation(request)
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    garbage = [[]]
+    garbage[0].append(garbage)  # a cycle only a collection frees
+    del garbage
+    run_evaluation(request)
+    assert gc.get_freeze_count() == frozen
