@@ -116,8 +116,9 @@ def test_results_do_not_depend_on_batching_workers_or_cpu_blocks(folders, rng, m
     import lossctl.metrics
 
     pred, gt = folders
-    for index in range(7):
-        size = (24, 32) if index % 2 else (40, 36)
+    for index in range(9):
+        # the last two are large enough to be computed from their 8-bit levels (LEVELS_BLOCK_VALUES)
+        size = (160, 150) if index >= 7 else (24, 32) if index % 2 else (40, 36)
         clean = random_rgb(rng, *size)
         save_image(gt / f"img{index}.png", clean)
         save_image(pred / f"img{index}.png", noisy(rng, clean))
@@ -125,6 +126,7 @@ def test_results_do_not_depend_on_batching_workers_or_cpu_blocks(folders, rng, m
     settings = [(3, 2, 1 << 20, 1 << 24), (16, 4, 1 << 20, 1 << 24), (16, 2, 1, 1000), (16, 2, 5000, 7)]
     for batch_size, workers, block_values, chunk_values in settings:
         monkeypatch.setattr(lossctl.engine, "CPU_BLOCK_VALUES", block_values)
+        monkeypatch.setattr(lossctl.engine, "LEVELS_BLOCK_VALUES", block_values)
         monkeypatch.setattr(lossctl.metrics, "ELEMENTWISE_CHUNK_VALUES", chunk_values)
         other = run(pred, gt, batch_size=batch_size, workers=workers)
         for name, result in reference.items():
