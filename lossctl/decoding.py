@@ -179,34 +179,51 @@ class _Decoders:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def decode_ahead(
-    pairs: Iterable[Pair],
-    with_weights: bool,
-    workers: int,
-    prefetch: int,
-    processes: bool = False,
-    max_pixels: int | None = None,
-) -> Iterator[Decoded]:
-    """Decode ``pairs`` in ``workers`` threads (or processes), at most ``prefetch`` ahead, yielding
-    them in input order.
+class DecodeAhead:
+    """``pairs`` decoded in ``workers`` threads (or processes), at most ``prefetch`` ahead, yielded
+    in input order.
 
-    When the consumer stops early (Ctrl-C), queued decodes are cancelled rather than awaited.
+    Decoding starts when this is made, not at the first ``next()``, so that a caller can do slow
+    work of its own meanwhile (on a GPU, creating the CUDA context). :meth:`close` (also on leaving
+    a ``with closing(...)`` block) cancels queued decodes rather than awaiting them.
     """
-    decoders = _Decoders(max(1, workers), processes, max_pixels)
-    in_flight: deque[tuple[Future, Pair]] = deque()
-    try:
-        for pair in pairs:
-            in_flight.append((decoders.submit(pair, with_weights), pair))
-            if len(in_flight) >= prefetch:
-                yield decoders.result(*in_flight.popleft(), with_weights)
-        while in_flight:
-            yield decoders.result(*in_flight.popleft(), with_weights)
-    finally:
-        decoders.close()
-        if processes:  # free the shared blocks of decodes that finished but were never taken
-            for future, _ in in_flight:
+
+    def __init__(
+        self,
+        pairs: Iterable[Pair],
+        with_weights: bool,
+        workers: int,
+        prefetch: int,
+        processes: bool = False,
+        max_pixels: int | None = None,
+    ):
+        self.with_weights, self.prefetch, self.processes = with_weights, max(1, prefetch), processes
+        self._pairs = iter(pairs)
+        self._decoders = _Decoders(max(1, workers), processes, max_pixels)
+        self._in_flight: deque[tuple[Future, Pair]] = deque()
+        self._submit_up_to_prefetch()
+
+    def _submit_up_to_prefetch(self) -> None:
+        while len(self._in_flight) < self.prefetch and (pair := next(self._pairs, None)) is not None:
+            self._in_flight.append((self._decoders.submit(pair, self.with_weights), pair))
+
+    def __iter__(self) -> Iterator[Decoded]:
+        return self
+
+    def __next__(self) -> Decoded:
+        if not self._in_flight:
+            raise StopIteration
+        future, pair = self._in_flight.popleft()
+        self._submit_up_to_prefetch()
+        return self._decoders.result(future, pair, self.with_weights)
+
+    def close(self) -> None:
+        self._decoders.close()
+        if self.processes:  # free the shared blocks of decodes that finished but were never taken
+            for future, _ in self._in_flight:
                 if future.done() and not future.cancelled() and future.exception() is None:
                     _map_arrays(future.result(), _release)
+        self._in_flight.clear()
 
 
 def _release(shared: _SharedArray | np.ndarray) -> None:

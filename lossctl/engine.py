@@ -23,7 +23,7 @@ import torch
 
 from . import levels
 from .conventions import Convention
-from .decoding import DecodeFailure, decode_ahead, use_processes
+from .decoding import DecodeAhead, Decoded, DecodeFailure, use_processes
 from .errors import LossctlError
 from .io import LoadedPair, LoadedSegmentation, Pair, set_max_pixels
 from .levels import PixelLevels
@@ -47,7 +47,7 @@ class EvalConfig:
     metrics: Sequence[str]
     params: dict[str, dict[str, ParamValue]]
     device: str = "auto"
-    batch_size: int | None = None  # None: auto, see resolve_batch
+    batch_size: int | None = None  # None: auto, see batch_size_for
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     precision: str = "float32"
     with_weights: bool = False
@@ -505,20 +505,29 @@ class _Batcher:
             yield self._take(next(iter(self.buckets)))
 
 
+def start_decoding(
+    pairs: Sequence[Pair], config: EvalConfig, prefetch: int, processes: bool = False
+) -> DecodeAhead:
+    """Start decoding ``pairs`` in ``config.workers`` threads (or processes), at most ``prefetch``
+    ahead; iterate the result for them in input order."""
+    return DecodeAhead(
+        pairs, config.with_weights, config.workers, prefetch, processes, max_pixels=config.max_pixels
+    )
+
+
+def _with_failures_as_results(item: Decoded) -> LoadedPair | LoadedSegmentation | PairResult:
+    if isinstance(item, DecodeFailure):
+        return PairResult(pair=item.pair, status="error", error=item.reason)
+    return item
+
+
 def decode_pairs(
     pairs: Sequence[Pair], config: EvalConfig, prefetch: int, processes: bool = False
 ) -> Iterator[LoadedPair | LoadedSegmentation | PairResult]:
-    """``pairs`` decoded in ``config.workers`` threads (or processes), in input order, a pair that
-    cannot be read as an error :class:`PairResult`."""
-    decoded = decode_ahead(
-        pairs, config.with_weights, config.workers, prefetch, processes, max_pixels=config.max_pixels
-    )
-    with closing(decoded):
-        for item in decoded:
-            if isinstance(item, DecodeFailure):
-                yield PairResult(pair=item.pair, status="error", error=item.reason)
-            else:
-                yield item
+    """``pairs`` decoded as :func:`start_decoding` does (from the first ``next()``), in input order,
+    a pair that cannot be read as an error :class:`PairResult`."""
+    with closing(start_decoding(pairs, config, prefetch, processes)) as decoded:
+        yield from map(_with_failures_as_results, decoded)
 
 
 def check_config(config: EvalConfig) -> None:
@@ -535,20 +544,21 @@ def check_config(config: EvalConfig) -> None:
         raise LossctlError(f"--max-pixels must be at least 1; got {config.max_pixels}")
 
 
-def resolve_batch(config: EvalConfig, device: torch.device) -> tuple[int, int]:
-    """Pairs per batch and the most input values a batch may hold.
+def batch_size_for(config: EvalConfig, device: torch.device) -> int:
+    """Pairs per batch: ``batch_size=None`` (auto) takes 64 pairs on a GPU and 16 on a CPU (which
+    computes in cache-sized blocks anyway)."""
+    return config.batch_size or AUTO_BATCH_SIZE.get(device.type, 16)
 
-    ``batch_size=None`` (auto) takes 64 pairs on a GPU and 16 on a CPU (which computes in
-    cache-sized blocks anyway). On a GPU either way, a batch holds no more values than half of the
-    free device memory can take at ``WORKING_SET_PER_VALUE``; a batch that still runs out of memory
-    is split (see :func:`compute_within_memory`).
-    """
-    batch_size = config.batch_size or AUTO_BATCH_SIZE.get(device.type, 16)
+
+def max_batch_values(config: EvalConfig, device: torch.device) -> int:
+    """The most input values a batch may hold: on a GPU, no more than half of the free device
+    memory can take at ``WORKING_SET_PER_VALUE``; a batch that still runs out of memory is split
+    (see :func:`compute_within_memory`)."""
     if device.type != "cuda":
-        return batch_size, MAX_BATCH_VALUES
+        return MAX_BATCH_VALUES
     free, _ = torch.cuda.mem_get_info(device)
     value_bytes = torch.finfo(PRECISIONS[config.precision]).bits // 8
-    return batch_size, max(1, free // 2 // (WORKING_SET_PER_VALUE * value_bytes))
+    return max(1, free // 2 // (WORKING_SET_PER_VALUE * value_bytes))
 
 
 def iter_results(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]:
@@ -575,21 +585,24 @@ def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]
         if pair.status != "pending":
             yield PairResult(pair=pair, status=pair.status, error=_reason(pair))
     computable = [pair for pair in pairs if pair.status == "pending"]
-    batch_size, max_values = resolve_batch(config, device)
-    batcher = _Batcher(batch_size, max_buffered=4 * batch_size, max_values=max_values)
-    prefetch = 2 * batch_size + 2 * config.workers
     if config.num_classes is None:  # a shard is given the whole pairing's
         config = replace(config, num_classes=first_class_count(computable))
+    batch_size = batch_size_for(config, device)
     processes = use_processes(config.decoder, config.workers, len(computable))
-    decoded = decode_pairs(computable, config, prefetch, processes)
-    computer = _Computer(config, device)
     with ExitStack() as stack:
-        stack.enter_context(closing(decoded))
-        stack.callback(computer.close)
         if device.type == "cpu":
             keep_freed_memory_for_reuse()
             stack.enter_context(_one_thread_per_operation())
-        for item in decoded:
+        # Decoding starts before the free GPU memory is read: that first call creates the CUDA
+        # context, a fraction of a second to seconds that the decoders need not wait for.
+        prefetch = 2 * batch_size + 2 * config.workers
+        decoded = stack.enter_context(closing(start_decoding(computable, config, prefetch, processes)))
+        batcher = _Batcher(
+            batch_size, max_buffered=4 * batch_size, max_values=max_batch_values(config, device)
+        )
+        computer = _Computer(config, device)
+        stack.callback(computer.close)
+        for item in map(_with_failures_as_results, decoded):
             if isinstance(item, PairResult):
                 yield item
             elif (ready := batcher.add(item)) is not None:

@@ -31,7 +31,7 @@ class EvalRequest:
     params: dict[str, dict[str, ParamValue]]
     weights_root: Path | None = None
     device: str = "auto"
-    batch_size: int | None = None  # None: chosen from the device (see engine.resolve_batch)
+    batch_size: int | None = None  # None: chosen from the device (see engine.batch_size_for)
     workers: int | None = None
     precision: str = "float32"
     convention: Convention = Convention()

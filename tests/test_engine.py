@@ -292,3 +292,34 @@ def test_evaluations_exempt_objects_from_garbage_collection_once_per_process():
     del garbage
     run_evaluation(request)
     assert gc.get_freeze_count() == frozen
+
+
+def test_decoding_starts_before_the_engine_reads_the_free_device_memory(monkeypatch):
+    """On a GPU the first memory query creates the CUDA context (up to seconds): the decoders
+    must already be at work by then, and the results must not change."""
+    import threading
+
+    import lossctl.decoding
+    import lossctl.engine
+
+    decoding_started = threading.Event()
+    load_pair = lossctl.decoding.load_pair
+
+    def recording_load_pair(*args, **kwargs):
+        decoding_started.set()
+        return load_pair(*args, **kwargs)
+
+    seen_before_memory_query = []
+    max_batch_values = lossctl.engine.max_batch_values
+
+    def waiting_max_batch_values(config, device):
+        seen_before_memory_query.append(decoding_started.wait(timeout=10))
+        return max_batch_values(config, device)
+
+    monkeypatch.setattr(lossctl.decoding, "load_pair", recording_load_pair)
+    monkeypatch.setattr(lossctl.engine, "max_batch_values", waiting_max_batch_values)
+    results = run(SAMPLE_PRED, SAMPLE_GT, "l1,psnr", device="cpu", decoder="threads")
+    assert seen_before_memory_query == [True]
+    pairs = pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs
+    assert sorted(results) == sorted(pair.name for pair in pairs)
+    assert all(result.status == "ok" for result in results.values())
