@@ -96,7 +96,7 @@ def _stop_collecting_imported_objects() -> None:
     Python's full collections traverse every tracked object with all threads stopped: about 0.1 s
     each with torch loaded, one or two during a 200-pair run, and 0.3-0.4 s in all at interpreter
     exit. The imported modules' objects live until exit anyway. ``lossctl eval`` of 200 512x512
-    pairs on 2 cores: 4.25 -> 3.67 s.
+    pairs on 2 cores: 4.10 -> 3.67 s (median of five, alternated).
     """
     gc.freeze()
 
