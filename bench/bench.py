@@ -8,8 +8,10 @@ then measures, in one run:
 - ``lossctl eval`` as a whole process (start-up and torch import included), with the full default
   metric set and with the peers' set (l1, mse, psnr, ssim, tv);
 - each peer computing L1, MSE, PSNR, SSIM and TV per pair with Pillow decoding in the loop, timed
-  in this process after its imports (which flatters the peers): pytorch-msssim, piq, scikit-image,
-  torchmetrics. A peer that is not installed is listed as skipped.
+  in this process after its imports and a warm-up pair (which flatters the peers against a whole
+  process): pytorch-msssim, piq, scikit-image, torchmetrics. A peer that is not installed is listed
+  as skipped;
+- ``lossctl.run.run_evaluation`` on the peers' set in this process, timed the same way.
 
 It checks that every peer agrees with lossctl on each pair's PSNR and SSIM, and prints Markdown
 rows for bench/RESULTS.md.
@@ -158,11 +160,21 @@ def time_peer(name: str, names: list[str], pred: Path, gt: Path, device: str):
 
 
 def time_lossctl_in_process(pred: Path, gt: Path, device: str) -> float:
-    """``lossctl.run.run_evaluation`` on the peers' metric set, after its imports (as the peers are timed)."""
+    """``lossctl.run.run_evaluation`` on the peers' metric set, timed as the peers are: after its
+    imports and a warm-up on one pair (:func:`time_peer`)."""
     from lossctl.metrics import parse_metric_names, resolve_params
     from lossctl.run import EvalRequest, run_evaluation
 
     names = parse_metric_names(PEER_METRICS)
+    with tempfile.TemporaryDirectory() as folder:
+        first = sorted(pred.iterdir())[0].name
+        for side, source in (("pred", pred), ("gt", gt)):
+            (Path(folder) / side).mkdir()
+            (Path(folder) / side / first).symlink_to(source / first)
+        warm_up = EvalRequest(
+            Path(folder) / "pred", Path(folder) / "gt", names, resolve_params(names, []), device=device
+        )
+        run_evaluation(warm_up)
     request = EvalRequest(pred, gt, names, resolve_params(names, []), device=device)
     start = time.perf_counter()
     run_evaluation(request)
