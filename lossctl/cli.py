@@ -142,7 +142,7 @@ WorkersOption = Annotated[
     typer.Option(
         "--workers",
         metavar="N",
-        help="Decoding threads or processes \\[default: number of cores].",
+        help="Decoding threads or processes (on a CPU, threads decode and compute) \\[default: number of cores].",
         show_default=False,
         rich_help_panel="Computing",
     ),

@@ -50,7 +50,8 @@ def use_processes(decoder: str, workers: int, pairs: int) -> bool:
     return decoder == "processes"
 
 
-def _load(pair: Pair, with_weights: bool) -> Decoded:
+def decode_pair(pair: Pair, with_weights: bool) -> Decoded:
+    """:func:`lossctl.io.load_pair`, a pair that cannot be read as a :class:`DecodeFailure`."""
     try:
         return load_pair(pair, with_weights)
     except ImageReadError as error:
@@ -120,7 +121,7 @@ def _map_arrays(value: Any, change) -> Any:
 
 
 def _load_in_process(pair: Pair, with_weights: bool) -> Decoded:
-    return _map_arrays(_load(pair, with_weights), _SharedArray.put)
+    return _map_arrays(decode_pair(pair, with_weights), _SharedArray.put)
 
 
 def _start_worker(max_pixels: int | None) -> None:
@@ -149,7 +150,7 @@ class _Decoders:
         return ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(self.max_pixels,))
 
     def submit(self, pair: Pair, with_weights: bool) -> Future:
-        work = _load_in_process if self.processes else _load
+        work = _load_in_process if self.processes else decode_pair
         try:
             return self.pool.submit(work, pair, with_weights)
         except BrokenProcessPool:

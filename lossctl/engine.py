@@ -1,10 +1,13 @@
-"""The batching engine: decode pairs in worker threads, group them by shape, compute on a device.
+"""The batching engine: decode pairs in worker threads or processes, group them by shape,
+compute on a device.
 
-Decoding runs ahead of computing in a thread pool (Pillow and OpenCV release the GIL while they
-decode), with a bounded number of pairs in flight, so decoding the next batch overlaps computing the
-current one; the images held at once are bounded by the batch and the prefetch depth, not by the
-number of pairs (each pair's result row is kept for the report). A batch that does not fit in
-memory is split, and a single pair that does not fit on the GPU is computed on the CPU.
+On a GPU (and on a CPU decoding in processes) decoding runs ahead of computing in a pool of workers
+(Pillow and OpenCV release the GIL while they decode), with a bounded number of pairs in flight,
+so decoding the next batch overlaps computing the current one. On a CPU decoding in threads, each
+worker thread decodes a few pairs and computes them itself. Either way the images held at once are
+bounded by the batch and the prefetch depth, not by the number of pairs (each pair's result row is
+kept for the report). A batch that does not fit in memory is split, and a single pair that does not
+fit on the GPU is computed on the CPU.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 
 from . import levels
 from .conventions import Convention
-from .decoding import DecodeAhead, Decoded, DecodeFailure, use_processes
+from .decoding import DecodeAhead, Decoded, DecodeFailure, decode_pair, use_processes
 from .errors import LossctlError
 from .io import LoadedPair, LoadedSegmentation, Pair, set_max_pixels
 from .levels import PixelLevels
@@ -32,6 +35,7 @@ from .levels import PixelLevels
 # the compute threads would otherwise race to load it on first use.
 from .losses import ssim_components  # noqa: F401
 from .metrics import METRICS, PairBatch, ParamValue, SegmentationBatch
+from .sharding import pair_pixels
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 MAX_BATCH_VALUES = 1 << 25  # values per input tensor of a batch when the device's memory is not known
@@ -593,6 +597,9 @@ def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]
         if device.type == "cpu":
             keep_freed_memory_for_reuse()
             stack.enter_context(_one_thread_per_operation())
+            if not processes:
+                yield from _decoded_and_computed_in_threads(computable, config, device, batch_size)
+                return
         # Decoding starts before the free GPU memory is read: that first call creates the CUDA
         # context, a fraction of a second to seconds that the decoders need not wait for.
         prefetch = 2 * batch_size + 2 * config.workers
@@ -610,6 +617,62 @@ def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]
         for ready in batcher.drain():
             yield from computer.submit(ready)
         yield from computer.finish()
+
+
+def _decoded_and_computed_in_threads(
+    pairs: Sequence[Pair], config: EvalConfig, device: torch.device, batch_size: int
+) -> Iterator[PairResult]:
+    """A CPU's pipeline where pairs are decoded in threads: each of ``config.workers`` threads
+    decodes a few consecutive pairs and computes them itself (:func:`_decode_and_compute`), at most
+    two tasks per thread in flight.
+
+    Handing each pair from a decoding thread to a computing thread cost more than it saved: on two
+    cores, two decoding and two computing threads took 7% more CPU time than two threads doing both
+    (the hand-overs, and the GIL passed among four threads instead of two), and one thread of each
+    idles one side whenever the metric set makes the other slower. 200 8-bit 512x512 pairs in
+    process: 1.62 -> 1.51 s (l1, mse, psnr, ssim, tv), 2.39 -> 2.22 s (every metric); peak memory
+    512 -> 404 MiB; 20,000 32x32 pairs 13.5 -> 9.1 s.
+    """
+    per_task = _pairs_per_task(pairs, batch_size)
+    pool = ThreadPoolExecutor(config.workers, thread_name_prefix="lossctl-work")
+    in_flight: deque[Future] = deque()
+    try:
+        for start in range(0, len(pairs), per_task):
+            in_flight.append(
+                pool.submit(_decode_and_compute, pairs[start : start + per_task], config, device)
+            )
+            while len(in_flight) > 2 * config.workers or (in_flight and in_flight[0].done()):
+                yield from in_flight.popleft().result()
+        while in_flight:
+            yield from in_flight.popleft().result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _pairs_per_task(pairs: Sequence[Pair], batch_size: int) -> int:
+    """Consecutive pairs a thread decodes and computes together: about ``LEVELS_BLOCK_VALUES``
+    values, judged from the first pair's header (RGB assumed), one to ``batch_size`` pairs."""
+    pixels = pair_pixels(pairs[0]) if pairs else None
+    if not pixels:
+        return 1
+    return max(1, min(batch_size, LEVELS_BLOCK_VALUES // (3 * pixels)))
+
+
+def _decode_and_compute(pairs: Sequence[Pair], config: EvalConfig, device: torch.device) -> list[PairResult]:
+    """Decode ``pairs`` and compute those that can be read, in CPU blocks of pairs of one shape."""
+    results, shapes = [], {}
+    for pair in pairs:
+        item = _with_failures_as_results(decode_pair(pair, config.with_weights))
+        if isinstance(item, PairResult):
+            results.append(item)
+        else:
+            shapes.setdefault(item.batch_key, []).append(item)
+    for items in shapes.values():
+        first = items[0]
+        from_levels = isinstance(first, LoadedPair) and _from_levels(first, config, device)
+        for block in cpu_blocks(items, LEVELS_BLOCK_VALUES if from_levels else CPU_BLOCK_VALUES):
+            results.extend(compute_within_memory(block, config, device))
+    return results
 
 
 def evaluate(pairs: Sequence[Pair], config: EvalConfig) -> list[PairResult]:

@@ -294,32 +294,47 @@ def test_evaluations_exempt_objects_from_garbage_collection_once_per_process():
     assert gc.get_freeze_count() == frozen
 
 
-def test_decoding_starts_before_the_engine_reads_the_free_device_memory(monkeypatch):
-    """On a GPU the first memory query creates the CUDA context (up to seconds): the decoders
-    must already be at work by then, and the results must not change."""
+def test_decoding_starts_when_the_decoder_is_made_not_at_the_first_item(monkeypatch):
     import threading
 
     import lossctl.decoding
+
+    started = threading.Event()
+    decode_pair = lossctl.decoding.decode_pair
+
+    def recording_decode_pair(*args, **kwargs):
+        started.set()
+        return decode_pair(*args, **kwargs)
+
+    monkeypatch.setattr(lossctl.decoding, "decode_pair", recording_decode_pair)
+    pairs = pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs
+    decoder = lossctl.decoding.DecodeAhead(pairs, with_weights=False, workers=1, prefetch=2)
+    try:
+        assert started.wait(timeout=10)
+        assert [item.pair.name for item in decoder] == [pair.name for pair in pairs]
+    finally:
+        decoder.close()
+
+
+def test_the_engine_starts_decoding_before_it_reads_the_free_device_memory(monkeypatch):
+    """On a GPU the first memory query creates the CUDA context (up to seconds): the decoders
+    must be at work by then (here the path that a GPU shares: decoding in processes)."""
     import lossctl.engine
 
-    decoding_started = threading.Event()
-    load_pair = lossctl.decoding.load_pair
+    calls = []
+    start_decoding, max_batch_values = lossctl.engine.start_decoding, lossctl.engine.max_batch_values
 
-    def recording_load_pair(*args, **kwargs):
-        decoding_started.set()
-        return load_pair(*args, **kwargs)
+    def recording_start_decoding(*args, **kwargs):
+        calls.append("start_decoding")
+        return start_decoding(*args, **kwargs)
 
-    seen_before_memory_query = []
-    max_batch_values = lossctl.engine.max_batch_values
+    def recording_max_batch_values(*args, **kwargs):
+        calls.append("max_batch_values")
+        return max_batch_values(*args, **kwargs)
 
-    def waiting_max_batch_values(config, device):
-        seen_before_memory_query.append(decoding_started.wait(timeout=10))
-        return max_batch_values(config, device)
-
-    monkeypatch.setattr(lossctl.decoding, "load_pair", recording_load_pair)
-    monkeypatch.setattr(lossctl.engine, "max_batch_values", waiting_max_batch_values)
-    results = run(SAMPLE_PRED, SAMPLE_GT, "l1,psnr", device="cpu", decoder="threads")
-    assert seen_before_memory_query == [True]
-    pairs = pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs
-    assert sorted(results) == sorted(pair.name for pair in pairs)
+    monkeypatch.setattr(lossctl.engine, "start_decoding", recording_start_decoding)
+    monkeypatch.setattr(lossctl.engine, "max_batch_values", recording_max_batch_values)
+    results = run(SAMPLE_PRED, SAMPLE_GT, "l1,psnr", device="cpu", decoder="processes", workers=2)
+    assert calls == ["start_decoding", "max_batch_values"]
+    assert sorted(results) == sorted(pair.name for pair in pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs)
     assert all(result.status == "ok" for result in results.values())
