@@ -2,8 +2,9 @@
 
 Decodes N generated pairs (bench/throughput.py's generator) with lossctl's own loader, then times,
 on the chosen device, the engine's `pair_batch` (upload, scaling, 8-bit level counts) and every
-metric of the default set on the engine's blocks (on a CPU: one thread per operation and one pair per block, as the engine runs
-them; each compute thread does this work in parallel). Prints a Markdown table for bench/RESULTS.md.
+metric of the default set on the engine's blocks (on a CPU: one thread per operation and blocks of
+8-bit pairs as the engine makes them; each of its threads does this work in parallel). Prints a
+Markdown table for bench/RESULTS.md.
 
     python bench/profile.py --pairs 16 --size 512 --device cpu
 """
@@ -52,7 +53,8 @@ def main() -> None:
         start = time.perf_counter()
         loaded = [load_pair(pair) for pair in pairs]
         decode = (time.perf_counter() - start) / len(pairs)
-    block = 1 if device.type == "cpu" else len(loaded)  # the engine's CPU block is one 512x512 pair
+    # As the engine blocks 8-bit pairs on a CPU (two 512x512 RGB pairs); a GPU takes the whole batch.
+    block = max(1, engine.LEVELS_BLOCK_VALUES // (3 * args.size**2)) if device.type == "cpu" else len(loaded)
     timings = dict.fromkeys(["upload, scale, count levels", *names], 0.0)
     config = engine.EvalConfig(metrics=names, params=params)
     single = engine._one_thread_per_operation() if device.type == "cpu" else nullcontext()
