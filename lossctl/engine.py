@@ -100,25 +100,37 @@ def resolve_device(spec: str) -> torch.device:
 
 
 _QUIET_FROM_NUMPY = threading.Lock()
+# The tensor type that holds each stored pixel type: torch < 2.3 cannot hold uint16.
+_HOST_TYPES = {
+    np.dtype(np.uint8): torch.uint8,
+    np.dtype(np.uint16): torch.int32,
+    np.dtype(np.float32): torch.float32,
+    np.dtype(np.float64): torch.float64,
+}
 
 
 def _to_device(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
     """Stack ``(H, W, C)`` arrays into an ``(N, C, H, W)`` tensor on ``device``, in their stored type.
 
-    Pixels travel as stored (uint8 is a quarter of float32) and are scaled on the device. A single
-    array is wrapped, not copied (a huge image is often a batch of one); the result is only read.
+    Pixels travel as stored (uint8 is a quarter of float32) and are scaled on the device. On a GPU
+    they are stacked straight into pinned host memory (one copy, not a stack and then a pinned
+    copy) and uploaded without blocking. On a CPU a single array is wrapped, not copied (a huge
+    image is often a batch of one); the result is only read.
     """
-    stacked = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
-    if stacked.dtype == np.uint16:  # torch < 2.3 cannot wrap uint16 arrays
-        stacked = stacked.astype(np.int32)
-    # Pillow's arrays are read-only and nothing writes to this tensor. catch_warnings changes the
-    # process-wide filters, so the compute threads take turns.
-    with _QUIET_FROM_NUMPY, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        batch = torch.from_numpy(stacked)
+    first = arrays[0]
+    if device.type == "cpu" and len(arrays) == 1 and first.dtype != np.uint16:
+        # Pillow's arrays are read-only and nothing writes to this tensor. catch_warnings changes
+        # the process-wide filters, so the compute threads take turns.
+        with _QUIET_FROM_NUMPY, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(first[np.newaxis]).permute(0, 3, 1, 2)
+    host = torch.empty(
+        (len(arrays), *first.shape), dtype=_HOST_TYPES[first.dtype], pin_memory=device.type == "cuda"
+    )
+    np.stack(arrays, out=host.numpy())
     if device.type == "cuda":
-        batch = batch.pin_memory().to(device, non_blocking=True)
-    return batch.permute(0, 3, 1, 2)
+        host = host.to(device, non_blocking=True)
+    return host.permute(0, 3, 1, 2)
 
 
 def _scaled(raw: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
