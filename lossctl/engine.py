@@ -355,6 +355,12 @@ CPU_BLOCK_VALUES = 1 << 20
 LEVELS_BLOCK_VALUES = 1 << 21
 
 
+def _block_values(first: LoadedPair | LoadedSegmentation, config: EvalConfig, device: torch.device) -> int:
+    """The values per CPU block for pairs like ``first`` (see :func:`cpu_blocks`)."""
+    from_levels = isinstance(first, LoadedPair) and _from_levels(first, config, device)
+    return LEVELS_BLOCK_VALUES if from_levels else CPU_BLOCK_VALUES
+
+
 def cpu_blocks(
     items: Sequence[LoadedPair | LoadedSegmentation], block_values: int
 ) -> Iterator[Sequence[LoadedPair | LoadedSegmentation]]:
@@ -433,9 +439,7 @@ class _Computer:
         if self.pool is None:
             yield from compute_within_memory(items, self.config, self.device)
             return
-        first = items[0]
-        from_levels = isinstance(first, LoadedPair) and _from_levels(first, self.config, self.device)
-        for block in cpu_blocks(items, LEVELS_BLOCK_VALUES if from_levels else CPU_BLOCK_VALUES):
+        for block in cpu_blocks(items, _block_values(items[0], self.config, self.device)):
             self.in_flight.append(self.pool.submit(compute_within_memory, block, self.config, self.device))
             while len(self.in_flight) > 2 * self.threads or (self.in_flight and self.in_flight[0].done()):
                 yield from self.in_flight.popleft().result()
@@ -672,18 +676,34 @@ def _pairs_per_task(pairs: Sequence[Pair], batch_size: int) -> int:
 
 
 def _decode_and_compute(pairs: Sequence[Pair], config: EvalConfig, device: torch.device) -> list[PairResult]:
-    """Decode ``pairs`` and compute those that can be read, in CPU blocks of pairs of one shape."""
-    results, shapes = [], {}
+    """Decode ``pairs`` and compute those that can be read, in CPU blocks of pairs of one shape.
+
+    The pairs decoded and not yet computed hold at most ``LEVELS_BLOCK_VALUES`` values and one pair
+    more, whatever the task's length: a task sized from a small first image may meet huge ones.
+    """
+    results: list[PairResult] = []
+    shapes: dict[tuple, list[LoadedPair | LoadedSegmentation]] = {}
+    held = 0
     for pair in pairs:
         item = _with_failures_as_results(decode_pair(pair, config.with_weights))
         if isinstance(item, PairResult):
             results.append(item)
-        else:
-            shapes.setdefault(item.batch_key, []).append(item)
+            continue
+        shapes.setdefault(item.batch_key, []).append(item)
+        held += _batch_values([item])
+        if held >= LEVELS_BLOCK_VALUES:
+            results.extend(_computed_in_blocks(shapes, config, device))
+            shapes, held = {}, 0
+    results.extend(_computed_in_blocks(shapes, config, device))
+    return results
+
+
+def _computed_in_blocks(
+    shapes: dict[tuple, list[LoadedPair | LoadedSegmentation]], config: EvalConfig, device: torch.device
+) -> list[PairResult]:
+    results = []
     for items in shapes.values():
-        first = items[0]
-        from_levels = isinstance(first, LoadedPair) and _from_levels(first, config, device)
-        for block in cpu_blocks(items, LEVELS_BLOCK_VALUES if from_levels else CPU_BLOCK_VALUES):
+        for block in cpu_blocks(items, _block_values(items[0], config, device)):
             results.extend(compute_within_memory(block, config, device))
     return results
 

@@ -338,3 +338,34 @@ def test_the_engine_starts_decoding_before_it_reads_the_free_device_memory(monke
     assert calls == ["start_decoding", "max_batch_values"]
     assert sorted(results) == sorted(pair.name for pair in pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs)
     assert all(result.status == "ok" for result in results.values())
+
+
+def test_a_cpu_task_computes_as_it_decodes_once_it_holds_a_block(folders, rng, monkeypatch):
+    """Tasks are sized from the first pair's header; when later pairs are far larger, a thread must
+    not decode a whole task's worth of them before computing any (memory)."""
+    import lossctl.engine
+
+    pred, gt = folders
+    for index, side in enumerate([8] + [64] * 7):
+        clean = random_rgb(rng, side, side)
+        save_image(gt / f"{index}.png", clean)
+        save_image(pred / f"{index}.png", noisy(rng, clean))
+    events = []
+    decode_pair, compute_within_memory = lossctl.engine.decode_pair, lossctl.engine.compute_within_memory
+
+    def recording_decode_pair(pair, with_weights):
+        events.append("decode")
+        return decode_pair(pair, with_weights)
+
+    def recording_compute(items, config, device):
+        events.append(f"compute {len(items)}")
+        return compute_within_memory(items, config, device)
+
+    monkeypatch.setattr(lossctl.engine, "LEVELS_BLOCK_VALUES", 3 * 64 * 64)
+    monkeypatch.setattr(lossctl.engine, "decode_pair", recording_decode_pair)
+    monkeypatch.setattr(lossctl.engine, "compute_within_memory", recording_compute)
+    results = run(pred, gt, "l1,ssim", device="cpu", workers=1, decoder="threads")
+    assert len(results) == 8 and all(result.status == "ok" for result in results.values())
+    # One task of all eight pairs (sized from the 8x8 one), computed pair by pair once it holds a
+    # 64x64 image's worth: the 8x8 pair and the first 64x64 one, then each 64x64 one alone.
+    assert events == ["decode", "decode", "compute 1", "compute 1"] + ["decode", "compute 1"] * 6
