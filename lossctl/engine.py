@@ -5,9 +5,9 @@ On a GPU (and on a CPU decoding in processes) decoding runs ahead of computing i
 (Pillow and OpenCV release the GIL while they decode), with a bounded number of pairs in flight,
 so decoding the next batch overlaps computing the current one. On a CPU decoding in threads, each
 worker thread decodes a few pairs and computes them itself. Either way the images held at once are
-bounded by the batch and the prefetch depth, not by the number of pairs (each pair's result row is
-kept for the report). A batch that does not fit in memory is split, and a single pair that does not
-fit on the GPU is computed on the CPU.
+bounded by the batch and the prefetch depth (on that CPU path, by about a block per thread), not by
+the number of pairs (each pair's result row is kept for the report). A batch that does not fit in
+memory is split, and a single pair that does not fit on the GPU is computed on the CPU.
 """
 
 from __future__ import annotations
