@@ -16,10 +16,11 @@ import os
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -420,6 +421,31 @@ def _one_thread_per_operation() -> Iterator[None]:
         cv2.setNumThreads(cv2_threads)
 
 
+class _TasksInOrder:
+    """A pool of threads running tasks that each return a list of results, which come back in the
+    order the tasks were given, with at most two tasks per thread waiting (so that what the tasks
+    hold stays bounded)."""
+
+    def __init__(self, threads: int, name: str):
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self.in_flight: deque[Future] = deque()
+
+    def submit(self, task: Callable[..., list[PairResult]], *args: Any) -> Iterator[PairResult]:
+        """Start ``task(*args)``; yield the results of earlier tasks that are done or must be
+        waited for to keep the number in flight bounded."""
+        self.in_flight.append(self.pool.submit(task, *args))
+        while len(self.in_flight) > 2 * self.threads or (self.in_flight and self.in_flight[0].done()):
+            yield from self.in_flight.popleft().result()
+
+    def finish(self) -> Iterator[PairResult]:
+        while self.in_flight:
+            yield from self.in_flight.popleft().result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 class _Computer:
     """Computes ready batches: on a GPU one batch at a time in this thread; on a CPU as blocks
     (see :func:`cpu_blocks`) in a pool of threads, at most two blocks per thread in flight.
@@ -427,30 +453,26 @@ class _Computer:
 
     def __init__(self, config: EvalConfig, device: torch.device):
         self.config, self.device = config, device
-        self.threads = os.cpu_count() or 1
-        self.pool = None
+        self.tasks = None
         if device.type == "cpu":
-            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lossctl-compute")
-        self.in_flight: deque[Future] = deque()
+            self.tasks = _TasksInOrder(os.cpu_count() or 1, "lossctl-compute")
 
     def submit(self, items: Sequence[LoadedPair | LoadedSegmentation]) -> Iterator[PairResult]:
         """Start computing ``items``; yield the results of earlier blocks that are done or must be
         waited for to keep the number in flight bounded."""
-        if self.pool is None:
+        if self.tasks is None:
             yield from compute_within_memory(items, self.config, self.device)
             return
         for block in cpu_blocks(items, _block_values(items[0], self.config, self.device)):
-            self.in_flight.append(self.pool.submit(compute_within_memory, block, self.config, self.device))
-            while len(self.in_flight) > 2 * self.threads or (self.in_flight and self.in_flight[0].done()):
-                yield from self.in_flight.popleft().result()
+            yield from self.tasks.submit(compute_within_memory, block, self.config, self.device)
 
     def finish(self) -> Iterator[PairResult]:
-        while self.in_flight:
-            yield from self.in_flight.popleft().result()
+        if self.tasks is not None:
+            yield from self.tasks.finish()
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.tasks is not None:
+            self.tasks.close()
 
 
 def compute_within_memory(
@@ -651,19 +673,13 @@ def _decoded_and_computed_in_threads(
     512 -> 404 MiB; 20,000 32x32 pairs 13.5 -> 9.1 s.
     """
     per_task = _pairs_per_task(pairs, batch_size)
-    pool = ThreadPoolExecutor(config.workers, thread_name_prefix="lossctl-work")
-    in_flight: deque[Future] = deque()
+    tasks = _TasksInOrder(config.workers, "lossctl-work")
     try:
         for start in range(0, len(pairs), per_task):
-            in_flight.append(
-                pool.submit(_decode_and_compute, pairs[start : start + per_task], config, device)
-            )
-            while len(in_flight) > 2 * config.workers or (in_flight and in_flight[0].done()):
-                yield from in_flight.popleft().result()
-        while in_flight:
-            yield from in_flight.popleft().result()
+            yield from tasks.submit(_decode_and_compute, pairs[start : start + per_task], config, device)
+        yield from tasks.finish()
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        tasks.close()
 
 
 def _pairs_per_task(pairs: Sequence[Pair], batch_size: int) -> int:
