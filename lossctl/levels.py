@@ -127,10 +127,10 @@ class PixelLevels:
         same for every channel (hence the ``C`` below the denominator's sum)."""
         import torch
 
+        channels = self.preds[0].shape[2]  # the batch's images share their shape
+        weight_of = np.exp(-np.arange(channels * LEVELS) / (channels * self.gt_scale))
         values = []
         for pred, gt in zip(self.preds, self.gts, strict=True):
-            channels = pred.shape[2]
-            weight_of = np.exp(-np.arange(channels * LEVELS) / (channels * self.gt_scale))
             weighted, total_weight = [0.0, 0.0], [0.0, 0.0]  # per direction: vertical, horizontal
             for pred_band, gt_band in zip(_abs_differences(pred), _abs_differences(gt), strict=True):
                 for direction, (pred_difference, gt_difference) in enumerate(
