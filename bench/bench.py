@@ -5,6 +5,7 @@ then measures, in one run:
 
 - the decode floor: one core opening and decoding every pred and gt with Pillow, divided by the
   number of cores (perfectly parallel decoding, the most any Pillow-based evaluator can do);
+  ``--floor-sample K`` times K evenly spread pairs and scales (see bench/throughput.py);
 - ``lossctl eval`` as a whole process (start-up and torch import included), with the full default
   metric set and with the peers' set (l1, mse, psnr, ssim, tv);
 - each peer computing L1, MSE, PSNR, SSIM and TV per pair with Pillow decoding in the loop, timed
@@ -191,6 +192,7 @@ def main() -> None:
     parser.add_argument("--peer-pairs", type=int, default=50, help="pairs each peer computes (they are slow)")
     parser.add_argument("--repeat", type=int, default=2, help="best of this many lossctl runs")
     parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--floor-sample", type=int, help="time the floor on this many pairs (default: all)")
     args = parser.parse_args()
 
     import torch
@@ -202,8 +204,15 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as folder:
         pred, gt = make_pairs(Path(folder), args.pairs, args.size)
-        floor = min(decode_floor(pred, gt) for _ in range(args.repeat))
-        print(f"\ndecode floor: {floor:.2f} s for {args.pairs} pairs ({args.pairs / floor:.0f} pairs/s)\n")
+        floor = min(decode_floor(pred, gt, args.floor_sample) for _ in range(args.repeat))
+        sampled = (
+            f", timed on {args.floor_sample} of them"
+            if args.floor_sample and args.floor_sample < args.pairs
+            else ""
+        )
+        print(
+            f"\ndecode floor: {floor:.2f} s for {args.pairs} pairs ({args.pairs / floor:.0f} pairs/s{sampled})\n"
+        )
         print("| evaluator | metrics | pairs | time | pairs/s | x decode floor |")
         print("|---|---|---|---|---|---|")
         reference, lossctl_rate = None, 0.0
