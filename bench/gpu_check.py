@@ -4,11 +4,27 @@
    the largest relative difference per metric, against METRICS.md's 1e-5 (PSNR: 1e-4 dB absolute).
 2. The CUDA dtype matrix of lossctl.losses: every loss in float32, float64, float16 and bfloat16,
    forward and backward, against a float64 CPU reference.
-3. GPU throughput of `lossctl eval` (bench/throughput.py) on 2,000 pairs of 512x512 and 200 of 2048x2048.
-4. bench/bench.py on the GPU: lossctl against the decode floor and the peers, with their agreement.
+3. bench/bench.py on 2,000 pairs of 512x512: `lossctl eval` (whole process and in process) against
+   the decode floor and the peers, with their agreement: the issue's first GPU target.
+4. bench/throughput.py on 200 pairs of 2048x2048: the second GPU target.
+
+Sections print as they finish, each with its wall time; on a 16-core H100/H200 machine the whole
+run should take about 4 minutes (most of it writing the PNGs). The floors are timed on one core on
+a sample of the pairs (``--floor-sample``; see bench/throughput.py) so that the run fits a short
+loan of the machine.
 
     PYTHONPATH=. python bench/gpu_check.py | tee gpu_results.md
     PYTHONPATH=. python bench/gpu_check.py agreement dtypes   # some sections only
+    python bench/gpu_check.py --device cpu --pairs 8 --large-pairs 2 --large-size 256   # dry run here
+
+The lent H100/H200 machines have torch, OpenCV, pandas, typer, rich, scikit-image and torchmetrics
+but no package index; pytorch-msssim and piq (pure Python) travel with the checkout:
+``pip install --no-deps --target bench/.peers pytorch-msssim piq`` here (``bench/.peers`` is ignored
+by git), then on the device machine, with ``bench/.peers`` carried::
+
+    set -o pipefail; PYTHONUNBUFFERED=1 PYTHONPATH=.:bench/.peers python3 bench/gpu_check.py 2>&1 | tee $OUT/gpu.md
+
+A peer that is missing is listed as skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ import argparse
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -36,10 +53,13 @@ def run_samples(device: str, precision: str) -> dict[str, dict[str, float]]:
     return {result.pair.name: result.values for result in evaluate(pairs, config)}
 
 
-def agreement() -> list[str]:
-    lines = ["| precision | metric | max difference CPU vs CUDA | limit | ok |", "|---|---|---|---|---|"]
+def agreement(args: argparse.Namespace) -> list[str]:
+    lines = [
+        f"| precision | metric | max difference CPU vs {args.device} | limit | ok |",
+        "|---|---|---|---|---|",
+    ]
     for precision in ("float32", "float64"):
-        cpu, cuda = run_samples("cpu", precision), run_samples("cuda", precision)
+        cpu, cuda = run_samples("cpu", precision), run_samples(args.device, precision)
         for metric in METRICS:
             worst = 0.0
             for name in cpu:
@@ -74,7 +94,7 @@ LOSSES = {
 }
 
 
-def dtype_matrix() -> list[str]:
+def dtype_matrix(args: argparse.Namespace) -> list[str]:
     generator = torch.Generator().manual_seed(0)
     target = torch.rand(4, 3, 64, 64, generator=generator, dtype=torch.float64)
     pred = (target + 0.1 * torch.randn(target.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
@@ -84,9 +104,10 @@ def dtype_matrix() -> list[str]:
         reference = loss(pred, target).item()
         cells = []
         for dtype in dtypes:
-            p = pred.to("cuda", dtype).requires_grad_()
+            # A copy: on the CPU, .to() may return pred itself.
+            p = pred.to(args.device, dtype, copy=True).requires_grad_()
             try:
-                value = loss(p, target.to("cuda", dtype))
+                value = loss(p, target.to(args.device, dtype))
                 value.backward()
                 finite = bool(torch.isfinite(p.grad).all())
                 # Half inputs are rounded before the loss sees them, so compare with the rounded inputs.
@@ -98,52 +119,49 @@ def dtype_matrix() -> list[str]:
                     )
                 )
             except Exception as error:  # noqa: BLE001 - report, keep going
-                cells.append(f"FAILS: {type(error).__name__}")
+                cells.append(f"FAILS: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:80]}")
         lines.append(f"| {name} (ref {reference:.4g}) | " + " | ".join(cells) + " |")
     return lines
 
 
-def throughput() -> list[str]:
-    lines = [
+def _run_script(script: str, *options: str) -> list[str]:
+    """bench/SCRIPT with OPTIONS in this interpreter: its output, or why it failed."""
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *options], capture_output=True, text=True
+    )
+    if completed.returncode != 0:
+        return [f"{script} failed (exit {completed.returncode}): {completed.stderr.strip()[-600:]}"]
+    return [completed.stdout.strip()]
+
+
+def against_peers(args: argparse.Namespace) -> list[str]:
+    """bench/bench.py: lossctl, the decode floor and the peers on ``--pairs`` pairs of ``--size``."""
+    return _run_script(
+        "bench.py",
+        *("--device", args.device, "--pairs", str(args.pairs), "--size", str(args.size)),
+        *("--peer-pairs", str(min(args.peer_pairs, args.pairs)), "--repeat", "1"),
+        *("--floor-sample", str(args.floor_sample)),
+    )
+
+
+def large_images(args: argparse.Namespace) -> list[str]:
+    """bench/throughput.py on ``--large-pairs`` pairs of ``--large-size``."""
+    header = [
         "| workload | device | cores | decode floor | lossctl eval | ratio |",
         "|---|---|---|---|---|---|",
     ]
-    for pairs, size in ((2000, 512), (200, 2048)):
-        completed = subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "bench" / "throughput.py"),
-                "--pairs",
-                str(pairs),
-                "--size",
-                str(size),
-                "--device",
-                "cuda",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        lines.append(
-            completed.stdout.strip()
-            or f"| {pairs} x {size} | cuda | failed: {completed.stderr.strip()[-200:]} |"
-        )
-    return lines
-
-
-def against_peers() -> list[str]:
-    """bench/bench.py on the GPU: lossctl, the decode floor and the peers on 2,000 pairs of 512x512."""
-    command = [sys.executable, str(REPO / "bench" / "bench.py"), "--device", "cuda", "--pairs", "2000"]
-    completed = subprocess.run(
-        [*command, "--peer-pairs", "200", "--repeat", "1"], capture_output=True, text=True
+    return header + _run_script(
+        "throughput.py",
+        *("--device", args.device, "--pairs", str(args.large_pairs), "--size", str(args.large_size)),
+        *("--repeat", "1", "--floor-sample", str(max(1, args.floor_sample // 4))),
     )
-    return [completed.stdout.strip() or f"failed: {completed.stderr.strip()[-300:]}"]
 
 
 SECTIONS = {
     "agreement": ("CPU vs CUDA agreement", agreement),
     "dtypes": ("CUDA dtype matrix", dtype_matrix),
-    "throughput": ("Throughput", throughput),
-    "peers": ("Against the peers (bench/bench.py)", against_peers),
+    "peers": ("Against the decode floor and the peers (bench/bench.py)", against_peers),
+    "large": ("Large images (bench/throughput.py)", large_images),
 }
 
 
@@ -152,16 +170,31 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
-    chosen = parser.parse_args().sections or list(SECTIONS)
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu to try this script without a GPU")
+    parser.add_argument("--pairs", type=int, default=2000, help="pairs of --size for the peers section")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--peer-pairs", type=int, default=200, help="pairs each peer computes")
+    parser.add_argument("--large-pairs", type=int, default=200, help="pairs of --large-size")
+    parser.add_argument("--large-size", type=int, default=2048)
+    parser.add_argument(
+        "--floor-sample", type=int, default=200, help="pairs the floor is timed on (a quarter for large ones)"
+    )
+    args = parser.parse_args()
+    chosen = args.sections or list(SECTIONS)
     if unknown := set(chosen) - set(SECTIONS):
         parser.error(f"unknown section {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
-    if not torch.cuda.is_available():
-        sys.exit("gpu_check.py needs CUDA; none is available here")
-    print(f"# GPU checks on {torch.cuda.get_device_name()} (torch {torch.__version__})\n")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("gpu_check.py needs CUDA; none is available here (--device cpu tries the script itself)")
+    name = (
+        torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "the CPU (a dry run)"
+    )
+    print(f"# GPU checks on {name} (torch {torch.__version__}), {time.strftime('%Y-%m-%d')}\n")
     for key in chosen:
         title, section = SECTIONS[key]
-        print(f"## {title}\n")
-        print("\n".join(section()) + "\n", flush=True)
+        start = time.perf_counter()
+        lines = section(args)
+        print(f"## {title} ({time.perf_counter() - start:.0f} s)\n")
+        print("\n".join(lines) + "\n", flush=True)
 
 
 if __name__ == "__main__":
