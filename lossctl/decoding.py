@@ -11,10 +11,11 @@ processes start in a fraction of a second.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import numpy as np
 
 from .errors import ImageReadError, LossctlError
 from .io import LoadedPair, LoadedSegmentation, Pair, load_pair, set_max_pixels
+from .sharding import pair_pixels
 
 DECODERS = ("auto", "threads", "processes")
 
@@ -48,6 +50,33 @@ def use_processes(decoder: str, workers: int, pairs: int) -> bool:
     if decoder == "auto":
         return workers > 2 and pairs >= 8 * workers
     return decoder == "processes"
+
+
+def decodable(pairs: Iterable[Pair]) -> list[Pair]:
+    """The pairs that are decoded and computed: those whose files were both found (the others are
+    reported as unmatched or conflicting without reading them)."""
+    return [pair for pair in pairs if pair.status == "pending"]
+
+
+# How far decoding in processes may run ahead of the engine, from before the main process imports
+# torch (1-3 s, while the other cores would idle) and, on a GPU, for the whole run: a window of two
+# batches fills in a fraction of that time on 16 cores, and then the decoders wait.
+HEAD_START_BYTES = 2 << 30
+
+
+def head_start_window(pairs: Sequence[Pair]) -> int:
+    """Pairs to decode ahead of the engine's import: about ``HEAD_START_BYTES`` of 8-bit RGB pairs
+    shaped like the first (an eighth of the machine's memory at most), and at least one."""
+    pixels = pair_pixels(pairs[0]) if pairs else None
+    budget = min(HEAD_START_BYTES, _physical_memory() // 8)
+    return max(1, budget // (2 * 3 * pixels)) if pixels else 1
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: assume a small machine
+        return 8 << 30
 
 
 def decode_pair(pair: Pair, with_weights: bool) -> Decoded:
@@ -185,8 +214,9 @@ class DecodeAhead:
     in input order.
 
     Decoding starts when this is made, not at the first ``next()``, so that a caller can do slow
-    work of its own meanwhile (on a GPU, creating the CUDA context). :meth:`close` (also on leaving
-    a ``with closing(...)`` block) cancels queued decodes rather than awaiting them.
+    work of its own meanwhile (importing torch, creating the CUDA context), with a window it may
+    narrow later (:meth:`narrow`). :meth:`close` (also on leaving a ``with closing(...)`` block)
+    cancels queued decodes rather than awaiting them.
     """
 
     def __init__(
@@ -199,14 +229,30 @@ class DecodeAhead:
         max_pixels: int | None = None,
     ):
         self.with_weights, self.prefetch, self.processes = with_weights, max(1, prefetch), processes
-        self._pairs = iter(pairs)
+        self.pairs = list(pairs)
+        self._closed = False
+        self._pairs = iter(self.pairs)
         self._decoders = _Decoders(max(1, workers), processes, max_pixels)
         self._in_flight: deque[tuple[Future, Pair]] = deque()
         self._submit_up_to_prefetch()
 
     def _submit_up_to_prefetch(self) -> None:
         while len(self._in_flight) < self.prefetch and (pair := next(self._pairs, None)) is not None:
-            self._in_flight.append((self._decoders.submit(pair, self.with_weights), pair))
+            future = self._decoders.submit(pair, self.with_weights)
+            if self.processes:
+                future.add_done_callback(self._release_if_closed)
+            self._in_flight.append((future, pair))
+
+    def narrow(self, prefetch: int) -> None:
+        """Keep at most ``prefetch`` pairs in flight from now on. Decodes queued beyond that and not
+        yet started are withdrawn (and submitted again in their turn), so that only what was already
+        decoded or decoding stays held beyond the new window."""
+        self.prefetch = min(self.prefetch, max(1, prefetch))
+        withdrawn: deque[Pair] = deque()
+        while len(self._in_flight) > self.prefetch and self._in_flight[-1][0].cancel():
+            withdrawn.appendleft(self._in_flight.pop()[1])
+        if withdrawn:
+            self._pairs = itertools.chain(withdrawn, self._pairs)
 
     def __iter__(self) -> Iterator[Decoded]:
         return self
@@ -219,12 +265,18 @@ class DecodeAhead:
         return self._decoders.result(future, pair, self.with_weights)
 
     def close(self) -> None:
+        self._closed = True
         self._decoders.close()
         if self.processes:  # free the shared blocks of decodes that finished but were never taken
             for future, _ in self._in_flight:
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    _map_arrays(future.result(), _release)
+                self._release_if_closed(future)
         self._in_flight.clear()
+
+    def _release_if_closed(self, future: Future) -> None:
+        """Free the shared blocks of a decode that finished after :meth:`close` (or before it,
+        untaken); a block freed twice is no error."""
+        if self._closed and future.done() and not future.cancelled() and future.exception() is None:
+            _map_arrays(future.result(), _release)
 
 
 def _release(shared: _SharedArray | np.ndarray) -> None:

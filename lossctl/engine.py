@@ -27,9 +27,9 @@ import torch
 
 from . import levels
 from .conventions import Convention
-from .decoding import DecodeAhead, Decoded, DecodeFailure, decode_pair, use_processes
+from .decoding import DecodeAhead, Decoded, DecodeFailure, decodable, decode_pair, use_processes
 from .errors import LossctlError
-from .io import LoadedPair, LoadedSegmentation, Pair, set_max_pixels
+from .io import LoadedPair, LoadedSegmentation, Pair, first_class_count, set_max_pixels
 from .levels import PixelLevels
 
 # Executes the lazily imported lossctl.losses now: importlib's LazyLoader is not thread-safe, and
@@ -501,19 +501,6 @@ def compute_within_memory(
     return [PairResult(pair=items[0].pair, status="error", error="out of memory computing this pair")]
 
 
-def first_class_count(pairs: Sequence[Pair]) -> int | None:
-    """The class count of the first ``.npy`` prediction (by name) that can be read, from its header."""
-    for pair in pairs:
-        if pair.is_segmentation:
-            try:
-                shape = np.load(pair.pred, mmap_mode="r", allow_pickle=False).shape
-            except (OSError, ValueError, EOFError):
-                continue
-            if len(shape) == 3:
-                return int(shape[0])
-    return None
-
-
 def _batch_values(items: Sequence[LoadedPair | LoadedSegmentation]) -> int:
     first = items[0]
     return len(items) * first.channels * first.height * first.width
@@ -603,7 +590,9 @@ def max_batch_values(config: EvalConfig, device: torch.device) -> int:
     return max(1, free // 2 // (WORKING_SET_PER_VALUE * value_bytes))
 
 
-def iter_results(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]:
+def iter_results(
+    pairs: Sequence[Pair], config: EvalConfig, head_start: DecodeAhead | None = None
+) -> Iterator[PairResult]:
     """Compute every metric of ``config`` for every pair, yielding one result per pair as it is
     done (not in input order), so that a caller can keep just what its report needs.
 
@@ -611,27 +600,35 @@ def iter_results(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResu
     status ``unmatched`` or ``error`` and a reason; every other pair is computed. A pair's own notes
     (see :class:`Pair`) come first in its result's. Close the iterator (or let it finish) to stop
     the decoding and compute threads.
+
+    ``head_start``: decoding of the decodable ``pairs`` in processes that the caller started before
+    importing this module (see :func:`lossctl.run.run_evaluation`); it is used where this run
+    decodes them in processes too (on a CPU, narrowed to the engine's window), and closed either way.
     """
-    with closing(_computed(pairs, config)) as results:
+    with closing(_computed(pairs, config, head_start)) as results:
         for result in results:
             if result.pair.notes:
                 result.notes[:0] = result.pair.notes
             yield result
 
 
-def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]:
-    check_config(config)
-    device = resolve_device(config.device)
-    set_max_pixels(config.max_pixels)
-    for pair in pairs:
-        if pair.status != "pending":
-            yield PairResult(pair=pair, status=pair.status, error=_reason(pair))
-    computable = [pair for pair in pairs if pair.status == "pending"]
-    if config.num_classes is None:  # a shard is given the whole pairing's
-        config = replace(config, num_classes=first_class_count(computable))
-    batch_size = batch_size_for(config, device)
-    processes = use_processes(config.decoder, config.workers, len(computable))
+def _computed(
+    pairs: Sequence[Pair], config: EvalConfig, head_start: DecodeAhead | None = None
+) -> Iterator[PairResult]:
     with ExitStack() as stack:
+        if head_start is not None:
+            stack.callback(head_start.close)
+        check_config(config)
+        device = resolve_device(config.device)
+        set_max_pixels(config.max_pixels)
+        for pair in pairs:
+            if pair.status != "pending":
+                yield PairResult(pair=pair, status=pair.status, error=_reason(pair))
+        computable = decodable(pairs)
+        if config.num_classes is None:  # a shard is given the whole pairing's
+            config = replace(config, num_classes=first_class_count(computable))
+        batch_size = batch_size_for(config, device)
+        processes = use_processes(config.decoder, config.workers, len(computable))
         if device.type == "cpu":
             keep_freed_memory_for_reuse()
             stack.enter_context(_one_thread_per_operation())
@@ -641,7 +638,14 @@ def _computed(pairs: Sequence[Pair], config: EvalConfig) -> Iterator[PairResult]
         # Decoding starts before the free GPU memory is read: that first call creates the CUDA
         # context, a fraction of a second to seconds that the decoders need not wait for.
         prefetch = 2 * batch_size + 2 * config.workers
-        decoded = stack.enter_context(closing(start_decoding(computable, config, prefetch, processes)))
+        if head_start is not None and processes and head_start.pairs == computable:
+            decoded = head_start
+            # A CPU's cores are needed for computing once the engine is in; a GPU keeps the deep
+            # window, so that the decoders never wait while it works through what they decoded.
+            if device.type == "cpu":
+                decoded.narrow(prefetch)
+        else:
+            decoded = stack.enter_context(closing(start_decoding(computable, config, prefetch, processes)))
         batcher = _Batcher(
             batch_size, max_buffered=4 * batch_size, max_values=max_batch_values(config, device)
         )

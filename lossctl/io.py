@@ -11,6 +11,7 @@ import functools
 import io
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -543,6 +544,19 @@ def decode_label_map(path: Path) -> tuple[np.ndarray, int]:
         raise ImageReadError("not enough memory to decode it") from None
     bit_depth = 1 if labels.dtype == bool else 16 if labels.dtype.itemsize > 1 else 8
     return labels.astype(np.int64), bit_depth
+
+
+def first_class_count(pairs: Sequence[Pair]) -> int | None:
+    """The class count of the first ``.npy`` prediction (by name) that can be read, from its header."""
+    for pair in pairs:
+        if pair.is_segmentation:
+            try:
+                shape = np.load(pair.pred, mmap_mode="r", allow_pickle=False).shape
+            except (OSError, ValueError, EOFError):
+                continue
+            if len(shape) == 3:
+                return int(shape[0])
+    return None
 
 
 def load_segmentation(pair: Pair) -> LoadedSegmentation:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -338,6 +340,104 @@ def test_the_engine_starts_decoding_before_it_reads_the_free_device_memory(monke
     assert calls == ["start_decoding", "max_batch_values"]
     assert sorted(results) == sorted(pair.name for pair in pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs)
     assert all(result.status == "ok" for result in results.values())
+
+
+def test_narrowing_the_decode_window_withdraws_queued_pairs_and_keeps_every_pair_in_order(monkeypatch):
+    import threading
+
+    import lossctl.decoding
+
+    release = threading.Event()
+    decode_pair = lossctl.decoding.decode_pair
+
+    def held_decode_pair(*args, **kwargs):
+        release.wait(timeout=10)  # the one worker holds the first pair; the rest stay queued
+        return decode_pair(*args, **kwargs)
+
+    monkeypatch.setattr(lossctl.decoding, "decode_pair", held_decode_pair)
+    pairs = pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs
+    decoder = lossctl.decoding.DecodeAhead(pairs, with_weights=False, workers=1, prefetch=len(pairs))
+    try:
+        decoder.narrow(2)
+        assert decoder.prefetch == 2
+        assert len(decoder._in_flight) == 2  # the decoding pair and the first one still queued
+        release.set()
+        assert [item.pair.name for item in decoder] == [pair.name for pair in pairs]
+    finally:
+        decoder.close()
+
+
+def test_an_evaluation_decoding_in_processes_starts_them_before_importing_torch(tmp_path):
+    """The main process imports torch for 1-3 s; the decoders should be at work meanwhile."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        f"""
+import sys
+from pathlib import Path
+
+import lossctl.decoding
+from lossctl.metrics import resolve_params
+from lossctl.run import EvalRequest, run_evaluation
+
+made = []
+init = lossctl.decoding.DecodeAhead.__init__
+
+
+def recording_init(self, *args, **kwargs):
+    made.append("torch" in sys.modules)
+    init(self, *args, **kwargs)
+
+
+if __name__ == "__main__":
+    lossctl.decoding.DecodeAhead.__init__ = recording_init
+    request = EvalRequest(
+        Path({str(SAMPLE_PRED)!r}), Path({str(SAMPLE_GT)!r}), ["l1"], resolve_params(["l1"], []),
+        device="cpu", workers=2, decoder="processes",
+    )
+    evaluation = run_evaluation(request)
+    print(made, sorted(set(evaluation.frame["status"])))
+"""
+    )
+    completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["[False]", "['ok']"]  # made once, before torch; every pair computed
+    assert "leaked" not in completed.stderr
+
+
+def test_an_evaluation_failing_after_its_decoding_head_start_stops_it(monkeypatch):
+    """The head start is made before the device is checked; an error after it must not leave its
+    processes decoding, nor their shared-memory blocks behind."""
+    from pathlib import Path
+
+    import lossctl.decoding
+    from lossctl.run import EvalRequest, run_evaluation
+
+    made = []
+    init = lossctl.decoding.DecodeAhead.__init__
+
+    def recording_init(self, *args, **kwargs):
+        made.append(self)
+        init(self, *args, **kwargs)
+
+    def blocks() -> set[str]:
+        return {path.name for path in Path("/dev/shm").glob("psm_*")}
+
+    monkeypatch.setattr(lossctl.decoding.DecodeAhead, "__init__", recording_init)
+    before = blocks()
+    request = EvalRequest(
+        SAMPLE_PRED,
+        SAMPLE_GT,
+        ["l1"],
+        resolve_params(["l1"], []),
+        device="cuda:99",
+        workers=2,
+        decoder="processes",
+    )
+    with pytest.raises(LossctlError, match="cuda:99"):
+        run_evaluation(request)
+    assert len(made) == 1 and made[0]._closed
+    made[0]._decoders.pool.shutdown(wait=True)  # decodes running at the failure finish and are freed
+    assert not blocks() - before
 
 
 def test_a_cpu_task_computes_as_it_decodes_once_it_holds_a_block(folders, rng, monkeypatch):
