@@ -215,7 +215,7 @@ class DecodeAhead:
 
     Decoding starts when this is made, not at the first ``next()``, so that a caller can do slow
     work of its own meanwhile (importing torch, creating the CUDA context), with a window it may
-    narrow later (:meth:`narrow`). :meth:`close` (also on leaving a ``with closing(...)`` block)
+    resize later (:meth:`resize`). :meth:`close` (also on leaving a ``with closing(...)`` block)
     cancels queued decodes rather than awaiting them.
     """
 
@@ -243,16 +243,17 @@ class DecodeAhead:
                 future.add_done_callback(self._release_if_closed)
             self._in_flight.append((future, pair))
 
-    def narrow(self, prefetch: int) -> None:
-        """Keep at most ``prefetch`` pairs in flight from now on. Decodes queued beyond that and not
-        yet started are withdrawn (and submitted again in their turn), so that only what was already
-        decoded or decoding stays held beyond the new window."""
-        self.prefetch = min(self.prefetch, max(1, prefetch))
+    def resize(self, prefetch: int) -> None:
+        """Keep at most ``prefetch`` pairs in flight from now on. Narrowing withdraws the decodes
+        queued beyond that and not yet started (they are submitted again in their turn), so that
+        only what was already decoded or decoding stays held beyond the new window."""
+        self.prefetch = max(1, prefetch)
         withdrawn: deque[Pair] = deque()
         while len(self._in_flight) > self.prefetch and self._in_flight[-1][0].cancel():
             withdrawn.appendleft(self._in_flight.pop()[1])
         if withdrawn:
             self._pairs = itertools.chain(withdrawn, self._pairs)
+        self._submit_up_to_prefetch()
 
     def __iter__(self) -> Iterator[Decoded]:
         return self

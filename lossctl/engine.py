@@ -640,10 +640,9 @@ def _computed(
         prefetch = 2 * batch_size + 2 * config.workers
         if head_start is not None and processes and head_start.pairs == computable:
             decoded = head_start
-            # A CPU's cores are needed for computing once the engine is in; a GPU keeps the deep
+            # A CPU's cores are needed for computing once the engine is in; a GPU keeps the deeper
             # window, so that the decoders never wait while it works through what they decoded.
-            if device.type == "cpu":
-                decoded.narrow(prefetch)
+            decoded.resize(prefetch if device.type == "cpu" else max(prefetch, decoded.prefetch))
         else:
             decoded = stack.enter_context(closing(start_decoding(computable, config, prefetch, processes)))
         batcher = _Batcher(

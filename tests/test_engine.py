@@ -342,7 +342,7 @@ def test_the_engine_starts_decoding_before_it_reads_the_free_device_memory(monke
     assert all(result.status == "ok" for result in results.values())
 
 
-def test_narrowing_the_decode_window_withdraws_queued_pairs_and_keeps_every_pair_in_order(monkeypatch):
+def test_resizing_the_decode_window_withdraws_queued_pairs_and_keeps_every_pair_in_order(monkeypatch):
     import threading
 
     import lossctl.decoding
@@ -358,9 +358,11 @@ def test_narrowing_the_decode_window_withdraws_queued_pairs_and_keeps_every_pair
     pairs = pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs
     decoder = lossctl.decoding.DecodeAhead(pairs, with_weights=False, workers=1, prefetch=len(pairs))
     try:
-        decoder.narrow(2)
+        decoder.resize(2)
         assert decoder.prefetch == 2
         assert len(decoder._in_flight) == 2  # the decoding pair and the first one still queued
+        decoder.resize(3)
+        assert len(decoder._in_flight) == 3  # a withdrawn pair is submitted again, in its turn
         release.set()
         assert [item.pair.name for item in decoder] == [pair.name for pair in pairs]
     finally:
