@@ -253,18 +253,30 @@ def _metric_values(batch, config: EvalConfig, kernel_of) -> list[dict[str, float
     """Each image's values of the selected metrics that apply to this kind of batch (NaN for the
     others), with one device-to-host copy for the whole batch."""
     count = len(batch.notes)
-    nan = torch.full((count,), float("nan"), dtype=torch.float64)
     columns = []
     for name in config.metrics:
         kernel = kernel_of(METRICS[name])
         columns.append(
-            nan if kernel is None else kernel(batch, config.params.get(name, {})).to(torch.float64).cpu()
+            None if kernel is None else kernel(batch, config.params.get(name, {})).to(torch.float64)
         )
-    values = torch.stack(columns).tolist() if columns else [[] for _ in range(count)]
-    rows = [{name: values[row][index] for row, name in enumerate(config.metrics)} for index in range(count)]
-    for name, per_class in getattr(batch, "per_class", {}).items():
-        for index, classes in enumerate(per_class.to(torch.float64).cpu().tolist()):
-            rows[index].update({f"{name}_class_{k}": value for k, value in enumerate(classes)})
+    # On a GPU each copy to the host waits for the work queued before it: one copy, not one per metric.
+    device = next((column.device for column in columns if column is not None), torch.device("cpu"))
+    nan = torch.full((count,), float("nan"), dtype=torch.float64, device=device)
+    per_class = {name: table.to(torch.float64) for name, table in getattr(batch, "per_class", {}).items()}
+    parts = [torch.stack([nan if column is None else column for column in columns])] if columns else []
+    parts += per_class.values()
+    flat = torch.cat([part.flatten() for part in parts]).cpu().tolist() if parts else []
+    rows: list[dict[str, float]] = [{} for _ in range(count)]
+    for row, name in enumerate(config.metrics):
+        for index in range(count):
+            rows[index][name] = flat[row * count + index]
+    start = len(columns) * count
+    for name, table in per_class.items():
+        classes = table.shape[1]
+        for index in range(count):
+            values = flat[start + index * classes : start + (index + 1) * classes]
+            rows[index].update({f"{name}_class_{k}": value for k, value in enumerate(values)})
+        start += count * classes
     return rows
 
 
