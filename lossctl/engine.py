@@ -225,33 +225,56 @@ def _from_levels(first: LoadedPair, config: EvalConfig, device: torch.device) ->
 
 def compute_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.device) -> list[PairResult]:
     """Compute every selected metric for a batch of pairs with equal :attr:`LoadedPair.batch_key`."""
+    return start_batch(items, config, device)()
+
+
+def start_batch(
+    items: Sequence[LoadedPair], config: EvalConfig, device: torch.device
+) -> Callable[[], list[PairResult]]:
+    """Queue :func:`compute_batch`'s work on ``device`` and return the function that waits for it
+    and gives the results. On a GPU the work runs while the caller prepares the next batch; the
+    batch's tensors are not kept, only its values on their way to the host."""
     first = items[0]
     if (problem := config.convention.check_size(first.pred.height, first.pred.width)) is not None:
-        return [PairResult(pair=item.pair, status="error", error=problem) for item in items]
+        errors = [PairResult(pair=item.pair, status="error", error=problem) for item in items]
+        return lambda: errors
     batch = pair_batch(items, config, device)
     for index, item in enumerate(items):
         if item.weight_problem and "weighted_tv" in config.metrics:
             batch.notes[index].append(f"weighted_tv: {item.weight_problem}")
     with torch.no_grad():
-        values = _metric_values(batch, config, lambda metric: metric.compute)
-    return [
-        PairResult(
-            pair=item.pair,
-            status="ok",
-            height=item.pred.height,
-            width=item.pred.width,
-            channels=item.channels,
-            bit_depth=item.bit_depth,
-            notes=batch.notes[index],
-            values=values[index],
-        )
-        for index, item in enumerate(items)
-    ]
+        values = _start_metric_values(batch, config, lambda metric: metric.compute)
+    notes = batch.notes
+    shapes = [(item.pair, item.pred.height, item.pred.width, item.channels, item.bit_depth) for item in items]
+    del batch
+
+    def results() -> list[PairResult]:
+        rows = values()
+        return [
+            PairResult(
+                pair=pair,
+                status="ok",
+                height=height,
+                width=width,
+                channels=channels,
+                bit_depth=bit_depth,
+                notes=notes[index],
+                values=rows[index],
+            )
+            for index, (pair, height, width, channels, bit_depth) in enumerate(shapes)
+        ]
+
+    return results
 
 
 def _metric_values(batch, config: EvalConfig, kernel_of) -> list[dict[str, float]]:
     """Each image's values of the selected metrics that apply to this kind of batch (NaN for the
     others), with one device-to-host copy for the whole batch."""
+    return _start_metric_values(batch, config, kernel_of)()
+
+
+def _start_metric_values(batch, config: EvalConfig, kernel_of) -> Callable[[], list[dict[str, float]]]:
+    """:func:`_metric_values` with the copy to the host started, not awaited: the result gives them."""
     count = len(batch.notes)
     columns = []
     for name in config.metrics:
@@ -265,18 +288,34 @@ def _metric_values(batch, config: EvalConfig, kernel_of) -> list[dict[str, float
     per_class = {name: table.to(torch.float64) for name, table in getattr(batch, "per_class", {}).items()}
     parts = [torch.stack([nan if column is None else column for column in columns])] if columns else []
     parts += per_class.values()
-    flat = torch.cat([part.flatten() for part in parts]).cpu().tolist() if parts else []
-    rows: list[dict[str, float]] = [{} for _ in range(count)]
-    for row, name in enumerate(config.metrics):
-        for index in range(count):
-            rows[index][name] = flat[row * count + index]
-    start = len(columns) * count
-    for name, table in per_class.items():
-        classes = table.shape[1]
-        for index in range(count):
-            values = flat[start + index * classes : start + (index + 1) * classes]
-            rows[index].update({f"{name}_class_{k}": value for k, value in enumerate(values)})
-        start += count * classes
+    flat = torch.cat([part.flatten() for part in parts]) if parts else torch.empty(0, dtype=torch.float64)
+    copied = None
+    if flat.device.type == "cuda":
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(flat.device))
+        flat = host
+    # The function below keeps no device tensor: only the values, on their way to the host.
+    metrics, tables = list(config.metrics), [(name, table.shape[1]) for name, table in per_class.items()]
+    del columns, per_class, parts, nan
+
+    def rows() -> list[dict[str, float]]:
+        if copied is not None:
+            copied.synchronize()
+        values = flat.tolist()
+        result: list[dict[str, float]] = [{} for _ in range(count)]
+        for row, name in enumerate(metrics):
+            for index in range(count):
+                result[index][name] = values[row * count + index]
+        start = len(metrics) * count
+        for name, classes in tables:
+            for index in range(count):
+                per_image = values[start + index * classes : start + (index + 1) * classes]
+                result[index].update({f"{name}_class_{k}": value for k, value in enumerate(per_image)})
+            start += count * classes
+        return result
+
     return rows
 
 
@@ -459,30 +498,51 @@ class _TasksInOrder:
 
 
 class _Computer:
-    """Computes ready batches: on a GPU one batch at a time in this thread; on a CPU as blocks
-    (see :func:`cpu_blocks`) in a pool of threads, at most two blocks per thread in flight.
-    Results come back in the order the batches were given."""
+    """Computes ready batches and gives back their results in the order the batches were given. On
+    a CPU, as blocks (see :func:`cpu_blocks`) in a pool of threads, at most two blocks per thread in
+    flight. On a GPU, in this thread, one batch queued on the device while this thread prepares the
+    next: each batch's results are collected when the next one has been started (or at
+    :meth:`finish`), not awaited as soon as its work is queued."""
 
-    def __init__(self, config: EvalConfig, device: torch.device):
+    def __init__(self, config: EvalConfig, device: torch.device, pooled: bool | None = None):
         self.config, self.device = config, device
         self.tasks = None
-        if device.type == "cpu":
+        self.pending: Callable[[], list[PairResult]] | None = None
+        if device.type == "cpu" if pooled is None else pooled:
             self.tasks = _TasksInOrder(os.cpu_count() or 1, "lossctl-compute")
 
     def submit(self, items: Sequence[LoadedPair | LoadedSegmentation]) -> Iterator[PairResult]:
-        """Start computing ``items``; yield the results of earlier blocks that are done or must be
+        """Start computing ``items``; yield the results of earlier batches that are done or must be
         waited for to keep the number in flight bounded."""
         if self.tasks is None:
-            yield from compute_within_memory(items, self.config, self.device)
+            previous, self.pending = self.pending, self._start(items)
+            if previous is not None:
+                yield from previous()
             return
         for block in cpu_blocks(items, _block_values(items[0], self.config, self.device)):
             yield from self.tasks.submit(compute_within_memory, block, self.config, self.device)
 
+    def _start(self, items: Sequence[LoadedPair | LoadedSegmentation]) -> Callable[[], list[PairResult]]:
+        if isinstance(items[0], LoadedPair):
+            try:
+                return start_batch(items, self.config, self.device)
+            except Exception as error:
+                if not _out_of_memory(error):
+                    raise
+            results = _after_out_of_memory(items, self.config, self.device)
+        else:
+            results = compute_within_memory(items, self.config, self.device)
+        return lambda: results
+
     def finish(self) -> Iterator[PairResult]:
+        if self.pending is not None:
+            previous, self.pending = self.pending, None
+            yield from previous()
         if self.tasks is not None:
             yield from self.tasks.finish()
 
     def close(self) -> None:
+        self.pending = None
         if self.tasks is not None:
             self.tasks.close()
 
@@ -498,6 +558,13 @@ def compute_within_memory(
     except Exception as error:
         if not _out_of_memory(error):
             raise
+    return _after_out_of_memory(items, config, device)
+
+
+def _after_out_of_memory(
+    items: Sequence[LoadedPair | LoadedSegmentation], config: EvalConfig, device: torch.device
+) -> list[PairResult]:
+    """:func:`compute_within_memory` for a batch that just ran out of memory: in halves, or on the CPU."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if len(items) > 1:

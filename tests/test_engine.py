@@ -442,6 +442,66 @@ def test_an_evaluation_failing_after_its_decoding_head_start_stops_it(monkeypatc
     assert not blocks() - before
 
 
+def _loaded_sample_batches(config):
+    from lossctl.io import load_pair
+
+    loaded = [
+        load_pair(pair) for pair in pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs if pair.status == "pending"
+    ]
+    by_shape = {}
+    for item in loaded:
+        by_shape.setdefault(item.batch_key, []).append(item)
+    return list(by_shape.values())
+
+
+def test_a_gpu_style_computer_collects_each_batch_once_the_next_is_started():
+    """On a GPU one batch computes while the next is prepared: its results come back after the
+    next batch is submitted, or at finish(), in order and equal to computing each batch alone."""
+    import lossctl.engine as engine
+
+    names = parse_metric_names(None)
+    config = EvalConfig(metrics=names, params=resolve_params(names, []), device="cpu")
+    device = torch.device("cpu")
+    batches = _loaded_sample_batches(config)
+    assert len(batches) >= 2
+    computer = engine._Computer(config, device, pooled=False)
+    yielded = []
+    for index, batch in enumerate(batches):
+        got = list(computer.submit(batch))
+        expected_before = batches[index - 1] if index else []
+        assert [result.pair.name for result in got] == [item.pair.name for item in expected_before]
+        yielded += got
+    yielded += list(computer.finish())
+    alone = [result for batch in batches for result in engine.compute_batch(batch, config, device)]
+
+    def described(results):  # repr: NaN equals NaN
+        return [(r.pair.name, r.status, repr(r.values), r.notes) for r in results]
+
+    assert described(yielded) == described(alone)
+
+
+def test_a_gpu_style_computer_splits_a_batch_that_runs_out_of_memory(monkeypatch):
+    import lossctl.engine as engine
+
+    start_batch = engine.start_batch
+
+    def small_memory(items, config, device):
+        if len(items) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return start_batch(items, config, device)
+
+    monkeypatch.setattr(engine, "start_batch", small_memory)
+    config = EvalConfig(metrics=["l1", "ssim"], params=resolve_params(["l1", "ssim"], []), device="cpu")
+    batches = [batch for batch in _loaded_sample_batches(config) if len(batch) > 1]
+    assert batches
+    computer = engine._Computer(config, torch.device("cpu"), pooled=False)
+    results = [result for batch in batches for result in computer.submit(batch)] + list(computer.finish())
+    assert sorted(result.pair.name for result in results) == sorted(
+        item.pair.name for b in batches for item in b
+    )
+    assert all(result.status == "ok" and not math.isnan(result.values["l1"]) for result in results)
+
+
 def test_a_cpu_task_computes_as_it_decodes_once_it_holds_a_block(folders, rng, monkeypatch):
     """Tasks are sized from the first pair's header; when later pairs are far larger, a thread must
     not decode a whole task's worth of them before computing any (memory)."""
