@@ -151,7 +151,7 @@ def _expand_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 def _note_nan_images(batch: PairBatch, raw: torch.Tensor, side: str) -> None:
     if raw.is_floating_point():
-        batch.note(raw.isnan().flatten(1).any(dim=1).tolist(), f"{side} contains NaN values")
+        batch.note(raw.isnan().flatten(1).any(dim=1), f"{side} contains NaN values")
 
 
 def pair_batch(items: Sequence[LoadedPair], config: EvalConfig, device: torch.device) -> PairBatch:
@@ -241,15 +241,15 @@ def start_batch(
     batch = pair_batch(items, config, device)
     for index, item in enumerate(items):
         if item.weight_problem and "weighted_tv" in config.metrics:
-            batch.notes[index].append(f"weighted_tv: {item.weight_problem}")
+            batch.note_image(index, f"weighted_tv: {item.weight_problem}")
     with torch.no_grad():
         values = _start_metric_values(batch, config, lambda metric: metric.compute)
-    notes = batch.notes
+    notes_later = batch.notes_later()
     shapes = [(item.pair, item.pred.height, item.pred.width, item.channels, item.bit_depth) for item in items]
     del batch
 
     def results() -> list[PairResult]:
-        rows = values()
+        rows, notes = values(), notes_later()
         return [
             PairResult(
                 pair=pair,
@@ -275,7 +275,7 @@ def _metric_values(batch, config: EvalConfig, kernel_of) -> list[dict[str, float
 
 def _start_metric_values(batch, config: EvalConfig, kernel_of) -> Callable[[], list[dict[str, float]]]:
     """:func:`_metric_values` with the copy to the host started, not awaited: the result gives them."""
-    count = len(batch.notes)
+    count = batch.count
     columns = []
     for name in config.metrics:
         kernel = kernel_of(METRICS[name])
@@ -378,6 +378,7 @@ def compute_segmentation_batch(
         batch = SegmentationBatch(log_probs, labels.where(valid, 0), valid)
         with torch.no_grad():
             values = _metric_values(batch, config, lambda metric: metric.segmentation)
+        notes = batch.notes
         for position, index in enumerate(good):
             item = items[index]
             kind = "probabilities" if bool(probabilities[position]) else "logits"
@@ -388,7 +389,7 @@ def compute_segmentation_batch(
                 width=item.width,
                 channels=classes,
                 bit_depth=item.bit_depth,
-                notes=[f"scores read as {kind}", *batch.notes[position]],
+                notes=[f"scores read as {kind}", *notes[position]],
                 values=values[position],
             )
     return [results[index] for index in range(len(items))]

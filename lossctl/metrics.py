@@ -51,16 +51,44 @@ class Param:
 
 
 class _Noted:
-    """Why a value is NaN, per image of a batch: metrics add notes, the report shows them."""
+    """Why a value is NaN, per image of a batch: metrics add notes, the report shows them.
+
+    Flags given as a tensor stay on the batch's device until the notes are read: reading them at once
+    would make the host wait, mid-batch, for every kernel a GPU has queued (see
+    :meth:`notes_later`)."""
 
     def __init__(self, count: int):
-        self.notes: list[list[str]] = [[] for _ in range(count)]
+        self.count = count
+        self._entries: list[tuple[Sequence[bool] | torch.Tensor, str]] = []
 
-    def note(self, images: Sequence[bool], text: str) -> None:
-        """Attach ``text`` to the notes of each image flagged in ``images``."""
-        for index, flagged in enumerate(images):
-            if flagged:
-                self.notes[index].append(text)
+    def note(self, images: Sequence[bool] | torch.Tensor, text: str) -> None:
+        """Attach ``text`` to the notes of each image flagged in ``images`` (booleans, or a bool
+        tensor of one flag per image)."""
+        self._entries.append((images, text))
+
+    def note_image(self, index: int, text: str) -> None:
+        """Attach ``text`` to the notes of image ``index``."""
+        self.note([position == index for position in range(self.count)], text)
+
+    @property
+    def notes(self) -> list[list[str]]:
+        """Each image's notes, in the order they were added."""
+        return self.notes_later()()
+
+    def notes_later(self) -> Callable[[], list[list[str]]]:
+        """A function that reads the notes added so far, holding only their flags, not the batch."""
+        entries, count = list(self._entries), self.count
+
+        def notes() -> list[list[str]]:
+            per_image: list[list[str]] = [[] for _ in range(count)]
+            for images, text in entries:
+                flags = images.tolist() if hasattr(images, "tolist") else images
+                for index, flagged in enumerate(flags):
+                    if flagged:
+                        per_image[index].append(text)
+            return per_image
+
+        return notes
 
 
 ELEMENTWISE_CHUNK_VALUES = 1 << 24  # per chunk of a batch, for element-wise metrics of huge images
@@ -193,7 +221,7 @@ def _nan_where(values: torch.Tensor, invalid: torch.Tensor) -> torch.Tensor:
 
 
 def _all_nan(batch: PairBatch, note: str) -> torch.Tensor:
-    batch.note([True] * len(batch.notes), note)
+    batch.note([True] * batch.count, note)
     return batch.pred.new_full((batch.pred.shape[0],), float("nan"))
 
 
@@ -238,7 +266,7 @@ def _outside_unit_interval(x: torch.Tensor) -> torch.Tensor:
 
 def _bce(batch: PairBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
     out_of_range = batch.image_sum_of(_outside_unit_interval, "pred") > 0
-    batch.note(out_of_range.tolist(), "bce: prediction outside [0, 1]")
+    batch.note(out_of_range, "bce: prediction outside [0, 1]")
     return _nan_where(batch.image_mean_of(L.binary_cross_entropy_error, "pred", "target"), out_of_range)
 
 
@@ -302,7 +330,7 @@ def _cross_entropy(batch: SegmentationBatch, p: Mapping[str, ParamValue]) -> tor
     picked = batch.log_probs.gather(1, batch.labels.unsqueeze(1)).squeeze(1)
     total = (-picked).where(batch.valid, 0.0).flatten(1).sum(dim=1)
     empty = batch.valid_pixels == 0
-    batch.note(empty.tolist(), "ce: every pixel is --ignore-index")
+    batch.note(empty, "ce: every pixel is --ignore-index")
     return (total / batch.valid_pixels.clamp_min(1)).masked_fill(empty, float("nan"))
 
 

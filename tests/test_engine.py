@@ -454,6 +454,19 @@ def _loaded_sample_batches(config):
     return list(by_shape.values())
 
 
+def test_notes_keep_their_order_whether_flagged_by_lists_or_by_tensors_read_later():
+    from lossctl.metrics import PairBatch
+
+    images = torch.zeros(3, 1, 4, 4)
+    batch = PairBatch(images, images)
+    batch.note([True, False, True], "first")
+    batch.note(torch.tensor([False, True, True]), "second")  # stays a tensor until read
+    later = batch.notes_later()
+    batch.note_image(2, "third")
+    assert batch.notes == [["first"], ["second"], ["first", "second", "third"]]
+    assert later() == [["first"], ["second"], ["first", "second"]]  # the notes added before it
+
+
 def test_a_gpu_style_computer_collects_each_batch_once_the_next_is_started():
     """On a GPU one batch computes while the next is prepared: its results come back after the
     next batch is submitted, or at finish(), in order and equal to computing each batch alone."""

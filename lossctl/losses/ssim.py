@@ -389,8 +389,10 @@ def ms_ssim(
             factors.append(F.relu(contrast_structure))
             pred, target = _halve(pred), _halve(target)
     factors.append(F.relu(full))
-    exponents = torch.tensor(weights, dtype=pred.dtype, device=pred.device).view(-1, 1, 1)
-    per_channel = torch.prod(torch.stack(factors) ** exponents, dim=0)
+    # Filled on the device, not copied there (torch.tensor): on a GPU a copy from the host waits
+    # for every kernel already queued.
+    exponents = [torch.full((), weight, dtype=pred.dtype, device=pred.device) for weight in weights]
+    per_channel = torch.prod(torch.stack(factors) ** torch.stack(exponents).view(-1, 1, 1), dim=0)
     return reduce(per_channel.mean(dim=1), reduction)
 
 
