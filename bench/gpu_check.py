@@ -3,7 +3,8 @@
 1. CPU vs CUDA agreement of `lossctl eval` on sample_images/ (every metric, float32 and float64):
    the largest relative difference per metric, against METRICS.md's 1e-5 (PSNR: 1e-4 dB absolute).
 2. The CUDA dtype matrix of lossctl.losses: every loss in float32, float64, float16 and bfloat16,
-   forward and backward, against a float64 CPU reference.
+   forward and backward, against a float64 CPU reference; and where `lossctl eval` makes the host
+   wait for the GPU (torch's sync debug mode).
 3. bench/bench.py on 2,000 pairs of 512x512: `lossctl eval` (whole process and in process) against
    the decode floor and the peers, with their agreement: the issue's first GPU target.
 4. bench/throughput.py on 200 pairs of 2048x2048: the second GPU target.
@@ -124,6 +125,33 @@ def dtype_matrix(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def device_waits(args: argparse.Namespace) -> list[str]:
+    """Where `lossctl eval` makes the host wait for the GPU: every synchronizing operation while
+    evaluating sample_images/ with every metric (torch's sync debug mode), by source line. Each
+    batch should wait once, when its results are collected after the next batch has started
+    (engine.start_batch), plus reading notes' flags then; a wait mid-batch stalls the pipeline."""
+    import warnings
+    from collections import Counter
+
+    if not args.device.startswith("cuda"):
+        return ["needs CUDA (torch.cuda.set_sync_debug_mode)"]
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pairs = run_samples(args.device, "float32")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    places = Counter(
+        f"{Path(w.filename).relative_to(REPO) if Path(w.filename).is_relative_to(REPO) else w.filename}:{w.lineno}"
+        for w in caught
+        if "synchroniz" in str(w.message)
+    )
+    lines = ["| where | waits |", "|---|---|"]
+    lines += [f"| {place} | {count} |" for place, count in places.most_common()]
+    return lines + [f"\n{sum(places.values())} waits in all, for {len(pairs)} sample pairs"]
+
+
 def _run_script(script: str, *options: str) -> list[str]:
     """bench/SCRIPT with OPTIONS in this interpreter: its output, or why it failed."""
     completed = subprocess.run(
@@ -160,6 +188,7 @@ def large_images(args: argparse.Namespace) -> list[str]:
 SECTIONS = {
     "agreement": ("CPU vs CUDA agreement", agreement),
     "dtypes": ("CUDA dtype matrix", dtype_matrix),
+    "waits": ("Where the host waits for the GPU", device_waits),
     "peers": ("Against the decode floor and the peers (bench/bench.py)", against_peers),
     "large": ("Large images (bench/throughput.py)", large_images),
 }
