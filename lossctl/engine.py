@@ -340,21 +340,23 @@ def compute_segmentation_batch(
     in_range = ((scores >= 0) & (scores <= 1)).flatten(1).all(dim=1)
     deviation = (scores.sum(dim=1) - 1).abs().flatten(1).amax(dim=1)
     is_probs = in_range & (deviation <= 1e-3)
+    # Read once for the batch: on a GPU each read waits for the device.
+    any_outside, probs_flags, deviations = outside.any(dim=1).tolist(), is_probs.tolist(), deviation.tolist()
     problems: list[str | None] = []
     for index in range(len(items)):
         if config.num_classes is not None and classes != config.num_classes:
             problems.append(
                 f"prediction has {classes} classes, but this run's first prediction has {config.num_classes}"
             )
-        elif outside[index].any():
+        elif any_outside[index]:
             label = int(labels[index].flatten()[outside[index]][0])
             ignore = f" or --ignore-index {config.ignore_index}" if config.ignore_index is not None else ""
             problems.append(
                 f"label {label} is not a class of the {classes}-class prediction (0..{classes - 1}{ignore})"
             )
-        elif config.pred_kind == "probs" and not is_probs[index]:
+        elif config.pred_kind == "probs" and not probs_flags[index]:
             problems.append(
-                f"scores are not probabilities (in [0, 1], summing to 1; largest deviation {float(deviation[index]):.3g}); use --pred-kind logits"
+                f"scores are not probabilities (in [0, 1], summing to 1; largest deviation {deviations[index]:.3g}); use --pred-kind logits"
             )
         else:
             problems.append(None)
@@ -379,9 +381,13 @@ def compute_segmentation_batch(
         with torch.no_grad():
             values = _metric_values(batch, config, lambda metric: metric.segmentation)
         notes = batch.notes
+        read_as_probabilities = [
+            probs_flags[index] if config.pred_kind == "auto" else config.pred_kind == "probs"
+            for index in good
+        ]
         for position, index in enumerate(good):
             item = items[index]
-            kind = "probabilities" if bool(probabilities[position]) else "logits"
+            kind = "probabilities" if read_as_probabilities[position] else "logits"
             results[index] = PairResult(
                 pair=item.pair,
                 status="ok",
