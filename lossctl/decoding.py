@@ -64,12 +64,27 @@ def decodable(pairs: Iterable[Pair]) -> list[Pair]:
 HEAD_START_BYTES = 2 << 30
 
 
-def head_start_window(pairs: Sequence[Pair]) -> int:
-    """Pairs to decode ahead of the engine's import: about ``HEAD_START_BYTES`` of 8-bit RGB pairs
-    shaped like the first (an eighth of the machine's memory at most), and at least one."""
-    pixels = pair_pixels(pairs[0]) if pairs else None
+def head_start_window(pairs: Sequence[Pair], with_weights: bool) -> int:
+    """Pairs to decode ahead of the engine: about ``HEAD_START_BYTES`` (an eighth of the machine's
+    memory at most) of pairs like the first, judged from its headers (:func:`decoded_bytes`), and at
+    least one."""
+    size = decoded_bytes(pairs[0], with_weights) if pairs else None
     budget = min(HEAD_START_BYTES, _physical_memory() // 8)
-    return max(1, budget // (2 * 3 * pixels)) if pixels else 1
+    return max(1, budget // size) if size else 1
+
+
+def decoded_bytes(pair: Pair, with_weights: bool) -> int | None:
+    """About the memory a decoded ``pair`` holds, from its headers: a segmentation pair's scores
+    (as stored) and its int64 labels; an image pair as two images of up to three 16-bit channels,
+    and a float32 weight map. None where no header can be read."""
+    if pair.is_segmentation:
+        try:
+            scores = np.load(pair.pred, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        return scores.nbytes + 8 * int(np.prod(scores.shape[-2:])) if scores.ndim >= 2 else None
+    pixels = pair_pixels(pair)
+    return pixels * (2 * 3 * 2 + (4 if with_weights else 0)) if pixels else None
 
 
 def _physical_memory() -> int:
@@ -229,6 +244,7 @@ class DecodeAhead:
         max_pixels: int | None = None,
     ):
         self.with_weights, self.prefetch, self.processes = with_weights, max(1, prefetch), processes
+        self.max_pixels = max_pixels
         self.pairs = list(pairs)
         self._closed = False
         self._pairs = iter(self.pairs)
@@ -242,6 +258,10 @@ class DecodeAhead:
             if self.processes:
                 future.add_done_callback(self._release_if_closed)
             self._in_flight.append((future, pair))
+
+    def decodes(self, pairs: Sequence[Pair], with_weights: bool, max_pixels: int | None) -> bool:
+        """Whether this decodes ``pairs``, in this order, as ``with_weights`` and ``max_pixels`` ask."""
+        return (self.with_weights, self.max_pixels, self.pairs) == (with_weights, max_pixels, list(pairs))
 
     def resize(self, prefetch: int) -> None:
         """Keep at most ``prefetch`` pairs in flight from now on. Narrowing withdraws the decodes
@@ -288,4 +308,7 @@ def _release(shared: _SharedArray | np.ndarray) -> None:
     except FileNotFoundError:
         return
     block.close()
-    block.unlink()
+    try:
+        block.unlink()
+    except FileNotFoundError:  # freed meanwhile by another thread (a decode finishing as it closes)
+        pass

@@ -35,7 +35,7 @@ from .levels import PixelLevels
 # Executes the lazily imported lossctl.losses now: importlib's LazyLoader is not thread-safe, and
 # the compute threads would otherwise race to load it on first use.
 from .losses import ssim_components  # noqa: F401
-from .metrics import METRICS, PairBatch, ParamValue, SegmentationBatch
+from .metrics import METRICS, PairBatch, ParamValue, SegmentationBatch, notes_from
 from .sharding import pair_pixels
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
@@ -244,12 +244,11 @@ def start_batch(
             batch.note_image(index, f"weighted_tv: {item.weight_problem}")
     with torch.no_grad():
         values = _start_metric_values(batch, config, lambda metric: metric.compute)
-    notes_later = batch.notes_later()
     shapes = [(item.pair, item.pred.height, item.pred.width, item.channels, item.bit_depth) for item in items]
     del batch
 
     def results() -> list[PairResult]:
-        rows, notes = values(), notes_later()
+        rows, notes = values()
         return [
             PairResult(
                 pair=pair,
@@ -267,13 +266,15 @@ def start_batch(
     return results
 
 
-def _metric_values(batch, config: EvalConfig, kernel_of) -> list[dict[str, float]]:
+def _metric_values(batch, config: EvalConfig, kernel_of) -> tuple[list[dict[str, float]], list[list[str]]]:
     """Each image's values of the selected metrics that apply to this kind of batch (NaN for the
-    others), with one device-to-host copy for the whole batch."""
+    others), and its notes, with one device-to-host copy for the whole batch."""
     return _start_metric_values(batch, config, kernel_of)()
 
 
-def _start_metric_values(batch, config: EvalConfig, kernel_of) -> Callable[[], list[dict[str, float]]]:
+def _start_metric_values(
+    batch, config: EvalConfig, kernel_of
+) -> Callable[[], tuple[list[dict[str, float]], list[list[str]]]]:
     """:func:`_metric_values` with the copy to the host started, not awaited: the result gives them."""
     count = batch.count
     columns = []
@@ -288,6 +289,9 @@ def _start_metric_values(batch, config: EvalConfig, kernel_of) -> Callable[[], l
     per_class = {name: table.to(torch.float64) for name, table in getattr(batch, "per_class", {}).items()}
     parts = [torch.stack([nan if column is None else column for column in columns])] if columns else []
     parts += per_class.values()
+    entries = batch.note_entries()
+    flags = [images.to(device, torch.float64) for images, _ in entries if isinstance(images, torch.Tensor)]
+    parts += flags
     flat = torch.cat([part.flatten() for part in parts]) if parts else torch.empty(0, dtype=torch.float64)
     copied = None
     if flat.device.type == "cuda":
@@ -298,9 +302,10 @@ def _start_metric_values(batch, config: EvalConfig, kernel_of) -> Callable[[], l
         flat = host
     # The function below keeps no device tensor: only the values, on their way to the host.
     metrics, tables = list(config.metrics), [(name, table.shape[1]) for name, table in per_class.items()]
-    del columns, per_class, parts, nan
+    entries = [(None if isinstance(images, torch.Tensor) else images, text) for images, text in entries]
+    del columns, per_class, parts, nan, flags
 
-    def rows() -> list[dict[str, float]]:
+    def rows() -> tuple[list[dict[str, float]], list[list[str]]]:
         if copied is not None:
             copied.synchronize()
         values = flat.tolist()
@@ -314,7 +319,12 @@ def _start_metric_values(batch, config: EvalConfig, kernel_of) -> Callable[[], l
                 per_image = values[start + index * classes : start + (index + 1) * classes]
                 result[index].update({f"{name}_class_{k}": value for k, value in enumerate(per_image)})
             start += count * classes
-        return result
+        host_entries = []
+        for images, text in entries:  # flags read from the device follow the values, in order
+            if images is None:
+                images, start = values[start : start + count], start + count
+            host_entries.append((images, text))
+        return result, notes_from(host_entries, count)
 
     return rows
 
@@ -379,8 +389,7 @@ def compute_segmentation_batch(
         )
         batch = SegmentationBatch(log_probs, labels.where(valid, 0), valid)
         with torch.no_grad():
-            values = _metric_values(batch, config, lambda metric: metric.segmentation)
-        notes = batch.notes
+            values, notes = _metric_values(batch, config, lambda metric: metric.segmentation)
         read_as_probabilities = [
             probs_flags[index] if config.pred_kind == "auto" else config.pred_kind == "probs"
             for index in good
@@ -715,6 +724,11 @@ def _computed(
             config = replace(config, num_classes=first_class_count(computable))
         batch_size = batch_size_for(config, device)
         processes = use_processes(config.decoder, config.workers, len(computable))
+        if head_start is not None and not (
+            processes and head_start.decodes(computable, config.with_weights, config.max_pixels)
+        ):
+            head_start.close()  # decoding other pairs, or otherwise than this run does
+            head_start = None
         if device.type == "cpu":
             keep_freed_memory_for_reuse()
             stack.enter_context(_one_thread_per_operation())
@@ -724,7 +738,7 @@ def _computed(
         # Decoding starts before the free GPU memory is read: that first call creates the CUDA
         # context, a fraction of a second to seconds that the decoders need not wait for.
         prefetch = 2 * batch_size + 2 * config.workers
-        if head_start is not None and processes and head_start.pairs == computable:
+        if head_start is not None:
             decoded = head_start
             # A CPU's cores are needed for computing once the engine is in; a GPU keeps the deeper
             # window, so that the decoders never wait while it works through what they decoded.

@@ -54,8 +54,8 @@ class _Noted:
     """Why a value is NaN, per image of a batch: metrics add notes, the report shows them.
 
     Flags given as a tensor stay on the batch's device until the notes are read: reading them at once
-    would make the host wait, mid-batch, for every kernel a GPU has queued (see
-    :meth:`notes_later`)."""
+    would make the host wait, mid-batch, for every kernel a GPU has queued. The engine copies them to
+    the host with the batch's values (see :meth:`note_entries` and :func:`notes_from`)."""
 
     def __init__(self, count: int):
         self.count = count
@@ -64,31 +64,36 @@ class _Noted:
     def note(self, images: Sequence[bool] | torch.Tensor, text: str) -> None:
         """Attach ``text`` to the notes of each image flagged in ``images`` (booleans, or a bool
         tensor of one flag per image)."""
-        self._entries.append((images, text))
+        self._entries.append((images if hasattr(images, "device") else list(images), text))
 
     def note_image(self, index: int, text: str) -> None:
         """Attach ``text`` to the notes of image ``index``."""
         self.note([position == index for position in range(self.count)], text)
 
+    def note_entries(self) -> list[tuple[Sequence[bool] | torch.Tensor, str]]:
+        """The notes added so far, in order, as (flags, text)."""
+        return list(self._entries)
+
     @property
     def notes(self) -> list[list[str]]:
-        """Each image's notes, in the order they were added."""
-        return self.notes_later()()
+        """Each image's notes, in the order they were added (flags in tensors are read now)."""
+        return notes_from(self._entries, self.count)
 
-    def notes_later(self) -> Callable[[], list[list[str]]]:
-        """A function that reads the notes added so far, holding only their flags, not the batch."""
-        entries, count = list(self._entries), self.count
 
-        def notes() -> list[list[str]]:
-            per_image: list[list[str]] = [[] for _ in range(count)]
-            for images, text in entries:
-                flags = images.tolist() if hasattr(images, "tolist") else images
-                for index, flagged in enumerate(flags):
-                    if flagged:
-                        per_image[index].append(text)
-            return per_image
-
-        return notes
+def notes_from(
+    entries: Sequence[tuple[Sequence[bool] | torch.Tensor, str]],
+    count: int,
+    read: Callable[[torch.Tensor], Sequence[bool]] = lambda flags: flags.tolist(),
+) -> list[list[str]]:
+    """Each of ``count`` images' notes from :meth:`_Noted.note_entries`, flags in tensors read by
+    ``read``."""
+    per_image: list[list[str]] = [[] for _ in range(count)]
+    for images, text in entries:
+        flags = read(images) if hasattr(images, "device") else images
+        for index, flagged in enumerate(flags):
+            if flagged:
+                per_image[index].append(text)
+    return per_image
 
 
 ELEMENTWISE_CHUNK_VALUES = 1 << 24  # per chunk of a batch, for element-wise metrics of huge images

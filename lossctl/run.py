@@ -112,8 +112,8 @@ def _decoding_head_start(pairs: Sequence[Any], request: EvalRequest):
         return None  # the engine reports the setting
     if not use_processes(request.decoder, workers, len(decoded)):
         return None
-    window = head_start_window(decoded)
     with_weights = request.weights_root is not None
+    window = head_start_window(decoded, with_weights)
     return DecodeAhead(decoded, with_weights, workers, window, processes=True, max_pixels=request.max_pixels)
 
 

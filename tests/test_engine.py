@@ -406,6 +406,58 @@ if __name__ == "__main__":
     assert "leaked" not in completed.stderr
 
 
+def test_the_head_start_window_is_sized_from_what_the_first_pair_decodes_to(folders, rng, monkeypatch):
+    """Segmentation scores are far larger than their images' pixels suggest (C float32 planes and
+    int64 labels): 2 GiB of 150-class 64x64 pairs is 862 pairs, not 87,381."""
+    import lossctl.decoding as decoding
+
+    monkeypatch.setattr(decoding, "_physical_memory", lambda: 64 << 30)
+    pred, gt = folders
+    np.save(pred / "a.npy", rng.random((150, 64, 64)).astype(np.float32))
+    Image.fromarray(rng.integers(0, 150, (64, 64)).astype(np.uint8)).save(gt / "a.png")
+    save_image(pred / "b.png", random_rgb(rng, 64, 64))
+    save_image(gt / "b.png", random_rgb(rng, 64, 64))
+    segmentation, image = pair_folders(pred, gt).pairs
+    assert decoding.decoded_bytes(segmentation, with_weights=False) == 150 * 64 * 64 * 4 + 8 * 64 * 64
+    assert decoding.head_start_window([segmentation], with_weights=False) == (2 << 30) // (
+        150 * 64 * 64 * 4 + 8 * 64 * 64
+    )
+    assert decoding.decoded_bytes(image, with_weights=True) == 64 * 64 * 16  # up to 16-bit RGB, weights
+    monkeypatch.setattr(decoding, "_physical_memory", lambda: 1 << 30)  # an eighth of memory at most
+    assert decoding.head_start_window([image], with_weights=False) == (1 << 27) // (64 * 64 * 12)
+
+
+def test_a_head_start_that_decodes_otherwise_than_the_run_is_stopped_and_not_used(monkeypatch):
+    import lossctl.decoding
+    import lossctl.engine as engine
+
+    calls = []
+    start_decoding = engine.start_decoding
+    monkeypatch.setattr(
+        engine, "start_decoding", lambda *args, **kwargs: calls.append(1) or start_decoding(*args, **kwargs)
+    )
+    pairs = pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs
+    decodable = lossctl.decoding.decodable(pairs)
+    head_start = lossctl.decoding.DecodeAhead(
+        decodable, with_weights=True, workers=2, prefetch=4, processes=True
+    )
+    config = EvalConfig(
+        metrics=["l1"], params=resolve_params(["l1"], []), device="cpu", workers=2, decoder="processes"
+    )
+    results = list(engine.iter_results(pairs, config, head_start))
+    assert head_start._closed and calls == [1]  # decoded anew, as this run asks (no weights)
+    assert sorted(result.pair.name for result in results) == sorted(pair.name for pair in pairs)
+    assert head_start.decodes(decodable, True, None) and not head_start.decodes(decodable, False, None)
+
+
+def test_a_shared_block_freed_twice_is_no_error():
+    import lossctl.decoding as decoding
+
+    shared = decoding._SharedArray.put(np.arange(10, dtype=np.uint8))
+    decoding._release(shared)
+    decoding._release(shared)
+
+
 def test_an_evaluation_failing_after_its_decoding_head_start_stops_it(monkeypatch):
     """The head start is made before the device is checked; an error after it must not leave its
     processes decoding, nor their shared-memory blocks behind."""
@@ -454,17 +506,25 @@ def _loaded_sample_batches(config):
     return list(by_shape.values())
 
 
-def test_notes_keep_their_order_whether_flagged_by_lists_or_by_tensors_read_later():
+def test_notes_keep_their_order_whether_flagged_by_lists_or_by_tensors_read_with_the_values():
+    import lossctl.engine as engine
     from lossctl.metrics import PairBatch
 
     images = torch.zeros(3, 1, 4, 4)
     batch = PairBatch(images, images)
-    batch.note([True, False, True], "first")
+    flags = [True, False, True]
+    batch.note(flags, "first")
+    flags[1] = True  # the batch keeps the flags as they were
     batch.note(torch.tensor([False, True, True]), "second")  # stays a tensor until read
-    later = batch.notes_later()
     batch.note_image(2, "third")
-    assert batch.notes == [["first"], ["second"], ["first", "second", "third"]]
-    assert later() == [["first"], ["second"], ["first", "second"]]  # the notes added before it
+    expected = [["first"], ["second"], ["first", "second", "third"]]
+    assert batch.notes == expected
+    config = EvalConfig(metrics=["l1", "ssim"], params=resolve_params(["l1", "ssim"], []))
+    rows, notes = engine._metric_values(batch, config, lambda metric: metric.compute)
+    # ssim (on 4x4 images) adds a note of its own to every image, after these
+    assert [image_notes[:-1] for image_notes in notes] == expected
+    assert all(image_notes[-1].startswith("ssim: 4x4 is smaller") for image_notes in notes)
+    assert [row["l1"] for row in rows] == [0.0, 0.0, 0.0]
 
 
 def test_a_gpu_style_computer_collects_each_batch_once_the_next_is_started():
