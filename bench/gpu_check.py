@@ -127,9 +127,11 @@ def dtype_matrix(args: argparse.Namespace) -> list[str]:
 
 def device_waits(args: argparse.Namespace) -> list[str]:
     """Where `lossctl eval` makes the host wait for the GPU: every synchronizing operation while
-    evaluating sample_images/ with every metric (torch's sync debug mode), by source line. Each
-    batch should wait once, when its results are collected after the next batch has started
-    (engine.start_batch), plus reading notes' flags then; a wait mid-batch stalls the pipeline."""
+    evaluating sample_images/ with every metric (torch's sync debug mode), by source line. A batch
+    should wait only on the event of its one copy of values and note flags to the host, collected
+    after the next batch has started (engine.start_batch), which this mode does not list: a line
+    listed here is a wait that stalls the pipeline (the MATLAB downsampling and the segmentation
+    checks have known ones; image pairs under the default convention should list none)."""
     import warnings
     from collections import Counter
 
