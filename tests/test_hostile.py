@@ -5,6 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -97,6 +102,37 @@ def test_ctrl_c_keeps_a_partial_report_and_never_a_truncated_one(tmp_path, folde
     assert not csv.exists() and not report.exists()
     assert len(pd.read_csv(f"{csv}.partial")) == 3
     assert json.loads((tmp_path / "r.json.partial").read_text())["counts"]["pairs"] == 3
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="counts shared-memory blocks in /dev/shm")
+def test_a_real_ctrl_c_while_processes_decode_ahead_exits_cleanly(tmp_path, folders, rng):
+    """SIGINT once the decoding processes have handed back pixels (the main process then imports
+    torch or computes): exit 130 with one line, no traceback, and every shared block freed."""
+    pred, gt = folders
+    for index in range(48):
+        clean = random_rgb(rng, 256, 256)
+        save_image(pred / f"{index:02d}.png", noisy(rng, clean))
+        save_image(gt / f"{index:02d}.png", clean)
+
+    def blocks() -> set[str]:
+        return {path.name for path in Path("/dev/shm").glob("psm_*")}
+
+    before = blocks()
+    command = [sys.executable, "-m", "lossctl", "eval", str(pred), str(gt), "-q", "--device", "cpu"]
+    options = ["--decoder", "processes", "--workers", "2", "--csv", str(tmp_path / "r.csv")]
+    process = subprocess.Popen(
+        [*command, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not blocks() - before and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert process.returncode == 130, stderr
+    assert stderr.startswith("error: interrupted") and len(stderr.strip().splitlines()) == 1, stderr
+    assert not blocks() - before
 
 
 def test_names_that_differ_only_in_case_are_pointed_out(folders, rng):
