@@ -11,13 +11,15 @@ processes start in a fraction of a second.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import multiprocessing
 import os
+import signal
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -192,7 +194,31 @@ def _load_in_process(pair: Pair, with_weights: bool) -> Decoded:
     return _map_arrays(decode_pair(pair, with_weights), _SharedArray.put)
 
 
+@functools.cache
+def _start_forkserver_deaf_to_ctrl_c() -> None:
+    """Start multiprocessing's fork server with SIGINT ignored, as its workers then are from birth.
+
+    A terminal's Ctrl-C reaches the whole process group. The main process stops the run and frees
+    the workers' shared blocks; a worker (or the fork server) interrupted, even while starting,
+    dies mid-decode: its blocks leak, the pool breaks, and tracebacks and resource-tracker warnings
+    follow the one-line message. A process started with SIGINT ignored keeps it ignored, and the
+    fork server gives its children the handlers it started with. The main process ignores Ctrl-C
+    only while starting the server (about 20 ms, once)."""
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()  # signal handlers can only be set in the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _start_worker(max_pixels: int | None) -> None:
+    # Already so where the fork server started deaf to it; not under the spawn start method.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_max_pixels(max_pixels)
     try:
         import cv2
@@ -213,8 +239,11 @@ class _Decoders:
     def _new_pool(self, workers: int) -> Executor:
         if not self.processes:
             return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lossctl-decode")
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            _start_forkserver_deaf_to_ctrl_c()
+            context = multiprocessing.get_context("forkserver")
+        else:
+            context = multiprocessing.get_context("spawn")
         return ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(self.max_pixels,))
 
     def submit(self, pair: Pair, with_weights: bool) -> Future:
@@ -245,7 +274,10 @@ class _Decoders:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        # A process pool is awaited (the decodes running finish; the queued are cancelled): the
+        # interpreter's exit would wait for it anyway, and Python 3.11's exit hook can then race the
+        # pool's closing thread and print an OSError traceback (after Ctrl-C, 1 run in 20 here).
+        self.pool.shutdown(wait=self.processes, cancel_futures=True)
 
 
 class DecodeAhead:
@@ -299,12 +331,12 @@ class DecodeAhead:
             return  # the consumer meets the error (a broken pool is retried there)
         take: Future = Future()
         if self._takes.setdefault(future, take) is not take:
-            del self._takes[future]  # taken by the consumer, who left the entry for this
+            self._takes.pop(future, None)  # taken by the consumer, who left the entry for this
             return
         try:
             self._taker.submit(self._take, future, take)
-        except RuntimeError:  # the takers were shut down meanwhile: closing
-            self._release_if_closed(future)
+        except RuntimeError:  # shut down meanwhile (closing), or no thread could be started
+            self._take(future, take)
 
     def _take(self, future: Future, take: Future) -> None:
         if self._closed:
@@ -343,7 +375,7 @@ class DecodeAhead:
         if self.processes and _finished_without_error(future):
             take = self._takes.setdefault(future, _TAKEN_BY_CONSUMER)
             if take is not _TAKEN_BY_CONSUMER:
-                del self._takes[future]
+                self._takes.pop(future, None)
                 return take.result()
         return self._decoders.result(future, pair, self.with_weights)
 
@@ -370,12 +402,12 @@ _TAKEN_BY_CONSUMER = object()
 
 
 def _finished_without_error(future: Future) -> bool:
-    """Wait for ``future``; whether it finished with a result (not cancelled, no exception)."""
+    """Wait for ``future``; whether it finished with a result (not cancelled, no exception). A
+    KeyboardInterrupt while waiting propagates."""
     try:
-        future.result()
-    except BaseException:  # noqa: BLE001 - the caller's path reads it again and reports it
+        return future.exception() is None
+    except CancelledError:
         return False
-    return True
 
 
 def _release(shared: _SharedArray | np.ndarray) -> None:

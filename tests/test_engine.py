@@ -480,6 +480,31 @@ def test_pixels_decoded_in_processes_are_copied_out_of_shared_memory_by_taker_th
     assert takers and all(name.startswith("lossctl-take") for name in takers)
 
 
+def test_ctrl_c_while_waiting_for_a_decoding_process_stops_the_consumer():
+    """A KeyboardInterrupt raised while the consumer waits for a decode must reach the caller
+    (exit 130 with a partial report), not be taken for a failed decode and waited out."""
+    from concurrent.futures import Future
+
+    import lossctl.decoding as decoding
+
+    class Interrupted(Future):
+        def exception(self, timeout=None):
+            raise KeyboardInterrupt
+
+        def result(self, timeout=None):
+            raise KeyboardInterrupt
+
+    pairs = decoding.decodable(pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs)
+    decoder = decoding.DecodeAhead(pairs, with_weights=False, workers=1, prefetch=2, processes=True)
+    try:
+        _, pair = decoder._in_flight.popleft()
+        decoder._in_flight.appendleft((Interrupted(), pair))
+        with pytest.raises(KeyboardInterrupt):
+            next(decoder)
+    finally:
+        decoder.close()
+
+
 def test_a_shared_block_freed_twice_is_no_error():
     import lossctl.decoding as decoding
 

@@ -106,8 +106,9 @@ def test_ctrl_c_keeps_a_partial_report_and_never_a_truncated_one(tmp_path, folde
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="counts shared-memory blocks in /dev/shm")
 def test_a_real_ctrl_c_while_processes_decode_ahead_exits_cleanly(tmp_path, folders, rng):
-    """SIGINT once the decoding processes have handed back pixels (the main process then imports
-    torch or computes): exit 130 with one line, no traceback, and every shared block freed."""
+    """SIGINT, as a terminal sends it to the whole process group, once the decoding processes have
+    handed back pixels (the main process then imports torch or computes): exit 130 with one line,
+    no traceback from the main process or a decoding process, and every shared block freed."""
     pred, gt = folders
     for index in range(48):
         clean = random_rgb(rng, 256, 256)
@@ -121,12 +122,16 @@ def test_a_real_ctrl_c_while_processes_decode_ahead_exits_cleanly(tmp_path, fold
     command = [sys.executable, "-m", "lossctl", "eval", str(pred), str(gt), "-q", "--device", "cpu"]
     options = ["--decoder", "processes", "--workers", "2", "--csv", str(tmp_path / "r.csv")]
     process = subprocess.Popen(
-        [*command, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*command, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while not blocks() - before and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     if process.returncode == 0:
         pytest.skip("the run finished before the interrupt arrived")
