@@ -203,15 +203,24 @@ def _start_forkserver_deaf_to_ctrl_c() -> None:
     dies mid-decode: its blocks leak, the pool breaks, and tracebacks and resource-tracker warnings
     follow the one-line message. A process started with SIGINT ignored keeps it ignored, and the
     fork server gives its children the handlers it started with. The main process ignores Ctrl-C
-    only while starting the server (about 20 ms, once)."""
+    only while starting the server (6-10 ms, once; a Ctrl-C then is lost)."""
     from multiprocessing import forkserver
 
-    if threading.current_thread() is not threading.main_thread():
-        forkserver.ensure_running()  # signal handlers can only be set in the main thread
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with _ctrl_c_ignored():
         forkserver.ensure_running()
+
+
+@contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process meanwhile, where this thread may set handlers (the main
+    thread) and the handler now is a Python-level one that can be put back."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -277,7 +286,13 @@ class _Decoders:
         # A process pool is awaited (the decodes running finish; the queued are cancelled): the
         # interpreter's exit would wait for it anyway, and Python 3.11's exit hook can then race the
         # pool's closing thread and print an OSError traceback (after Ctrl-C, 1 run in 20 here).
-        self.pool.shutdown(wait=self.processes, cancel_futures=True)
+        # A second Ctrl-C meanwhile is ignored: interrupting Python 3.11's Thread.join marks the
+        # pool's thread stopped while it runs, and the process then hangs at exit.
+        if not self.processes:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            return
+        with _ctrl_c_ignored():
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class DecodeAhead:
@@ -312,7 +327,11 @@ class DecodeAhead:
             ThreadPoolExecutor(TAKER_THREADS, thread_name_prefix="lossctl-take") if processes else None
         )
         self._takes: dict[Future, Future | object] = {}  # decode -> its take, or _TAKEN_BY_CONSUMER
-        self._submit_up_to_prefetch()
+        try:
+            self._submit_up_to_prefetch()
+        except BaseException:  # Ctrl-C while the first workers start: stop what has started
+            self.close()
+            raise
 
     def _submit_up_to_prefetch(self) -> None:
         while len(self._in_flight) < self.prefetch and (pair := next(self._pairs, None)) is not None:
