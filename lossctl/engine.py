@@ -245,7 +245,6 @@ def start_batch(
     with torch.no_grad():
         values = _start_metric_values(batch, config, lambda metric: metric.compute)
     shapes = [(item.pair, item.pred.height, item.pred.width, item.channels, item.bit_depth) for item in items]
-    del batch
 
     def results() -> list[PairResult]:
         rows, notes = values()
@@ -303,7 +302,6 @@ def _start_metric_values(
     # The function below keeps no device tensor: only the values, on their way to the host.
     metrics, tables = list(config.metrics), [(name, table.shape[1]) for name, table in per_class.items()]
     entries = [(None if isinstance(images, torch.Tensor) else images, text) for images, text in entries]
-    del columns, per_class, parts, nan, flags
 
     def rows() -> tuple[list[dict[str, float]], list[list[str]]]:
         if copied is not None:
