@@ -133,13 +133,8 @@ class _SharedArray:
         return value._copy_out() if isinstance(value, _SharedArray) else value
 
     def _copy_out(self) -> np.ndarray:
-        with _only_this_thread_opens(self.name):
-            block = shared_memory.SharedMemory(name=self.name)
-            try:
-                return np.ndarray(self.shape, np.dtype(self.dtype), buffer=block.buf).copy()
-            finally:
-                block.close()
-                block.unlink()
+        with _opened_then_freed(self.name) as block:
+            return np.ndarray(self.shape, np.dtype(self.dtype), buffer=block.buf).copy()
 
 
 _OPENING: set[str] = set()
@@ -147,17 +142,24 @@ _OPENING_LOCK = threading.Lock()
 
 
 @contextmanager
-def _only_this_thread_opens(name: str) -> Iterator[None]:
-    """Let one thread at a time open the block ``name`` (another finds it gone). Before Python
-    3.13, opening a block registers it with the resource tracker again: a thread that opened it
-    just before another unlinked it would register it after that unlink's unregistering, and the
-    tracker would warn of a leaked block at exit."""
+def _opened_then_freed(name: str) -> Iterator[shared_memory.SharedMemory]:
+    """The shared block ``name``, open, then closed and unlinked; FileNotFoundError where it is
+    gone or another thread has it open.
+
+    One thread at a time opens a block: before Python 3.13, opening a block registers it with the
+    resource tracker again, and a thread that opened it just before another unlinked it would
+    register it after that unlink's unregistering; the tracker would warn of a leaked block at exit."""
     with _OPENING_LOCK:
         if name in _OPENING:
             raise FileNotFoundError(f"shared block {name} is being freed by another thread")
         _OPENING.add(name)
     try:
-        yield
+        block = shared_memory.SharedMemory(name=name)
+        try:
+            yield block
+        finally:
+            block.close()
+            block.unlink()
     finally:
         with _OPENING_LOCK:
             _OPENING.discard(name)
@@ -433,9 +435,7 @@ def _release(shared: _SharedArray | np.ndarray) -> None:
     if not isinstance(shared, _SharedArray):
         return
     try:
-        with _only_this_thread_opens(shared.name):
-            block = shared_memory.SharedMemory(name=shared.name)
-            block.close()
-            block.unlink()
+        with _opened_then_freed(shared.name):
+            pass
     except FileNotFoundError:  # freed, or being freed, by another thread
         pass
