@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageReadError, LossctlError
-from .io import LoadedPair, LoadedSegmentation, Pair, load_pair, set_max_pixels
+from .io import LoadedPair, LoadedSegmentation, Pair, load_pair, score_header, set_max_pixels
 from .sharding import pair_pixels
 
 DECODERS = ("auto", "threads", "processes")
@@ -82,11 +82,10 @@ def decoded_bytes(pair: Pair, with_weights: bool) -> int | None:
     (as stored) and its int64 labels; an image pair as two images of up to three 16-bit channels,
     and a float32 weight map. None where no header can be read."""
     if pair.is_segmentation:
-        try:
-            scores = np.load(pair.pred, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError):
+        if (header := score_header(pair.pred)) is None or len(header[0]) < 2:
             return None
-        return scores.nbytes + 8 * int(np.prod(scores.shape[-2:])) if scores.ndim >= 2 else None
+        shape, dtype = header
+        return int(np.prod(shape)) * dtype.itemsize + 8 * shape[-2] * shape[-1]
     pixels = pair_pixels(pair)
     return pixels * (2 * 3 * 2 + (4 if with_weights else 0)) if pixels else None
 

@@ -546,14 +546,21 @@ def decode_label_map(path: Path) -> tuple[np.ndarray, int]:
     return labels.astype(np.int64), bit_depth
 
 
+def score_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """The shape and dtype of a ``.npy`` array, from its header (the data is mapped, not read);
+    None when it cannot be read."""
+    try:
+        scores = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return scores.shape, scores.dtype
+
+
 def first_class_count(pairs: Sequence[Pair]) -> int | None:
     """The class count of the first ``.npy`` prediction (by name) that can be read, from its header."""
     for pair in pairs:
-        if pair.is_segmentation:
-            try:
-                shape = np.load(pair.pred, mmap_mode="r", allow_pickle=False).shape
-            except (OSError, ValueError, EOFError):
-                continue
+        if pair.is_segmentation and (header := score_header(pair.pred)) is not None:
+            shape, _ = header
             if len(shape) == 3:
                 return int(shape[0])
     return None

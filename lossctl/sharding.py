@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LossctlError
-from .io import SCORE_EXTENSION, Pair
+from .io import SCORE_EXTENSION, Pair, score_header
 
 SHARD_PATTERN = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
@@ -65,10 +65,11 @@ def header_pixels(path: Path) -> int | None:
     """
     try:
         if path.suffix.lower() == SCORE_EXTENSION:
-            import numpy as np
-
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-            return int(shape[-1] * shape[-2]) if len(shape) >= 2 else None
+            header = score_header(path)
+            if header is None or len(header[0]) < 2:
+                return None
+            shape, _ = header
+            return int(shape[-1] * shape[-2])
         from PIL import Image
 
         with Image.open(path) as image:  # lazy: reads the header only
