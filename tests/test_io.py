@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -93,6 +96,78 @@ def test_8_bit_modes(tmp_path, rng):
         decoded = decode_image(path)
         assert (decoded.bit_depth, decoded.scale) == (8, 255.0), name
         np.testing.assert_array_equal(decoded.pixels, expected, err_msg=name)
+
+
+def _interlaced_png(pixels: np.ndarray) -> bytes:
+    """An Adam7-interlaced 8-bit PNG of ``(H, W)`` or ``(H, W, 3)`` uint8 ``pixels`` (Pillow reads
+    interlaced PNG but does not write it), every scanline unfiltered."""
+    height, width = pixels.shape[:2]
+    color_type = 0 if pixels.ndim == 2 else 2
+    passes = [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)]
+    raw = b"".join(
+        b"\x00" + row.tobytes()
+        for first_row, first_column, row_step, column_step in passes
+        if first_column < width
+        for row in pixels[first_row::row_step, first_column::column_step]
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 1)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_png_and_jpeg_decoded_into_lossctl_s_own_memory_equal_pillow_s_pixels(tmp_path, rng):
+    """8-bit PNG and JPEG are decoded by Pillow straight into lossctl's array (see
+    ``io._load_in_place``); every variant must give what Pillow's own image holds."""
+    rgb = random_rgb(rng, 37, 41)
+    gray = rgb[:, :, 1].copy()
+    variants = {
+        "rgb.png": lambda path: Image.fromarray(rgb).save(path),
+        "gray.png": lambda path: Image.fromarray(gray).save(path),
+        "rgba.png": lambda path: Image.fromarray(np.dstack([rgb, gray])).save(path),
+        "rgb_transparency.png": lambda path: Image.fromarray(rgb).save(path, transparency=(1, 2, 3)),
+        "gray_transparency.png": lambda path: Image.fromarray(gray).save(path, transparency=7),
+        "rgb_interlaced.png": lambda path: path.write_bytes(_interlaced_png(rgb)),
+        "gray_interlaced.png": lambda path: path.write_bytes(_interlaced_png(gray)),
+        "animated.png": lambda path: Image.fromarray(rgb).save(
+            path, save_all=True, append_images=[Image.fromarray(255 - rgb)]
+        ),
+        "one_pixel.png": lambda path: Image.fromarray(rgb[:1, :1]).save(path),
+        "rgb.jpg": lambda path: Image.fromarray(rgb).save(path, quality=90),
+        "gray.jpg": lambda path: Image.fromarray(gray).save(path),
+        "progressive.jpg": lambda path: Image.fromarray(rgb).save(path, progressive=True),
+        "cmyk.jpg": lambda path: Image.fromarray(rgb).convert("CMYK").save(path),
+    }
+    for name, write in variants.items():
+        path = tmp_path / name
+        write(path)
+        with Image.open(path) as image:
+            expected = np.asarray(image.convert("L" if image.mode == "L" else "RGB"))
+        decoded = decode_image(path)
+        assert decoded.pixels.flags.c_contiguous, name
+        np.testing.assert_array_equal(decoded.pixels, expected.reshape(decoded.pixels.shape), err_msg=name)
+        assert decoded.pixels.shape[2] == (1 if expected.ndim == 2 else 3), name
+    np.testing.assert_array_equal(decode_image(tmp_path / "rgb_interlaced.png").pixels, rgb)
+
+
+def test_8_bit_png_is_decoded_in_place_and_falls_back_where_pillow_cannot(tmp_path, rng, monkeypatch):
+    rgb = random_rgb(rng)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("decoded in place: Image.tobytes is not needed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Image.Image, "tobytes", no_copies)
+        np.testing.assert_array_equal(decode_image(tmp_path / "x.png").pixels, rgb)
+
+    def no_mapping(*args, **kwargs):
+        raise TypeError("this Pillow cannot map a buffer")
+
+    monkeypatch.setattr(Image.core, "map_buffer", no_mapping)
+    np.testing.assert_array_equal(decode_image(tmp_path / "x.png").pixels, rgb)
 
 
 def test_palette_images_are_expanded_to_rgb(tmp_path, rng):
