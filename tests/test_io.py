@@ -103,7 +103,8 @@ def _interlaced_png(pixels: np.ndarray) -> bytes:
     interlaced PNG but does not write it), every scanline unfiltered."""
     height, width = pixels.shape[:2]
     color_type = 0 if pixels.ndim == 2 else 2
-    passes = [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)]
+    # Adam7: (first row, first column, row step, column step) of each pass
+    passes = [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)]  # fmt: skip
     raw = b"".join(
         b"\x00" + row.tobytes()
         for first_row, first_column, row_step, column_step in passes
@@ -115,7 +116,12 @@ def _interlaced_png(pixels: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 1)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_png_and_jpeg_decoded_into_lossctl_s_own_memory_equal_pillow_s_pixels(tmp_path, rng):
