@@ -173,6 +173,22 @@ def test_ssim_window_and_sigma_parameters_match_scikit_image():
     assert got.item() == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize("window_size, sigma", [(7, 0.9), (51, 7.0)])
+def test_ssim_of_short_and_long_windows_matches_scikit_image_in_both_precisions(window_size, sigma):
+    """Windows of fewer than 50 taps are filtered by two 1-D passes on a CPU, longer ones by
+    OpenCV's separable filter (its 2-D filter would switch to a DFT); skimage's window for a
+    sigma has 2 int(3.5 sigma + 0.5) + 1 taps."""
+    pred, target = pair(seed=8, shape=(2, 3, 64, 70))
+    expected = [
+        skimage_ssim(pred[index].numpy(), target[index].numpy(), sigma=sigma, win_size=window_size)
+        for index in range(2)
+    ]
+    got = L.ssim(pred, target, window_size=window_size, sigma=sigma, reduction="none")
+    assert got.tolist() == pytest.approx(expected, abs=1e-12)
+    single = L.ssim(pred.float(), target.float(), window_size=window_size, sigma=sigma, reduction="none")
+    assert single.tolist() == pytest.approx(expected, abs=2e-6)
+
+
 def load_sample(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     def load(path):
         return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255).permute(
