@@ -115,10 +115,13 @@ def _to_device(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
 
     Pixels travel as stored (uint8 is a quarter of float32) and are scaled on the device. On a GPU
     they are stacked straight into pinned host memory (one copy, not a stack and then a pinned
-    copy) and uploaded without blocking. On a CPU a single array is wrapped, not copied (a huge
-    image is often a batch of one); the result is only read.
+    copy) and uploaded without blocking. On a CPU, bytes of several channels are split into planes
+    (see :func:`_planar_bytes`), and any other single array is wrapped, not copied (a huge image is
+    often a batch of one); the result is only read.
     """
     first = arrays[0]
+    if device.type == "cpu" and first.dtype == np.uint8 and first.shape[2] > 1:
+        return _planar_bytes(arrays)
     if device.type == "cpu" and len(arrays) == 1 and first.dtype != np.uint16:
         # Pillow's arrays are read-only and nothing writes to this tensor. catch_warnings changes
         # the process-wide filters, so the compute threads take turns.
@@ -132,6 +135,21 @@ def _to_device(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         host = host.to(device, non_blocking=True)
     return host.permute(0, 3, 1, 2)
+
+
+def _planar_bytes(arrays: list[np.ndarray]) -> torch.Tensor:
+    """:func:`_to_device` of ``(H, W, C)`` uint8 arrays on a CPU, one plane per channel in memory:
+    bytes split into planes by OpenCV convert to float (:func:`_scaled`) in half the time
+    interleaved ones do (0.15 against 0.29 ms for a 512x512 RGB image, splitting included)."""
+    import cv2
+
+    height, width, channels = arrays[0].shape
+    planar = torch.empty((len(arrays), channels, height, width), dtype=torch.uint8)
+    np.stack(
+        [plane for array in arrays for plane in cv2.split(array)],
+        out=planar.numpy().reshape(-1, height, width),
+    )
+    return planar
 
 
 def _scaled(raw: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:

@@ -279,6 +279,19 @@ def test_float32_keeps_its_tolerance_for_one_level_16_bit_offsets(folders):
     assert double.values["l1"] == pytest.approx(1 / 65535, rel=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 9, 4, 3), (3, 6, 6, 1)])
+def test_cpu_bytes_are_held_one_plane_per_channel_and_scaled_exactly(rng, shape):
+    from lossctl.engine import _scaled, _to_device
+
+    arrays = list(rng.integers(0, 256, shape, dtype=np.uint8))
+    raw = _to_device(arrays, torch.device("cpu"))
+    expected = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    assert raw.dtype == torch.uint8 and torch.equal(raw, expected)
+    assert raw.is_contiguous()  # (N, C, H, W): planes
+    for dtype in (torch.float32, torch.float64):
+        assert torch.equal(_scaled(raw, 255.0, dtype), expected.to(dtype) / 255.0)
+
+
 def test_evaluations_exempt_objects_from_garbage_collection_once_per_process():
     """The first evaluation freezes the objects alive once torch is imported (Python's full
     collections would walk them all); later ones must not, or each would pin the garbage alive then."""
