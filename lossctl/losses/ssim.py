@@ -235,14 +235,14 @@ def _matlab_downsample_along(images: torch.Tensor, factor: int, dim: int) -> tor
     dim %= images.dim()
     size = images.shape[dim]
     before = (factor + 1) // 2 - 1  # MATLAB's kernel centre is floor((f + 1) / 2), 1-based
-    rows = []
-    for start in range(0, size, factor):
-        for k in range(factor):
-            index = start - before + k
-            rows.append(-index - 1 if index < 0 else 2 * size - index - 1 if index >= size else index)
-    picked = images.index_select(dim, torch.tensor(rows, device=images.device))
+    kept = -(-size // factor)
+    # The f rows averaged into each kept row, symmetric padding reflecting those beyond an edge.
+    # Made on the device: a list copied there (torch.tensor) would wait for every queued kernel.
+    rows = torch.arange(kept * factor, device=images.device) - before
+    rows = torch.where(rows < 0, -rows - 1, torch.where(rows >= size, 2 * size - rows - 1, rows))
+    picked = images.index_select(dim, rows)
     shape = list(images.shape)
-    shape[dim : dim + 1] = [len(rows) // factor, factor]
+    shape[dim : dim + 1] = [kept, factor]
     return picked.reshape(shape).mean(dim=dim + 1)
 
 
