@@ -433,7 +433,10 @@ def _load_in_place(image: Image.Image) -> np.ndarray | None:
         image.load()
         return None
     width, height = image.size
-    pixels = np.empty((height, width, channels), dtype=np.uint8)
+    # Zeroed, as Pillow's own image memory is: a PNG whose data ends early (Pillow reads it without
+    # an error, as it does any truncated file under ImageFile.LOAD_TRUNCATED_IMAGES) leaves its
+    # last rows unwritten, and they must not hold another image's pixels.
+    pixels = np.zeros((height, width, channels), dtype=np.uint8)
     try:
         memory = Image.core.map_buffer(pixels, image.size, "raw", 0, (image.mode, 0, 1))
         image.im = memory

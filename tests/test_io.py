@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
+from PIL import Image, ImageFile
 
 from lossctl.errors import ImageReadError, LossctlError
 from lossctl.io import decode_image, load_pair, pair_folders
@@ -98,24 +98,26 @@ def test_8_bit_modes(tmp_path, rng):
         np.testing.assert_array_equal(decoded.pixels, expected, err_msg=name)
 
 
-def _interlaced_png(pixels: np.ndarray) -> bytes:
-    """An Adam7-interlaced 8-bit PNG of ``(H, W)`` or ``(H, W, 3)`` uint8 ``pixels`` (Pillow reads
-    interlaced PNG but does not write it), every scanline unfiltered."""
+def _handmade_png(pixels: np.ndarray, interlaced: bool = False, rows_stored: int | None = None) -> bytes:
+    """An 8-bit PNG of ``(H, W)`` or ``(H, W, 3)`` uint8 ``pixels``, every scanline unfiltered:
+    Adam7-interlaced if ``interlaced`` (Pillow reads interlaced PNG but does not write it); with
+    only the first ``rows_stored`` rows in its data if given (a file Pillow reads without error)."""
     height, width = pixels.shape[:2]
     color_type = 0 if pixels.ndim == 2 else 2
     # Adam7: (first row, first column, row step, column step) of each pass
     passes = [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)]  # fmt: skip
-    raw = b"".join(
-        b"\x00" + row.tobytes()
-        for first_row, first_column, row_step, column_step in passes
-        if first_column < width
-        for row in pixels[first_row::row_step, first_column::column_step]
-    )
+    scanlines = (
+        [row for first_row, first_column, row_step, column_step in passes if first_column < width
+         for row in pixels[first_row::row_step, first_column::column_step]]
+        if interlaced
+        else list(pixels[:rows_stored])
+    )  # fmt: skip
+    raw = b"".join(b"\x00" + row.tobytes() for row in scanlines)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 1)
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, int(interlaced))
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
@@ -135,8 +137,8 @@ def test_png_and_jpeg_decoded_into_lossctl_s_own_memory_equal_pillow_s_pixels(tm
         "rgba.png": lambda path: Image.fromarray(np.dstack([rgb, gray])).save(path),
         "rgb_transparency.png": lambda path: Image.fromarray(rgb).save(path, transparency=(1, 2, 3)),
         "gray_transparency.png": lambda path: Image.fromarray(gray).save(path, transparency=7),
-        "rgb_interlaced.png": lambda path: path.write_bytes(_interlaced_png(rgb)),
-        "gray_interlaced.png": lambda path: path.write_bytes(_interlaced_png(gray)),
+        "rgb_interlaced.png": lambda path: path.write_bytes(_handmade_png(rgb, interlaced=True)),
+        "gray_interlaced.png": lambda path: path.write_bytes(_handmade_png(gray, interlaced=True)),
         "animated.png": lambda path: Image.fromarray(rgb).save(
             path, save_all=True, append_images=[Image.fromarray(255 - rgb)]
         ),
@@ -174,6 +176,31 @@ def test_8_bit_png_is_decoded_in_place_and_falls_back_where_pillow_cannot(tmp_pa
 
     monkeypatch.setattr(Image.core, "map_buffer", no_mapping)
     np.testing.assert_array_equal(decode_image(tmp_path / "x.png").pixels, rgb)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_rows_a_png_does_not_store_are_zero_whatever_was_decoded_before(tmp_path, rng, channels, monkeypatch):
+    """Pillow leaves unwritten the rows a PNG's data lacks (it reads such a file without error, and
+    any truncated file under LOAD_TRUNCATED_IMAGES); lossctl's array must not keep another image's
+    pixels there."""
+    shape = (37, 41) if channels == 1 else (37, 41, 3)
+    pixels = rng.integers(1, 256, shape, dtype=np.uint8)
+    (tmp_path / "short.png").write_bytes(_handmade_png(pixels, rows_stored=18))
+    Image.fromarray(pixels).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    bright = np.full(shape, 200, dtype=np.uint8)
+    Image.fromarray(bright).save(tmp_path / "bright.png")
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    for name in ("short.png", "cut.png"):
+        decode_image(tmp_path / "bright.png")  # leaves freed memory full of 200s
+        decoded = decode_image(tmp_path / name).pixels
+        with Image.open(tmp_path / name) as image:
+            expected = np.asarray(image).reshape(decoded.shape)
+        np.testing.assert_array_equal(decoded, expected, err_msg=name)
+    short = decode_image(tmp_path / "short.png").pixels
+    np.testing.assert_array_equal(short[:18], pixels[:18].reshape(short[:18].shape))
+    assert not short[18:].any()
 
 
 def test_palette_images_are_expanded_to_rgb(tmp_path, rng):
