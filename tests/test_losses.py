@@ -189,6 +189,14 @@ def test_ssim_of_short_and_long_windows_matches_scikit_image_in_both_precisions(
     assert single.tolist() == pytest.approx(expected, abs=2e-6)
 
 
+@pytest.mark.parametrize("shape", [(0, 3, 200, 200), (2, 0, 200, 200)])
+def test_ssim_of_no_images_or_no_channels_is_empty_or_nan_not_an_error(shape):
+    pred, target = torch.rand(shape), torch.rand(shape)
+    assert L.ssim(pred, target, reduction="none").shape == (shape[0],)
+    assert math.isnan(L.ssim(pred, target).item()) and math.isnan(L.ms_ssim(pred, target).item())
+    assert math.isnan(L.ssim_loss(pred, target).item())
+
+
 def load_sample(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     def load(path):
         return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255).permute(
