@@ -292,6 +292,20 @@ def test_cpu_bytes_are_held_one_plane_per_channel_and_scaled_exactly(rng, shape)
         assert torch.equal(_scaled(raw, 255.0, dtype), expected.to(dtype) / 255.0)
 
 
+def test_cpu_bytes_of_large_batches_are_wrapped_not_split(rng, monkeypatch):
+    """Splitting into planes pays only while the copies stay in cache; a huge image is wrapped."""
+    from lossctl import engine
+
+    monkeypatch.setattr(engine, "PLANAR_SPLIT_VALUES", 5 * 7 * 3)
+    image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    assert engine._to_device([image], torch.device("cpu")).is_contiguous()  # split: planes
+    large = rng.integers(0, 256, (5, 8, 3), dtype=np.uint8)
+    wrapped = engine._to_device([large], torch.device("cpu"))
+    assert np.shares_memory(wrapped.numpy(), large)
+    assert torch.equal(wrapped, torch.from_numpy(large).permute(2, 0, 1)[None])
+    assert torch.equal(engine._scaled(wrapped, 255.0, torch.float32), wrapped.float() / 255.0)
+
+
 def test_evaluations_exempt_objects_from_garbage_collection_once_per_process():
     """The first evaluation freezes the objects alive once torch is imported (Python's full
     collections would walk them all); later ones must not, or each would pin the garbage alive then."""
