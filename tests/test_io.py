@@ -171,6 +171,15 @@ def test_8_bit_png_is_decoded_in_place_and_falls_back_where_pillow_cannot(tmp_pa
         patched.setattr(Image.Image, "tobytes", no_copies)
         np.testing.assert_array_equal(decode_image(tmp_path / "x.png").pixels, rgb)
 
+    from lossctl import io as lossctl_io
+
+    calls = []
+    with monkeypatch.context() as patched:  # larger than decoded in place: Pillow's own memory
+        patched.setattr(lossctl_io, "DECODED_IN_PLACE_MAX_BYTES", rgb.shape[0] * rgb.shape[1] * 4 - 1)
+        patched.setattr(Image.core, "map_buffer", lambda *args: calls.append(args))
+        np.testing.assert_array_equal(decode_image(tmp_path / "x.png").pixels, rgb)
+    assert not calls
+
     def no_mapping(*args, **kwargs):
         raise TypeError("this Pillow cannot map a buffer")
 
