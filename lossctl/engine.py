@@ -164,9 +164,10 @@ def _planar_bytes(arrays: list[np.ndarray]) -> torch.Tensor:
 
 
 def _scaled(raw: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """``raw / scale`` in ``dtype``, one plane per channel (the raw pixels are interleaved): SSIM's
-    filters and pooling read planes, and converting in the same pass costs less than reading
-    interleaved values in each of their steps (SSIM and MS-SSIM of a 512x512 RGB pair 10% faster)."""
+    """``raw / scale`` in ``dtype``, one plane per channel (the raw pixels are interleaved, unless
+    :func:`_planar_bytes` split them): SSIM's filters and pooling read planes, and converting in the
+    same pass costs less than reading interleaved values in each of their steps (SSIM and MS-SSIM
+    of a 512x512 RGB pair 10% faster)."""
     values = raw.to(dtype, memory_format=torch.contiguous_format)
     if scale == 1.0:
         return values

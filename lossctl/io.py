@@ -418,7 +418,7 @@ DECODED_IN_PLACE_FORMATS = {"PNG", "JPEG"}
 DECODED_IN_PLACE_CHANNELS = {"L": 1, "RGB": 4, "RGBA": 4, "RGBX": 4}  # Pillow stores RGB as RGBX
 # Larger arrays are fresh memory from the kernel for every image (above malloc's mapping threshold,
 # which the engine raises to 64 MiB), faulted in page by page while Pillow decodes into them: a
-# 6000x6000 RGB pair decoded 30-80% slower so than by Pillow into its own reused blocks.
+# 6000x6000 RGB pair decoded 30-80% slower into them than into Pillow's own reused blocks.
 DECODED_IN_PLACE_MAX_BYTES = 1 << 26
 
 

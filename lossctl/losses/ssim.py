@@ -67,8 +67,8 @@ def _opencv_filter_valid(maps: torch.Tensor, taps: tuple[float, ...]) -> torch.T
     kernel = np.asarray(taps, dtype=_OPENCV_TYPES[maps.dtype])
     planes = maps.detach().contiguous().numpy()
     filtered = np.empty_like(planes)
-    if len(taps) < OPENCV_DFT_TAPS and len(planes):
-        along_rows = np.empty_like(planes[0])
+    if len(taps) < OPENCV_DFT_TAPS:
+        along_rows = np.empty(planes.shape[1:], dtype=planes.dtype)
         for plane, out in zip(planes, filtered, strict=True):
             cv2.filter2D(plane, -1, kernel[np.newaxis, :], dst=along_rows, borderType=cv2.BORDER_CONSTANT)
             cv2.filter2D(along_rows, -1, kernel[:, np.newaxis], dst=out, borderType=cv2.BORDER_CONSTANT)
