@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from lossctl import losses as L
+from lossctl.conventions import Convention
 from lossctl.engine import EvalConfig, evaluate
 from lossctl.io import pair_folders
 from lossctl.metrics import METRICS, resolve_params
@@ -48,10 +49,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_samples(device: str, precision: str) -> dict[str, dict[str, float]]:
+    return run_pairs(REPO / "sample_images" / "pred", REPO / "sample_images" / "gt", device, precision)
+
+
+def run_pairs(
+    pred: Path, gt: Path, device: str, precision: str, convention: Convention | None = None
+) -> dict[str, dict[str, float]]:
+    """Every metric's value per pair of ``pred`` and ``gt``, as `lossctl eval` computes them."""
     names = list(METRICS)
-    config = EvalConfig(metrics=names, params=resolve_params(names, []), device=device, precision=precision)
-    pairs = pair_folders(REPO / "sample_images" / "pred", REPO / "sample_images" / "gt").pairs
-    return {result.pair.name: result.values for result in evaluate(pairs, config)}
+    convention = convention or Convention()
+    params = resolve_params(names, [], convention.param_defaults)
+    config = EvalConfig(
+        metrics=names, params=params, device=device, precision=precision, convention=convention
+    )
+    return {result.pair.name: result.values for result in evaluate(pair_folders(pred, gt).pairs, config)}
 
 
 def agreement(args: argparse.Namespace) -> list[str]:
@@ -126,32 +137,47 @@ def dtype_matrix(args: argparse.Namespace) -> list[str]:
 
 
 def device_waits(args: argparse.Namespace) -> list[str]:
-    """Where `lossctl eval` makes the host wait for the GPU: every synchronizing operation while
-    evaluating sample_images/ with every metric (torch's sync debug mode), by source line. A batch
-    should wait only on the event of its one copy of values and note flags to the host, collected
-    after the next batch has started (engine.start_batch), which this mode does not list: a line
-    listed here is a wait that stalls the pipeline (the MATLAB downsampling and the segmentation
-    checks have known ones; image pairs under the default convention should list none)."""
+    """Where `lossctl eval` makes the host wait for the GPU: every synchronizing operation (torch's
+    sync debug mode), by source line, while evaluating sample_images/ with every metric, and 4
+    generated 768x768 pairs under the matlab preset (SSIM downsampled by 3). A batch should wait
+    only on the event of its one copy of values and note flags to the host, collected after the
+    next batch has started (engine.start_batch), which this mode does not list: a line listed here
+    is a wait that stalls the pipeline (the segmentation checks have a known one per batch; image
+    pairs should list none). On a CPU nothing waits: the runs only show that they complete."""
+    import tempfile
     import warnings
     from collections import Counter
 
-    if not args.device.startswith("cuda"):
-        return ["needs CUDA (torch.cuda.set_sync_debug_mode)"]
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            pairs = run_samples(args.device, "float32")
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    places = Counter(
-        f"{Path(w.filename).relative_to(REPO) if Path(w.filename).is_relative_to(REPO) else w.filename}:{w.lineno}"
-        for w in caught
-        if "synchroniz" in str(w.message)
-    )
-    lines = ["| where | waits |", "|---|---|"]
-    lines += [f"| {place} | {count} |" for place, count in places.most_common()]
-    return lines + [f"\n{sum(places.values())} waits in all, for {len(pairs)} sample pairs"]
+    from throughput import make_pairs
+
+    cuda = args.device.startswith("cuda")
+    lines = ["| run | where | waits |", "|---|---|---|"]
+    with tempfile.TemporaryDirectory() as folder:
+        pred, gt = make_pairs(Path(folder), 4, 768)
+        runs = {
+            "sample_images/, every metric": lambda: run_samples(args.device, "float32"),
+            "4 x 768x768, matlab preset": lambda: run_pairs(
+                pred, gt, args.device, "float32", Convention("matlab")
+            ),
+        }
+        for label, run in runs.items():
+            if cuda:
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    pairs = run()
+            finally:
+                if cuda:
+                    torch.cuda.set_sync_debug_mode(0)
+            places = Counter(
+                f"{Path(w.filename).relative_to(REPO) if Path(w.filename).is_relative_to(REPO) else w.filename}:{w.lineno}"
+                for w in caught
+                if "synchroniz" in str(w.message)
+            )
+            lines += [f"| {label} | {place} | {count} |" for place, count in places.most_common()]
+            lines.append(f"| {label}: {len(pairs)} pairs | all | {sum(places.values())} |")
+    return lines + ([] if cuda else ["\n(a CPU dry run: nothing waits, the runs only complete)"])
 
 
 def _run_script(script: str, *options: str) -> list[str]:

@@ -49,3 +49,4 @@ def test_gpu_check_runs_end_to_end_as_a_dry_run_on_the_cpu():
     assert "| lossctl eval (whole process) | all (default) | 4 |" in output
     assert "| pytorch-msssim | " in output  # the peers agree on numbers, not just run
     assert "| 2 x 64x64 RGB PNG | cpu |" in output
+    assert "| 4 x 768x768, matlab preset: 4 pairs | all | 0 |" in output  # the waits section runs
