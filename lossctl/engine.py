@@ -156,10 +156,11 @@ def _planar_bytes(arrays: list[np.ndarray]) -> torch.Tensor:
 
     height, width, channels = arrays[0].shape
     planar = torch.empty((len(arrays), channels, height, width), dtype=torch.uint8)
-    np.stack(
-        [plane for array in arrays for plane in cv2.split(array)],
-        out=planar.numpy().reshape(-1, height, width),
-    )
+    for array, planes in zip(arrays, planar.numpy(), strict=True):
+        # OpenCV writes into arrays of the right shape and type that it is given...
+        for split, plane in zip(cv2.split(array, list(planes)), planes, strict=True):
+            if not np.shares_memory(split, plane):  # ...and this covers one that would not
+                plane[...] = split
     return planar
 
 

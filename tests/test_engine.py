@@ -292,6 +292,19 @@ def test_cpu_bytes_are_held_one_plane_per_channel_and_scaled_exactly(rng, shape)
         assert torch.equal(_scaled(raw, 255.0, dtype), expected.to(dtype) / 255.0)
 
 
+def test_cpu_bytes_are_split_into_planes_whether_opencv_writes_into_them_or_not(rng, monkeypatch):
+    import cv2
+
+    from lossctl.engine import _to_device
+
+    arrays = list(rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8))
+    expected = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    assert torch.equal(_to_device(arrays, torch.device("cpu")), expected)
+    split = cv2.split
+    monkeypatch.setattr(cv2, "split", lambda array, planes=None: split(array))  # fresh arrays
+    assert torch.equal(_to_device(arrays, torch.device("cpu")), expected)
+
+
 def test_cpu_bytes_of_large_batches_are_wrapped_not_split(rng, monkeypatch):
     """Splitting into planes pays only while the copies stay in cache; a huge image is wrapped."""
     from lossctl import engine
