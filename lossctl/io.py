@@ -518,13 +518,11 @@ def decode_image(path: Path) -> DecodedImage:
         _check_pixels(*struct.unpack(">II", data[16:24]))
         return _decode_with_opencv(data, keep_first_channel=header[1] == PNG_GRAY_ALPHA)
     maxval = _netpbm_maxval(data)
-    if maxval is not None and maxval > 255 and data[:2] == b"P6":
-        with Image.open(io.BytesIO(data)) as image:
-            _check_pixels(*image.size)
-        return _decode_with_opencv(data, keep_first_channel=False, maxval=maxval)
     try:
         with Image.open(io.BytesIO(data)) as image:
             _check_pixels(*image.size)
+            if maxval is not None and maxval > 255 and data[:2] == b"P6":  # Pillow keeps 8 bits
+                return _decode_with_opencv(data, keep_first_channel=False, maxval=maxval)
             if image.format == "TIFF" and image.mode in RGB_MODES and _tiff_bits_per_sample(image) > 8:
                 return _decode_with_opencv(data, keep_first_channel=False)
             return _decode_with_pillow(image, _load_in_place(image))

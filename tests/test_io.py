@@ -11,8 +11,10 @@ import pytest
 import tifffile
 from PIL import Image, ImageFile
 
+from lossctl.engine import EvalConfig, evaluate
 from lossctl.errors import ImageReadError, LossctlError
 from lossctl.io import decode_image, load_pair, pair_folders
+from lossctl.metrics import parse_metric_names, resolve_params
 
 from .conftest import random_rgb, save_image
 
@@ -331,6 +333,30 @@ def test_16_bit_ppm_keeps_16_bits(tmp_path, rng):
     decoded = decode_image(tmp_path / "c16.ppm")
     assert (decoded.bit_depth, decoded.scale) == (16, 65535.0)
     np.testing.assert_array_equal(decoded.pixels, rgb16)
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (b"P6\n0 4\n65535\n", "not a recognised image file"),
+        (b"P6\n20000 10000\n65535\n", "exceeds limit"),
+    ],
+)
+def test_a_bad_16_bit_ppm_is_an_image_read_error_not_a_crash(tmp_path, folders, rng, header, message):
+    (tmp_path / "bad.ppm").write_bytes(header)
+    with pytest.raises(ImageReadError, match=message) as caught:
+        decode_image(tmp_path / "bad.ppm")
+    assert "\n" not in str(caught.value)
+    pred, gt = folders  # and the run goes on: the pair is an error row, the others are computed
+    (pred / "bad.ppm").write_bytes(header)
+    (gt / "bad.ppm").write_bytes(header)
+    save_image(pred / "good.png", random_rgb(rng))
+    save_image(gt / "good.png", random_rgb(rng))
+    names = parse_metric_names("psnr")
+    config = EvalConfig(metrics=names, params=resolve_params(names, []), device="cpu")
+    results = {result.pair.name: result for result in evaluate(pair_folders(pred, gt).pairs, config)}
+    assert results["good"].status == "ok" and results["bad"].status == "error"
+    assert message in results["bad"].error
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
