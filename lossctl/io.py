@@ -416,9 +416,10 @@ def _tiff_bits_per_sample(image: Image.Image) -> int:
 # Formats whose Pillow plugins decode into whatever image memory the file object holds.
 DECODED_IN_PLACE_FORMATS = {"PNG", "JPEG"}
 DECODED_IN_PLACE_CHANNELS = {"L": 1, "RGB": 4, "RGBA": 4, "RGBX": 4}  # Pillow stores RGB as RGBX
-# Larger arrays are fresh memory from the kernel for every image (above malloc's mapping threshold,
-# which the engine raises to 64 MiB), faulted in page by page while Pillow decodes into them: a
-# 6000x6000 RGB pair decoded 30-80% slower into them than into Pillow's own reused blocks.
+# Larger arrays are fresh memory from the kernel for every image (above malloc's mapping threshold:
+# 64 MiB where the engine raises it, on a CPU; at most 32 MiB by default), faulted in page by page
+# while Pillow decodes into them: a 6000x6000 RGB pair decoded 30-80% slower into them than into
+# Pillow's own reused blocks. At 4096x4096 (64 MiB) neither way was slower.
 DECODED_IN_PLACE_MAX_BYTES = 1 << 26
 
 
