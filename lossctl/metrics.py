@@ -80,16 +80,11 @@ class _Noted:
         return notes_from(self._entries, self.count)
 
 
-def notes_from(
-    entries: Sequence[tuple[Sequence[bool] | torch.Tensor, str]],
-    count: int,
-    read: Callable[[torch.Tensor], Sequence[bool]] = lambda flags: flags.tolist(),
-) -> list[list[str]]:
-    """Each of ``count`` images' notes from :meth:`_Noted.note_entries`, flags in tensors read by
-    ``read``."""
+def notes_from(entries: Sequence[tuple[Sequence[bool] | torch.Tensor, str]], count: int) -> list[list[str]]:
+    """Each of ``count`` images' notes from :meth:`_Noted.note_entries` (flags in tensors read now)."""
     per_image: list[list[str]] = [[] for _ in range(count)]
     for images, text in entries:
-        flags = read(images) if hasattr(images, "device") else images
+        flags = images.tolist() if hasattr(images, "device") else images
         for index, flagged in enumerate(flags):
             if flagged:
                 per_image[index].append(text)
