@@ -11,13 +11,15 @@ import functools
 import io
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from . import netpbm
 from .errors import ImageReadError, LossctlError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -33,7 +35,6 @@ PNG_COLOR_TYPES_PILLOW_TRUNCATES = {2, PNG_GRAY_ALPHA, 6}  # RGB, gray+alpha, RG
 RGB_MODES = {"RGB", "RGBA", "RGBX", "RGBa"}
 MODES_CONVERTED_TO_RGB = {"P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
-NETPBM_FORMATS = {"PPM", "PGM", "PBM", "PNM"}
 
 
 def _as_path(text: str | None) -> Path | None:
@@ -363,21 +364,11 @@ def _png_bit_depth_and_color_type(data: bytes) -> tuple[int, int] | None:
     return struct.unpack(">BB", data[24:26])
 
 
-def _netpbm_maxval(data: bytes) -> int | None:
-    """The maxval of a binary PGM/PPM header (``P5``/``P6``), or None for other files."""
-    if data[:2] not in (b"P5", b"P6"):
-        return None
-    tokens: list[bytes] = []
-    for line in data[2:512].split(b"\n"):
-        tokens += line.split(b"#", 1)[0].split()
-        if len(tokens) >= 3:
-            return int(tokens[2]) if tokens[2].isdigit() else None
-    return None
-
-
-def _decode_with_opencv(data: bytes, keep_first_channel: bool, maxval: int | None = None) -> DecodedImage:
-    """Decode with OpenCV the files Pillow reads wrongly: 16-bit colour PNG, TIFF and PPM (Pillow
-    keeps only 8 bits) and float colour TIFF (Pillow cannot open it)."""
+def _decode_with_opencv(data: bytes, keep_first_channel: bool, bits: int | None = None) -> DecodedImage:
+    """Decode with OpenCV the files Pillow reads wrongly: 16-bit colour PNG and TIFF (Pillow keeps
+    only 8 bits) and TIFF that Pillow cannot open (float colour, 16-bit gray with alpha). ``bits``:
+    the bits per sample the file declares, where known; OpenCV reads some TIFF layouts through
+    libtiff's 8-bit RGBA interface, and those are refused rather than scored at 8 bits."""
     import cv2
     import cv2.utils.logging
 
@@ -399,8 +390,13 @@ def _decode_with_opencv(data: bytes, keep_first_channel: bool, maxval: int | Non
     else:
         pixels = pixels[:, :, 2::-1]  # BGR(A) to RGB, alpha dropped
     pixels = np.ascontiguousarray(pixels)
+    if bits is not None and pixels.dtype.kind == "u" and pixels.dtype.itemsize * 8 < bits:
+        raise ImageReadError(
+            f"OpenCV reads this {bits}-bit TIFF layout at {pixels.dtype.itemsize * 8} bits only "
+            "(save it as 16-bit PNG or as a TIFF without extra channels)"
+        )
     if pixels.dtype == np.uint16:
-        return DecodedImage(pixels, float(maxval or 65535), 16)
+        return DecodedImage(pixels, 65535.0, 16)
     if pixels.dtype == np.uint8:
         return DecodedImage(pixels, 255.0, 8)
     if pixels.dtype in (np.float32, np.float64):
@@ -411,6 +407,22 @@ def _decode_with_opencv(data: bytes, keep_first_channel: bool, maxval: int | Non
 def _tiff_bits_per_sample(image: Image.Image) -> int:
     bits = getattr(image, "tag_v2", {}).get(258, 8)
     return max(bits) if isinstance(bits, tuple) else int(bits)
+
+
+def _tiff_header_bits_per_sample(data: bytes) -> int | None:
+    """The bits per sample a TIFF's first directory declares, read with Pillow's directory parser
+    (which works where Pillow has no mode for the layout); None where it cannot be read."""
+    from PIL import TiffImagePlugin
+
+    try:
+        directory = TiffImagePlugin.ImageFileDirectory_v2(data[:8])
+        stream = io.BytesIO(data)
+        stream.seek(directory.next)
+        directory.load(stream)
+        bits = directory.get(258, 1)
+        return max(bits) if isinstance(bits, tuple) else int(bits)
+    except Exception:  # a damaged directory: OpenCV's own reading then decides
+        return None
 
 
 # Formats whose Pillow plugins decode into whatever image memory the file object holds.
@@ -474,7 +486,7 @@ def _decode_with_pillow(image: Image.Image, pixels: np.ndarray | None = None) ->
         return DecodedImage(np.asarray(image.getchannel(0))[:, :, None], 255.0, 8)
     if mode in RGB_MODES:
         return DecodedImage(np.ascontiguousarray(np.asarray(image)[:, :, :3]), 255.0, 8)
-    if mode in SIXTEEN_BIT_MODES or (mode == "I" and image.format in NETPBM_FORMATS):
+    if mode in SIXTEEN_BIT_MODES:
         return DecodedImage(np.asarray(image).astype(np.uint16)[:, :, None], 65535.0, 16)
     if mode == "F":
         return DecodedImage(np.asarray(image, dtype=np.float32)[:, :, None], 1.0, 32)
@@ -501,40 +513,68 @@ def _check_pixels(width: int, height: int) -> None:
         )
 
 
-PILLOW_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what a bad file raises
+PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what a bad file is documented to raise
 
 
 def _first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
-def decode_image(path: Path) -> DecodedImage:
-    """Read one image file. Raises :class:`ImageReadError` with a one-line reason."""
+@contextmanager
+def _decoding_errors_as_read_errors() -> Iterator[None]:
+    """Whatever decoding one file raises, as an :class:`ImageReadError` with a one-line reason: a
+    damaged file fails its own pair, never the run."""
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ImageReadError(f"cannot read file: {error.strerror or error}") from error
-    header = _png_bit_depth_and_color_type(data)
-    if header and header[0] == 16 and header[1] in PNG_COLOR_TYPES_PILLOW_TRUNCATES:
-        _check_pixels(*struct.unpack(">II", data[16:24]))
-        return _decode_with_opencv(data, keep_first_channel=header[1] == PNG_GRAY_ALPHA)
-    maxval = _netpbm_maxval(data)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            _check_pixels(*image.size)
-            if maxval is not None and maxval > 255 and data[:2] == b"P6":  # Pillow keeps 8 bits
-                return _decode_with_opencv(data, keep_first_channel=False, maxval=maxval)
-            if image.format == "TIFF" and image.mode in RGB_MODES and _tiff_bits_per_sample(image) > 8:
-                return _decode_with_opencv(data, keep_first_channel=False)
-            return _decode_with_pillow(image, _load_in_place(image))
-    except UnidentifiedImageError as error:
-        if data.startswith(TIFF_SIGNATURES):  # e.g. float colour TIFF, which Pillow cannot open
-            return _decode_with_opencv(data, keep_first_channel=False)
-        raise ImageReadError("not a recognised image file") from error
+        yield
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError:  # Pillow's own guard, at twice its limit
+        raise ImageReadError(
+            f"over the limit of {max_pixels} pixels (a decompression-bomb guard; raise it with --max-pixels)"
+        ) from None
     except PILLOW_ERRORS as error:
         raise ImageReadError(_first_line(error)) from error
     except MemoryError:
         raise ImageReadError("not enough memory to decode it") from None
+    except Exception as error:  # a damaged file can make a Pillow plugin raise anything else too
+        raise ImageReadError(f"cannot decode it ({type(error).__name__}: {_first_line(error)})") from error
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ImageReadError(f"cannot read file: {error.strerror or error}") from error
+
+
+def decode_image(path: Path) -> DecodedImage:
+    """Read one image file. Raises :class:`ImageReadError` with a one-line reason."""
+    data = _read_file(path)
+    header = _png_bit_depth_and_color_type(data)
+    if header and header[0] == 16 and header[1] in PNG_COLOR_TYPES_PILLOW_TRUNCATES:
+        _check_pixels(*struct.unpack(">II", data[16:24]))
+        return _decode_with_opencv(data, keep_first_channel=header[1] == PNG_GRAY_ALPHA)
+    if (graymap := netpbm.read_header(data)) is not None:
+        _check_pixels(graymap.width, graymap.height)
+        bit_depth = 8 if graymap.maxval <= 255 else 16
+        return DecodedImage(netpbm.read_levels(data, graymap), float(graymap.maxval), bit_depth)
+    with _decoding_errors_as_read_errors():
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                _check_pixels(*image.size)
+                if (
+                    image.format == "TIFF"
+                    and image.mode in RGB_MODES
+                    and (bits := _tiff_bits_per_sample(image)) > 8
+                ):
+                    return _decode_with_opencv(data, keep_first_channel=False, bits=bits)
+                return _decode_with_pillow(image, _load_in_place(image))
+        except UnidentifiedImageError as error:
+            if data.startswith(TIFF_SIGNATURES):  # e.g. float colour TIFF, which Pillow cannot open
+                return _decode_with_opencv(
+                    data, keep_first_channel=False, bits=_tiff_header_bits_per_sample(data)
+                )
+            raise ImageReadError("not a recognised image file") from error
 
 
 def _decode_side(path: Path, side: str) -> DecodedImage:
@@ -574,22 +614,29 @@ def decode_scores(path: Path) -> np.ndarray:
 
 
 def decode_label_map(path: Path) -> tuple[np.ndarray, int]:
-    """A ground-truth label map: single-channel class indices (8- or 16-bit; a palette PNG's indices)."""
-    try:
-        with Image.open(path) as image:
-            _check_pixels(*image.size)
-            image.load()
-            if image.mode not in LABEL_MODES:
-                raise ImageReadError(
-                    f"a label map must be single-channel class indices; this image is {image.mode}"
-                )
-            labels = np.asarray(image)
-    except UnidentifiedImageError:
-        raise ImageReadError("not a recognised image file") from None
-    except PILLOW_ERRORS as error:
-        raise ImageReadError(_first_line(error)) from None
-    except MemoryError:
-        raise ImageReadError("not enough memory to decode it") from None
+    """A ground-truth label map: single-channel class indices (8- or 16-bit; a palette PNG's indices;
+    a PGM's samples as stored, whatever its maxval)."""
+    data = _read_file(path)
+    if (graymap := netpbm.read_header(data)) is not None:
+        if graymap.channels != 1:
+            raise ImageReadError(
+                "a label map must be single-channel class indices; this image is a PPM pixmap"
+            )
+        _check_pixels(graymap.width, graymap.height)
+        labels = netpbm.read_levels(data, graymap)[:, :, 0]
+    else:
+        with _decoding_errors_as_read_errors():
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    _check_pixels(*image.size)
+                    image.load()
+                    if image.mode not in LABEL_MODES:
+                        raise ImageReadError(
+                            f"a label map must be single-channel class indices; this image is {image.mode}"
+                        )
+                    labels = np.asarray(image)
+            except UnidentifiedImageError:
+                raise ImageReadError("not a recognised image file") from None
     bit_depth = 1 if labels.dtype == bool else 16 if labels.dtype.itemsize > 1 else 8
     return labels.astype(np.int64), bit_depth
 

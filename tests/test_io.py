@@ -338,8 +338,8 @@ def test_16_bit_ppm_keeps_16_bits(tmp_path, rng):
 @pytest.mark.parametrize(
     "header, message",
     [
-        (b"P6\n0 4\n65535\n", "not a recognised image file"),
-        (b"P6\n20000 10000\n65535\n", "exceeds limit"),
+        (b"P6\n0 4\n65535\n", "it has no pixels"),
+        (b"P6\n20000 10000\n65535\n", "is over the limit of"),
     ],
 )
 def test_a_bad_16_bit_ppm_is_an_image_read_error_not_a_crash(tmp_path, folders, rng, header, message):
@@ -366,6 +366,56 @@ def test_float_colour_tiff_is_used_as_stored(tmp_path, rng, dtype):
     decoded = decode_image(tmp_path / "f.tif")
     assert (decoded.scale, decoded.bit_depth) == (1.0, np.dtype(dtype).itemsize * 8)
     np.testing.assert_array_equal(decoded.pixels, values)
+
+
+def test_16_bit_gray_with_alpha_tiff_is_refused_not_read_at_8_bits(tmp_path, rng):
+    """Pillow has no mode for it, and OpenCV reads it through libtiff's 8-bit RGBA interface: a
+    pair differing in the low bytes only would score as identical."""
+    values = rng.integers(0, 65536, size=(6, 7, 2), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "la16.tif", values, photometric="minisblack", extrasamples=[2])
+    with pytest.raises(ImageReadError, match="reads this 16-bit TIFF layout at 8 bits only") as caught:
+        decode_image(tmp_path / "la16.tif")
+    assert "\n" not in str(caught.value)
+
+
+# An 8x8 TIFF whose StripOffsets is a LONG8 pointing at 0xFF bytes (found by fuzzing): Pillow seeks
+# to it and raises OverflowError, which is none of the errors Pillow documents for a bad file.
+OVERFLOWING_TIFF = bytes.fromhex(
+    "49492a000800000009000001040001000000080000000101040001000000080000000201030001000000080000000301"
+    "030001000000010000000601030001000000010000001101100001000000ba0000001601040001000000080000001701"
+    "040001000000400000001c010300010000000100000000000000" + "64" * 64 + "ff" * 8
+)
+
+
+def test_any_exception_a_damaged_file_raises_fails_its_pair_only(tmp_path, folders, rng):
+    (tmp_path / "bad.tif").write_bytes(OVERFLOWING_TIFF)
+    with pytest.raises(ImageReadError, match="cannot decode it \\(OverflowError: ") as caught:
+        decode_image(tmp_path / "bad.tif")
+    assert "\n" not in str(caught.value)
+    pred, gt = folders
+    for side in (pred, gt):
+        (side / "bad.tif").write_bytes(OVERFLOWING_TIFF)
+        save_image(side / "good.png", random_rgb(rng))
+    names = parse_metric_names("psnr")
+    config = EvalConfig(metrics=names, params=resolve_params(names, []), device="cpu", workers=1)
+    results = {result.pair.name: result for result in evaluate(pair_folders(pred, gt).pairs, config)}
+    assert results["good"].status == "ok" and results["bad"].status == "error"
+    assert "OverflowError" in results["bad"].error
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunks = b""
+    for kind, data in ((b"IHDR", header), (b"IDAT", zlib.compress(b"")), (b"IEND", b"")):
+        chunks += struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def test_an_image_over_pillows_own_guard_gets_lossctls_message(tmp_path):
+    """Pillow refuses images over twice its limit in Image.open, before lossctl's own check."""
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(20000, 10000))
+    with pytest.raises(ImageReadError, match="over the limit of .* pixels .*raise it with --max-pixels"):
+        decode_image(tmp_path / "bomb.png")
 
 
 def test_opencv_failures_are_one_line_read_errors(tmp_path, rng):
