@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -230,6 +231,9 @@ def _start_worker(max_pixels: int | None) -> None:
     # Already so where the fork server started deaf to it; not under the spawn start method.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_max_pixels(max_pixels)
+    # Quiet as the command line's process is (lossctl.cli._root): a worker that the fork server or
+    # spawn started has not inherited its warning filters.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
     try:
         import cv2
 

@@ -9,10 +9,12 @@ import re
 import shlex
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from lossctl.cli import _LazyProgress, app
@@ -274,6 +276,27 @@ def test_version_and_module_entry_point():
         [sys.executable, "-m", "lossctl", "--version"], capture_output=True, text=True, check=True
     )
     assert re.fullmatch(r"lossctl \d+\.\d+\.\d+\n", completed.stdout)
+
+
+def test_decoding_processes_keep_pillows_warnings_quiet_as_the_cli_does(folders, rng):
+    """A palette PNG whose transparency is bytes makes Pillow warn while converting it to RGB."""
+    pred, gt = folders
+    for side in (pred, gt):
+        image = Image.fromarray(rng.integers(0, 4, size=(16, 16), dtype=np.uint8), mode="P")
+        image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+        image.save(side / "palette.png", transparency=bytes([0, 128, 255, 255]))
+    with Image.open(pred / "palette.png") as image, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image.convert("RGB")
+    assert caught, "the file no longer makes Pillow warn: the test proves nothing"
+    command = [sys.executable, "-m", "lossctl", "eval", str(pred), str(gt), "--metrics", "l1"]
+    completed = subprocess.run(
+        [*command, "--decoder", "processes", "--workers", "2", "--format", "csv"],
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "Warning" not in completed.stderr
 
 
 def test_help_and_metrics_start_without_torch_or_pandas():
