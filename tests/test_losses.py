@@ -197,6 +197,33 @@ def test_ssim_of_no_images_or_no_channels_is_empty_or_nan_not_an_error(shape):
     assert math.isnan(L.ssim_loss(pred, target).item())
 
 
+IMAGE = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+BIG = torch.rand(1, 1, 161, 161, generator=torch.Generator().manual_seed(6))
+PROBS = torch.softmax(torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7)), dim=1)
+LABELS = torch.randint(0, 4, (2, 8, 8), generator=torch.Generator().manual_seed(8))
+NAN = float("nan")
+
+
+def test_tv_of_no_images_is_empty_or_nan_not_an_error():
+    assert L.tv_loss(torch.rand(0, 3, 8, 8), reduction="none").shape == (0,)
+    assert math.isnan(L.TVLoss()(torch.rand(0, 3, 8, 8)).item())
+
+
+def test_the_loss_wrappers_and_modules_pass_every_setting_through():
+    pred, target = pair(seed=16, shape=(1, 3, 600, 600))
+    downsampled = 1 - L.ssim(pred, target, downsample=True)
+    torch.testing.assert_close(L.ssim_loss(pred, target, downsample=True), downsampled)
+    torch.testing.assert_close(L.SSIMLoss(downsample=True)(pred, target), downsampled)
+    three_scales = 1 - L.ms_ssim(pred, target, weights=(0.2, 0.3, 0.5))
+    torch.testing.assert_close(L.ms_ssim_loss(pred, target, weights=(0.2, 0.3, 0.5)), three_scales)
+    torch.testing.assert_close(L.MSSSIMLoss(weights=(0.2, 0.3, 0.5))(pred, target), three_scales)
+    assert not torch.allclose(three_scales, L.ms_ssim_loss(pred, target))
+    ignoring = 1 - L.multiclass_dice(PROBS, LABELS, ignore_index=2).mean(dim=1)
+    torch.testing.assert_close(L.dice_loss(PROBS, LABELS, reduction="none", ignore_index=2), ignoring)
+    torch.testing.assert_close(L.DiceLoss(reduction="none", ignore_index=2)(PROBS, LABELS), ignoring)
+    assert not torch.allclose(ignoring, L.dice_loss(PROBS, LABELS, reduction="none"))
+
+
 def load_sample(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     def load(path):
         return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255).permute(
@@ -322,6 +349,30 @@ def test_reductions_of_image_level_metrics():
         (lambda: L.quantile_loss(torch.zeros(2), torch.zeros(2), q=2), "q must"),
         (lambda: L.l1_loss([0.0], torch.zeros(1)), "torch.Tensor"),
         (lambda: L.L1Loss(reduction="bogus"), "reduction"),
+        # Settings a sign or a NaN would otherwise slip through (C1, C2 and PSNR square the range).
+        (lambda: L.psnr(IMAGE, IMAGE, data_range=-1.0), "data_range must be > 0; got -1.0"),
+        (lambda: L.psnr(IMAGE, IMAGE, data_range=0.0), "data_range must be > 0"),
+        (lambda: L.psnr_loss(IMAGE, IMAGE, data_range=-255.0), "data_range must be > 0"),
+        (lambda: L.psnr_loss(IMAGE, IMAGE, eps=-1e-3), "eps must be >= 0"),
+        (lambda: L.ssim(IMAGE, IMAGE, data_range=-1.0), "data_range must be > 0"),
+        (lambda: L.ms_ssim(BIG, BIG, data_range=0.0), "data_range must be > 0"),
+        (lambda: L.ssim(IMAGE, IMAGE, k1=-0.01), "k1 must be >= 0"),
+        (lambda: L.ssim(IMAGE, IMAGE, k2=NAN), "k2 must be >= 0; got nan"),
+        (lambda: L.ssim(IMAGE, IMAGE, sigma=NAN), "sigma must be > 0; got nan"),
+        (lambda: L.ssim(IMAGE, IMAGE, sigma=1e-300), "sigma is too small"),
+        (lambda: L.ssim(IMAGE, IMAGE, k1=1e200), "k1 \\* data_range is too large"),
+        (lambda: L.SSIMLoss(data_range=-1.0), "data_range must be > 0"),
+        (lambda: L.charbonnier_loss(IMAGE, IMAGE, eps=NAN), "eps must be >= 0; got nan"),
+        (lambda: L.huber_loss(IMAGE, IMAGE, delta=NAN), "delta must be > 0; got nan"),
+        (lambda: L.smooth_l1_loss(IMAGE, IMAGE, beta=NAN), "beta must be >= 0; got nan"),
+        (lambda: L.dice_loss(PROBS, LABELS, smooth=-1.0), "smooth must be >= 0"),
+        (lambda: L.dice_loss(IMAGE, IMAGE, ignore_index=0), "ignore_index applies to a label map"),
+        (lambda: L.ms_ssim(BIG, BIG, weights=()), "one weight per scale"),
+        (lambda: L.MSSSIMLoss(weights=()), "one weight per scale"),
+        (lambda: L.matlab_downsample(torch.zeros(1, 1, 600, 600, dtype=torch.int64)), "floating-point"),
+        (lambda: L.tv_loss(torch.zeros(1, 3, 0, 8)), "images have no pixels"),
+        (lambda: L.edge_aware_tv_loss(torch.zeros(1, 3, 0, 8), torch.zeros(1, 3, 0, 8)), "no pixels"),
+        (lambda: L.psnr(torch.zeros(1, 3, 8, 0), torch.zeros(1, 3, 8, 0)), "no pixels"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_problem(call, message):

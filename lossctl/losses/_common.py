@@ -16,6 +16,18 @@ def check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
 
 
+def check_positive(value: float, name: str) -> None:
+    """Raise unless ``value > 0``; NaN fails too (every comparison with NaN is false)."""
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0; got {value}")
+
+
+def check_non_negative(value: float, name: str) -> None:
+    """Raise unless ``value >= 0``; NaN fails too."""
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0; got {value}")
+
+
 def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     """Apply ``reduction`` ('none' | 'mean' | 'sum') to ``values``."""
     check_reduction(reduction)
@@ -51,6 +63,8 @@ def check_tensor(tensor: object, name: str, *, image: bool = False) -> torch.Ten
         raise ValueError(f"{name} must be a floating-point tensor; got dtype {tensor.dtype}")
     if image and tensor.dim() != 4:
         raise ValueError(f"{name} must have shape (N, C, H, W); got shape {tuple(tensor.shape)}")
+    if image and 0 in tensor.shape[2:]:  # no images or no channels: empty, as torch.nn's losses
+        raise ValueError(f"{name}'s images have no pixels: shape {tuple(tensor.shape)}")
     return compute_dtype(tensor)
 
 

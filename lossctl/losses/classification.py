@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import check_pair, check_tensor, per_image_sum, reduce, safe_divide
+from ._common import check_non_negative, check_pair, check_tensor, per_image_sum, reduce, safe_divide
 
 LOG_CLAMP = -100.0
 
@@ -104,8 +104,7 @@ def dice_coefficient(
     the METRICS.md definition). Two empty masks score 1.0. ``reduction='none'`` gives ``(N,)``.
     Higher is better; ``1 - dice`` is the Dice loss.
     """
-    if smooth < 0:
-        raise ValueError(f"smooth must be >= 0; got {smooth}")
+    check_non_negative(smooth, "smooth")
     pred, target = check_pair(pred, target, image=True)
     intersection = per_image_sum(pred * target)
     total = per_image_sum(pred) + per_image_sum(target)
@@ -126,6 +125,7 @@ def multiclass_dice(
     encoded here. Pixels equal to ``ignore_index`` are left out of both sums. A class absent from
     both the prediction and the labels scores 1.0 (with ``smooth=0``).
     """
+    check_non_negative(smooth, "smooth")
     probs = check_tensor(probs, "probs", image=True)
     if labels.is_floating_point() or tuple(labels.shape) != (probs.shape[0], *probs.shape[2:]):
         raise ValueError(
@@ -145,18 +145,24 @@ def multiclass_dice(
 
 
 def dice_loss(
-    pred: torch.Tensor, target: torch.Tensor, smooth: float = 0.0, reduction: str = "mean"
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    smooth: float = 0.0,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
 ) -> torch.Tensor:
     """Dice loss per image: ``1 - dice``.
 
     Binary / soft masks (``target`` float, shaped like ``pred``): ``1 - dice_coefficient``.
     Multi-class (``target`` an integer label map ``(N, H, W)``, ``pred`` class probabilities
-    ``(N, C, H, W)``): ``1 -`` the mean over classes of :func:`multiclass_dice`.
-    ``reduction='none'`` gives ``(N,)``.
+    ``(N, C, H, W)``): ``1 -`` the mean over classes of :func:`multiclass_dice`, which leaves out
+    the pixels labelled ``ignore_index``. ``reduction='none'`` gives ``(N,)``.
     """
     if isinstance(target, torch.Tensor) and not target.is_floating_point():
-        score = multiclass_dice(pred, target, smooth).mean(dim=1)
+        score = multiclass_dice(pred, target, smooth, ignore_index).mean(dim=1)
     else:
+        if ignore_index is not None:
+            raise ValueError("ignore_index applies to a label map target (integer class indices) only")
         score = dice_coefficient(pred, target, smooth, reduction="none")
     return reduce(1.0 - score, reduction)
 

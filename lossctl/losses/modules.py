@@ -18,7 +18,7 @@ from .pixel import (
     rmse,
     smooth_l1_loss,
 )
-from .ssim import check_ssim_window, ms_ssim_loss, ssim_loss
+from .ssim import MS_SSIM_WEIGHTS, check_ms_ssim_weights, check_ssim_settings, ms_ssim_loss, ssim_loss
 from .tv import tv_loss, weighted_tv_loss
 
 
@@ -132,12 +132,12 @@ class CrossEntropyLoss(_Loss):
 class DiceLoss(_Loss):
     """``1 - dice`` per image, binary or multi-class; see :func:`lossctl.losses.dice_loss`."""
 
-    def __init__(self, smooth: float = 0.0, reduction: str = "mean") -> None:
+    def __init__(self, smooth: float = 0.0, reduction: str = "mean", ignore_index: int | None = None) -> None:
         super().__init__(reduction)
-        self.smooth = smooth
+        self.smooth, self.ignore_index = smooth, ignore_index
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return dice_loss(pred, target, self.smooth, self.reduction)
+        return dice_loss(pred, target, self.smooth, self.reduction, self.ignore_index)
 
 
 class TVLoss(_Loss):
@@ -173,8 +173,8 @@ class PSNRLoss(_Loss):
         return psnr_loss(pred, target, self.data_range, self.eps, self.y_channel, self.reduction)
 
 
-class SSIMLoss(_Loss):
-    """``1 - ssim`` per image; see :func:`lossctl.losses.ssim`."""
+class _SSIMSettings(_Loss):
+    """The settings SSIM and MS-SSIM share, checked when the module is made."""
 
     def __init__(
         self,
@@ -186,7 +186,7 @@ class SSIMLoss(_Loss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(reduction)
-        check_ssim_window(window_size, sigma)
+        check_ssim_settings(window_size, sigma, data_range, k1, k2)
         self.data_range, self.window_size, self.sigma, self.k1, self.k2 = (
             data_range,
             window_size,
@@ -195,16 +195,63 @@ class SSIMLoss(_Loss):
             k2,
         )
 
+
+class SSIMLoss(_SSIMSettings):
+    """``1 - ssim`` per image; see :func:`lossctl.losses.ssim` (``downsample``: MATLAB's ``ssim.m``)."""
+
+    def __init__(
+        self,
+        data_range: float = 1.0,
+        window_size: int = 11,
+        sigma: float = 1.5,
+        k1: float = 0.01,
+        k2: float = 0.03,
+        reduction: str = "mean",
+        downsample: bool = False,
+    ) -> None:
+        super().__init__(data_range, window_size, sigma, k1, k2, reduction)
+        self.downsample = downsample
+
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return ssim_loss(
-            pred, target, self.data_range, self.window_size, self.sigma, self.k1, self.k2, self.reduction
+            pred,
+            target,
+            self.data_range,
+            self.window_size,
+            self.sigma,
+            self.k1,
+            self.k2,
+            self.reduction,
+            self.downsample,
         )
 
 
-class MSSSIMLoss(SSIMLoss):
-    """``1 - ms_ssim`` per image; see :func:`lossctl.losses.ms_ssim`."""
+class MSSSIMLoss(_SSIMSettings):
+    """``1 - ms_ssim`` per image; see :func:`lossctl.losses.ms_ssim` (``weights``: one per scale)."""
+
+    def __init__(
+        self,
+        data_range: float = 1.0,
+        window_size: int = 11,
+        sigma: float = 1.5,
+        k1: float = 0.01,
+        k2: float = 0.03,
+        reduction: str = "mean",
+        weights: tuple[float, ...] = MS_SSIM_WEIGHTS,
+    ) -> None:
+        super().__init__(data_range, window_size, sigma, k1, k2, reduction)
+        check_ms_ssim_weights(weights)
+        self.weights = tuple(weights)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return ms_ssim_loss(
-            pred, target, self.data_range, self.window_size, self.sigma, self.k1, self.k2, self.reduction
+            pred,
+            target,
+            self.data_range,
+            self.window_size,
+            self.sigma,
+            self.k1,
+            self.k2,
+            self.reduction,
+            self.weights,
         )

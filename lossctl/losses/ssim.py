@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._common import check_pair, reduce
+from ._common import check_non_negative, check_pair, check_positive, check_tensor, reduce
 
 
 def gaussian_window(size: int, sigma: float) -> tuple[float, ...]:
@@ -82,11 +82,21 @@ def _opencv_filter_valid(maps: torch.Tensor, taps: tuple[float, ...]) -> torch.T
 OPENCV_DFT_TAPS = 50  # the fewest kernel values for which OpenCV's filter2D may filter by DFT
 
 
-def check_ssim_window(window_size: int, sigma: float) -> None:
+def check_ssim_settings(
+    window_size: int, sigma: float, data_range: float = 1.0, k1: float = 0.01, k2: float = 0.03
+) -> None:
+    """Raise a ValueError for settings SSIM is not defined with (NaN among them): ``C1`` and ``C2``
+    square ``k data_range``, so a negative range or constant would silently act as a positive one."""
     if window_size < 1 or window_size % 2 == 0:
         raise ValueError(f"window_size must be a positive odd integer; got {window_size}")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0; got {sigma}")
+    check_positive(sigma, "sigma")
+    if sigma * sigma == 0:
+        raise ValueError(f"sigma is too small: its square underflows to 0; got {sigma}")
+    check_positive(data_range, "data_range")
+    for name, k in (("k1", k1), ("k2", k2)):
+        check_non_negative(k, name)
+        if not math.isfinite(k * data_range * k * data_range):
+            raise ValueError(f"{name} * data_range is too large: C = ({name} * data_range)^2 overflows")
 
 
 # SSIM's maps are made one block of image planes (or of rows of one plane) at a time. On a CPU a
@@ -253,6 +263,7 @@ def matlab_downsample(images: torch.Tensor) -> torch.Tensor:
     For even ``f`` this is ``f x f`` block averaging (``avg_pool2d``, as piq and pyiqa do); for odd
     ``f`` MATLAB's window is centred on the kept pixel.
     """
+    images = check_tensor(images, "images", image=True)
     factor = matlab_downsample_factor(*images.shape[-2:])
     if factor == 1:
         return images
@@ -260,11 +271,18 @@ def matlab_downsample(images: torch.Tensor) -> torch.Tensor:
 
 
 def _ssim_inputs(
-    pred: torch.Tensor, target: torch.Tensor, window_size: int, sigma: float, downsample: bool
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    window_size: int,
+    sigma: float,
+    data_range: float,
+    k1: float,
+    k2: float,
+    downsample: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Checked SSIM inputs, downsampled as ``ssim.m`` when ``downsample``, at least a window large."""
     pred, target = check_pair(pred, target, image=True)
-    check_ssim_window(window_size, sigma)
+    check_ssim_settings(window_size, sigma, data_range, k1, k2)
     if downsample:
         pred, target = matlab_downsample(pred), matlab_downsample(target)
     _check_size(pred, window_size, f"the {window_size}x{window_size} SSIM window")
@@ -286,7 +304,7 @@ def ssim_components(
     :func:`ssim` is the channel mean of the first; :func:`ms_ssim` uses both at its first scale, and
     accepts them through ``first_scale`` so that an evaluator computing both filters once.
     """
-    pred, target = _ssim_inputs(pred, target, window_size, sigma, downsample=False)
+    pred, target = _ssim_inputs(pred, target, window_size, sigma, data_range, k1, k2, downsample=False)
     return _ssim_and_contrast_structure(pred, target, data_range, gaussian_window(window_size, sigma), k1, k2)
 
 
@@ -312,7 +330,7 @@ def ssim(
     ``downsample=True`` first applies :func:`matlab_downsample`, as MATLAB's original ``ssim.m``.
     ``reduction='none'`` gives the ``(N,)`` per-image SSIM. Higher is better (1 for identical images).
     """
-    pred, target = _ssim_inputs(pred, target, window_size, sigma, downsample)
+    pred, target = _ssim_inputs(pred, target, window_size, sigma, data_range, k1, k2, downsample)
     per_channel, _ = _ssim_and_contrast_structure(
         pred, target, data_range, gaussian_window(window_size, sigma), k1, k2
     )
@@ -335,7 +353,7 @@ def ssim_map(
     :func:`matlab_downsample` when ``downsample``), so that the mean of an image's map over its
     channels and pixels is exactly its ``ssim(..., reduction='none')``. Values lie in [-1, 1].
     """
-    pred, target = _ssim_inputs(pred, target, window_size, sigma, downsample)
+    pred, target = _ssim_inputs(pred, target, window_size, sigma, data_range, k1, k2, downsample)
     taps = gaussian_window(window_size, sigma)
     return _ssim_and_contrast_structure_maps(pred, target, data_range, taps, k1, k2)[0]
 
@@ -349,13 +367,21 @@ def ssim_loss(
     k1: float = 0.01,
     k2: float = 0.03,
     reduction: str = "mean",
+    downsample: bool = False,
 ) -> torch.Tensor:
     """``1 - ssim(pred, target)`` per image (see :func:`ssim`)."""
-    score = ssim(pred, target, data_range, window_size, sigma, k1, k2, reduction="none")
+    score = ssim(
+        pred, target, data_range, window_size, sigma, k1, k2, reduction="none", downsample=downsample
+    )
     return reduce(1.0 - score, reduction)
 
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def check_ms_ssim_weights(weights: tuple[float, ...]) -> None:
+    if not weights:
+        raise ValueError("weights must hold one weight per scale; got none")
 
 
 def ms_ssim_min_size(window_size: int = 11, scales: int = len(MS_SSIM_WEIGHTS)) -> int:
@@ -387,7 +413,8 @@ def ms_ssim(
     ``target`` with the same settings, when already computed.
     """
     pred, target = check_pair(pred, target, image=True)
-    check_ssim_window(window_size, sigma)
+    check_ssim_settings(window_size, sigma, data_range, k1, k2)
+    check_ms_ssim_weights(weights)
     smallest = ms_ssim_min_size(window_size, len(weights))
     _check_size(pred, smallest, f"the {smallest} px MS-SSIM needs for {len(weights)} scales")
     taps = gaussian_window(window_size, sigma)
@@ -432,7 +459,8 @@ def ms_ssim_loss(
     k1: float = 0.01,
     k2: float = 0.03,
     reduction: str = "mean",
+    weights: tuple[float, ...] = MS_SSIM_WEIGHTS,
 ) -> torch.Tensor:
     """``1 - ms_ssim(pred, target)`` per image (see :func:`ms_ssim`)."""
-    score = ms_ssim(pred, target, data_range, window_size, sigma, k1, k2, reduction="none")
+    score = ms_ssim(pred, target, data_range, window_size, sigma, k1, k2, weights, reduction="none")
     return reduce(1.0 - score, reduction)

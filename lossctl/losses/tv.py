@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._common import check_pair, check_tensor, per_image_sum, reduce, safe_divide, safe_sqrt
@@ -51,7 +53,7 @@ def tv_loss(pred: torch.Tensor, isotropic: bool = False, reduction: str = "mean"
             total = total + per_image_sum(safe_sqrt(dy[:, :, :, :-1] ** 2 + dx[:, :, : dy.shape[2], :] ** 2))
         else:
             total = total + per_image_sum(dy.abs()) + per_image_sum(dx.abs())
-    return reduce(total / pred[0].numel(), reduction)
+    return reduce(total / math.prod(pred.shape[1:]), reduction)
 
 
 def edge_aware_weights(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
