@@ -349,9 +349,10 @@ def _non_negative(value: ParamValue) -> bool:
 
 SSIM_WINDOW = (
     Param("window", 11, "an odd integer >= 3", lambda v: v >= 3 and v % 2 == 1, integer=True),
-    Param("sigma", 1.5, "> 0", _positive),
-    Param("k1", 0.01, "> 0", _positive),
-    Param("k2", 0.03, "> 0", _positive),
+    # Bounds keep the window's 2 sigma^2 from underflowing and C = k^2 from overflowing.
+    Param("sigma", 1.5, "at least 1e-150", lambda v: v >= 1e-150),
+    Param("k1", 0.01, "> 0 and at most 1e150", lambda v: 0 < v <= 1e150),
+    Param("k2", 0.03, "> 0 and at most 1e150", lambda v: 0 < v <= 1e150),
 )
 
 METRICS: dict[str, Metric] = {

@@ -64,6 +64,9 @@ def test_metric_selection_and_parameters():
         ("charbonnier.eps=-1", "charbonnier.eps must be >= 0"),
         ("charbonnier.eps=inf", "charbonnier.eps must be a finite number"),
         ("ssim.sigma=nan", "ssim.sigma must be a finite number"),
+        ("ssim.sigma=0", "ssim.sigma must be at least 1e-150"),
+        ("ssim.sigma=1e-300", "ssim.sigma must be at least 1e-150"),  # its square underflowed
+        ("ssim.k1=1e200", r"ssim.k1 must be > 0 and at most 1e150"),  # k1^2 overflowed
         ("ssim.window=8", "ssim.window must be an odd integer"),
         ("huber.delta=1", "huber is not among the selected metrics"),
     ]:
