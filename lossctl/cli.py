@@ -520,20 +520,32 @@ def _evaluate_or_keep_partial(
                 raise typer.Exit(EXIT_OK)
             return evaluation
     except RunInterrupted as interrupted:
-        partial = [Path(f"{path}.partial") if path else None for path in (csv_path, json_path)]
+        from .report import is_stream
+
+        partial = [_partial_path(path, is_stream) for path in (csv_path, json_path)]
         _write_reports(*partial, interrupted.evaluation)
         kept = ", ".join(str(path) for path in partial if path)
         done = f"interrupted after {len(interrupted.evaluation.frame)} of {interrupted.total} pairs"
         raise _fail(done + (f"; partial report kept in {kept}" if kept else ""), 130) from None
 
 
+def _partial_path(path: Path | None, is_stream: Callable[[Path], bool]) -> Path | None:
+    """Where an interrupted run keeps its report: ``FILE.partial``; a stream (``/dev/stdout``, a
+    FIFO) gets the partial rows itself."""
+    if path is None or is_stream(path):
+        return path
+    return Path(f"{path}.partial")
+
+
 def _write_reports(csv_path: Path | None, json_path: Path | None, evaluation) -> None:
-    """``--csv`` (with its ``.meta.json`` sidecar of parameters and summary) and ``--json``."""
+    """``--csv`` (with its ``.meta.json`` sidecar of parameters and summary, unless the CSV goes to a
+    stream such as ``/dev/stdout``, where a sidecar beside it has no place) and ``--json``."""
     from . import report
 
     frame, summary, info = evaluation.frame, evaluation.summary, evaluation.info
     if csv_path is not None:
         _write(csv_path, lambda stream: report.to_csv(frame, stream))
+    if csv_path is not None and not report.is_stream(csv_path):
         _write(
             report.sidecar_path(csv_path),
             lambda stream: stream.write(report.to_json(frame, summary, info, rows=False)),

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -17,8 +20,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from lossctl.cli import _LazyProgress, app
+from lossctl.cli import _LazyProgress, _partial_path, app
 from lossctl.metrics import METRICS
+from lossctl.report import is_stream
 
 from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
 
@@ -297,6 +301,26 @@ def test_decoding_processes_keep_pillows_warnings_quiet_as_the_cli_does(folders,
     )
     assert completed.returncode == 0, completed.stderr
     assert "Warning" not in completed.stderr
+
+
+def test_a_fifo_given_to_csv_gets_the_report_and_stays_a_fifo(tmp_path, mixed):
+    """Renaming a temporary file over it replaced a FIFO (and, as root, /dev/null itself)."""
+    pred, gt = mixed
+    (tmp_path / "out").mkdir()
+    fifo = tmp_path / "out" / "report.csv"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    result = invoke("eval", str(pred), str(gt), "--metrics", "l1", "--csv", str(fifo), "-q")
+    reader.join(timeout=30)
+    assert result.exit_code == 3, result.output  # the fixture's broken pairs
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    frame = pd.read_csv(io.StringIO(received[0]), dtype={"name": str})
+    assert list(frame.columns[-1:]) == ["l1"] and len(frame) == len(list(pred.rglob("*.png")))
+    assert [path.name for path in fifo.parent.iterdir()] == ["report.csv"]  # no sidecar beside it
+    assert _partial_path(fifo, is_stream) == fifo  # Ctrl-C: the partial rows go to the stream too
+    assert _partial_path(tmp_path / "x.csv", is_stream) == tmp_path / "x.csv.partial"
 
 
 def test_help_and_metrics_start_without_torch_or_pandas():
