@@ -467,8 +467,11 @@ def test_the_head_start_window_is_sized_from_what_the_first_pair_decodes_to(fold
         150 * 64 * 64 * 4 + 8 * 64 * 64
     )
     assert decoding.decoded_bytes(image, with_weights=True) == 64 * 64 * 16  # up to 16-bit RGB, weights
-    monkeypatch.setattr(decoding, "_physical_memory", lambda: 1 << 30)  # an eighth of memory at most
-    assert decoding.head_start_window([image], with_weights=False) == (1 << 27) // (64 * 64 * 12)
+    monkeypatch.setattr(decoding, "_physical_memory", lambda: 1 << 28)  # an eighth of memory at most
+    assert decoding.head_start_window([image], with_weights=False) == (1 << 25) // (64 * 64 * 12)
+    monkeypatch.setattr(decoding, "_physical_memory", lambda: 64 << 30)
+    # 2 GiB of 64x64 pairs would be 43,690: pairs also hold memory besides their pixels
+    assert decoding.head_start_window([image], with_weights=False) == decoding.HEAD_START_PAIRS == 1024
 
 
 def test_a_head_start_that_decodes_otherwise_than_the_run_is_stopped_and_not_used(monkeypatch):
