@@ -103,7 +103,8 @@ def test_8_bit_modes(tmp_path, rng):
 def _handmade_png(pixels: np.ndarray, interlaced: bool = False, rows_stored: int | None = None) -> bytes:
     """An 8-bit PNG of ``(H, W)`` or ``(H, W, 3)`` uint8 ``pixels``, every scanline unfiltered:
     Adam7-interlaced if ``interlaced`` (Pillow reads interlaced PNG but does not write it); with
-    only the first ``rows_stored`` rows in its data if given (a file Pillow reads without error)."""
+    only the first ``rows_stored`` scanlines in its data if given, negative: all but the last ones (a
+    file Pillow reads without error)."""
     height, width = pixels.shape[:2]
     color_type = 0 if pixels.ndim == 2 else 2
     # Adam7: (first row, first column, row step, column step) of each pass
@@ -112,8 +113,8 @@ def _handmade_png(pixels: np.ndarray, interlaced: bool = False, rows_stored: int
         [row for first_row, first_column, row_step, column_step in passes if first_column < width
          for row in pixels[first_row::row_step, first_column::column_step]]
         if interlaced
-        else list(pixels[:rows_stored])
-    )  # fmt: skip
+        else list(pixels)
+    )[:rows_stored]  # fmt: skip
     raw = b"".join(b"\x00" + row.tobytes() for row in scanlines)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -249,6 +250,38 @@ def test_16_bit_rgb_png_and_tiff_keep_16_bits(tmp_path, rng):
         decoded = decode_image(tmp_path / name)
         assert (decoded.bit_depth, decoded.scale) == (16, 65535.0), name
         np.testing.assert_array_equal(decoded.pixels, rgb16, err_msg=name)
+
+
+@pytest.mark.parametrize("interlaced", [False, True])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_png_whose_data_ends_before_its_last_row_is_an_error_not_black_rows(
+    tmp_path, rng, channels, interlaced
+):
+    """Pillow reads it without an error and leaves the missing rows black: the pair would score as
+    if the model had drawn them. OpenCV refuses the same file at 16 bits."""
+    shape = (37, 41) if channels == 1 else (37, 41, 3)
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    complete = _handmade_png(pixels, interlaced=interlaced)
+    (tmp_path / "complete.png").write_bytes(complete)
+    np.testing.assert_array_equal(decode_image(tmp_path / "complete.png").pixels.reshape(shape), pixels)
+    (tmp_path / "short.png").write_bytes(_handmade_png(pixels, interlaced=interlaced, rows_stored=-3))
+    with pytest.raises(ImageReadError, match="the image data ends before its last row"):
+        decode_image(tmp_path / "short.png")
+
+
+@pytest.mark.parametrize("channels, interlaced", [(1, False), (4, False), (1, True)])
+def test_an_image_whose_last_row_looks_unwritten_still_decodes(tmp_path, rng, channels, interlaced):
+    """The row decoded last is marked with a pattern before decoding; a real row equal to it is told
+    apart by decoding again under another pattern."""
+    pixels = rng.integers(0, 256, (9, 7, channels), dtype=np.uint8)
+    last = 7 if interlaced else 8  # Adam7's last pass fills the odd rows
+    pixels[last] = np.frombuffer((b"\x5a\xa5" * 20)[: 7 * channels], dtype=np.uint8).reshape(7, channels)
+    if interlaced:  # Pillow writes no Adam7
+        (tmp_path / "x.png").write_bytes(_handmade_png(pixels[:, :, 0], interlaced=True))
+    else:
+        Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).save(tmp_path / "x.png")
+    decoded = decode_image(tmp_path / "x.png").pixels
+    np.testing.assert_array_equal(decoded, pixels[:, :, : decoded.shape[2]])
 
 
 def test_16_bit_rgb_pair_differing_only_in_the_low_byte_has_nonzero_error(folders, rng):
