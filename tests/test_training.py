@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,15 @@ def test_bce_with_logits_matches_torch_including_large_logits(reduction):
     target = torch.tensor([1.0, 0.2, 0.5, 1.0, 0.0, 1.0], dtype=torch.float64)
     expected = F.binary_cross_entropy_with_logits(logits, target, reduction=reduction)
     torch.testing.assert_close(L.BCEWithLogitsLoss(reduction=reduction)(logits, target), expected)
+
+
+def test_bce_with_logits_of_infinite_logits_is_zero_or_inf_never_nan():
+    """-log sigmoid(x) for target 1 and -log(1 - sigmoid(x)) for target 0, at x = +-inf; torch's
+    formula gives NaN for (-inf, 1), the textbook one for (+inf, 0)."""
+    logits = torch.tensor([math.inf, -math.inf, math.inf, -math.inf, math.inf])
+    target = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.5])
+    got = L.bce_with_logits_loss(logits, target, reduction="none")
+    assert got.tolist() == [math.inf, math.inf, 0.0, 0.0, math.inf]
 
 
 def test_multiclass_dice_against_a_float64_reference():

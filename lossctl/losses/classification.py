@@ -38,12 +38,25 @@ def bce_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") 
     return reduce(binary_cross_entropy_error(pred, target), reduction)
 
 
+def _softplus(values: torch.Tensor) -> torch.Tensor:
+    """``log(1 + exp(x))`` without overflow and exact for large ``x`` (``F.softplus`` turns linear
+    beyond a threshold): ``max(x, 0) + log(1 + exp(-|x|))``."""
+    return values.clamp_min(0) + F.softplus(-values.abs())
+
+
+def _weighted(weight: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``weight * values``, 0 where the weight is 0 even for infinite values."""
+    return torch.where(weight == 0, 0.0, weight * values)
+
+
 def bce_with_logits_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Binary cross-entropy of ``sigmoid(logits)`` against (soft) targets, computed stably as
-    ``max(x, 0) - x t + log(1 + exp(-|x|))``. Matches ``torch.nn.BCEWithLogitsLoss``.
+    ``t softplus(-x) + (1 - t) softplus(x)``. Matches ``torch.nn.BCEWithLogitsLoss`` for finite
+    logits; an infinite logit gives 0 where it agrees with a hard target and ``inf`` where it
+    contradicts it (the textbook ``max(x, 0) - x t + ...``, and torch, give NaN for one of them).
     """
     logits, target = check_pair(logits, target)
-    elementwise = logits.clamp_min(0) - logits * target + F.softplus(-logits.abs())
+    elementwise = _weighted(target, _softplus(-logits)) + _weighted(1.0 - target, _softplus(logits))
     return reduce(elementwise, reduction)
 
 
