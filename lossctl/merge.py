@@ -8,6 +8,7 @@ the merged report is the one ``lossctl eval`` would have written in one process.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -79,6 +80,10 @@ def shard_report(document: Any, source: str) -> ShardReport:
     )
     if not fields_ok or not isinstance(shard.get("positions"), list):
         raise LossctlError(f"{source} has a damaged 'shard' record; {made_by}")
+    if not 0 <= shard["index"] < shard["count"]:
+        raise LossctlError(
+            f"{source} is damaged: shard {shard['index']}/{shard['count']} is not a shard number"
+        )
     positions = shard["positions"]
     if not all(isinstance(row, dict) for row in document["rows"]):
         raise LossctlError(f"{source} is damaged: a row that is not an object")
@@ -147,13 +152,15 @@ def _check_shard_numbers(reports: Sequence[ShardReport]) -> None:
         if index in seen:
             raise LossctlError(f"{report.label} given twice: {seen[index].source} and {report.source}")
         seen[index] = report
-    missing = [index for index in range(count) if index not in seen]
-    if missing:
-        names = ", ".join(f"{index}/{count}" for index in missing[:10])
-        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        verb = "is" if len(missing) == 1 else "are"
+    missing_count = count - len(seen)
+    if missing_count:
+        # The first ten only: N may be far larger than the shards given.
+        missing = list(itertools.islice((index for index in range(count) if index not in seen), 10))
+        names = ", ".join(f"{index}/{count}" for index in missing)
+        more = f" and {missing_count - 10} more" if missing_count > 10 else ""
+        verb = "is" if missing_count == 1 else "are"
         raise LossctlError(
-            f"shard{'s' if len(missing) > 1 else ''} {names}{more} {verb} missing: the merge needs all "
+            f"shard{'s' if missing_count > 1 else ''} {names}{more} {verb} missing: the merge needs all "
             f"{count} shards 0/{count} to {count - 1}/{count}"
         )
 

@@ -112,13 +112,29 @@ def assign(weights: Sequence[int], names: Sequence[str], count: int) -> list[lis
     descending weight, ties by name; each goes to the shard with the least weight so far, ties by
     the lower shard number. Deterministic for the same weights and names.
     """
+    filled = _filled_shards(weights, names, count)
+    return filled + [[] for _ in range(count - len(filled))]
+
+
+def shard_positions(weights: Sequence[int], names: Sequence[str], shard: Shard) -> list[int]:
+    """``assign(weights, names, shard.count)[shard.index]``, without making the shards that receive
+    no item: ``--shard 0/10000000`` of a few pairs took gigabytes."""
+    filled = _filled_shards(weights, names, shard.count)
+    return filled[shard.index] if shard.index < len(filled) else []
+
+
+def _filled_shards(weights: Sequence[int], names: Sequence[str], count: int) -> list[list[int]]:
+    """The first ``min(count, items)`` shards of :func:`assign`: no item ever goes to a later one,
+    since until the last item some earlier shard is still empty, and an empty shard of a lower
+    number comes first among the least loaded."""
     if len(weights) != len(names):
         raise ValueError(f"weights and names differ in length: {len(weights)} vs {len(names)}")
     if count < 1:
         raise ValueError(f"count must be at least 1; got {count}")
     order = sorted(range(len(weights)), key=lambda position: (-weights[position], names[position]))
-    loads = [(0, shard) for shard in range(count)]
-    shards: list[list[int]] = [[] for _ in range(count)]
+    used = min(count, len(weights))
+    loads = [(0, shard) for shard in range(used)]
+    shards: list[list[int]] = [[] for _ in range(used)]
     for position in order:
         load, shard = heapq.heappop(loads)
         shards[shard].append(position)
@@ -149,7 +165,7 @@ def plan_shard(pairs: Sequence[Pair], shard: Shard, workers: int = 1) -> ShardPl
     """
     weights = with_fallback(pixel_weights(pairs, workers))
     names = [pair.name for pair in pairs]
-    positions = assign(weights, names, shard.count)[shard.index]
+    positions = shard_positions(weights, names, shard)
     record = {
         "index": shard.index,
         "count": shard.count,

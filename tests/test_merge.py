@@ -114,6 +114,21 @@ def test_a_missing_shard_is_named(tmp_path):
     one_line_error(invoke("merge", shards[0], shards[2]), 2, "shards 1/4, 3/4 are missing")
     one_line_error(invoke("merge", *shards[:3], "-o", tmp_path / "out.json"), 2, "shard 3/4 is missing")
     assert not (tmp_path / "out.json").exists()
+    huge = 10**20  # the first ten missing are named, without walking every shard number
+    last = tmp_path / "last.json"
+    invoke("eval", *SAMPLES, "-m", "psnr", "--shard", f"{huge - 1}/{huge}", "--json", last, "-q")
+    result = invoke("merge", last)
+    one_line_error(result, 2, f"shards 0/{huge}, 1/{huge}, 2/{huge}, 3/{huge}, 4/{huge}, 5/{huge}, ")
+    assert f"and {huge - 11} more are missing" in result.stderr
+
+
+@pytest.mark.parametrize("index", [-1, 2, 5])
+def test_a_shard_record_with_an_impossible_number_is_damaged(tmp_path, index):
+    shard = shard_reports(tmp_path, SAMPLES, 2, "-m", "psnr")[0]
+    damaged = json.loads(shard.read_text())
+    damaged["shard"]["index"] = index
+    shard.write_text(json.dumps(damaged))
+    one_line_error(invoke("merge", shard), 2, f"is damaged: shard {index}/2 is not a shard number")
 
 
 def test_a_shard_given_twice_is_named(tmp_path):

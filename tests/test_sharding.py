@@ -17,6 +17,7 @@ from lossctl.sharding import (
     pairing_digest,
     parse_shard,
     plan_shard,
+    shard_positions,
     with_fallback,
 )
 
@@ -88,6 +89,20 @@ def test_the_assignment_depends_only_on_names_and_weights_not_on_their_order():
 def test_more_shards_than_items_leaves_some_empty():
     shards = assign([5, 3], ["a", "b"], 4)
     assert shards == [[0], [1], [], []]
+
+
+def test_a_shard_s_positions_are_its_part_of_the_assignment_without_making_every_shard():
+    """--shard 0/10000000 of 19 pairs made ten million empty lists (2.5 GB); 0/10^20 never ended."""
+    generator = random.Random(1)
+    weights = [generator.choice([0, 1, 4, 9]) for _ in range(40)]  # zero weights: ties on empty shards
+    names = [f"p{index:02d}" for index in range(len(weights))]
+    for count in (1, 3, 39, 40, 41, 100):
+        assert [shard_positions(weights, names, Shard(index, count)) for index in range(count)] == assign(
+            weights, names, count
+        )
+    huge = 10**20
+    assert shard_positions(weights, names, Shard(0, huge)) == assign(weights, names, 41)[0]
+    assert shard_positions(weights, names, Shard(huge - 1, huge)) == []
 
 
 def test_assign_refuses_mismatched_inputs():
