@@ -120,9 +120,15 @@ def find_config(start: Path) -> Path | None:
         if candidate.is_file():
             return candidate
         pyproject = folder / "pyproject.toml"
-        if pyproject.is_file() and "lossctl" in _read_toml(pyproject).get("tool", {}):
+        if pyproject.is_file() and "lossctl" in _tool_table(_read_toml(pyproject)):
             return pyproject
     return None
+
+
+def _tool_table(document: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A pyproject's ``[tool]`` table, empty where there is none (or ``tool`` is not a table)."""
+    tool = document.get("tool", {})
+    return tool if isinstance(tool, dict) else {}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -133,16 +139,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise LossctlError(f"cannot read config {path}: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise LossctlError(f"config {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise LossctlError(f"config {path} is not valid TOML: it is not UTF-8 text") from None
 
 
 def load_config(path: Path) -> CheckConfig:
     """Read thresholds from ``[tool.lossctl]`` of a pyproject.toml, or the top level of another file."""
     document = _read_toml(path)
-    table, prefix = (
-        (document.get("tool", {}).get("lossctl"), "tool.lossctl") if "tool" in document else (None, "")
-    )
+    table, prefix = _tool_table(document).get("lossctl"), "tool.lossctl"
     if table is None:
         table, prefix = document, ""
+    elif not isinstance(table, dict):
+        raise LossctlError(f"{path}: tool.lossctl must be a table of thresholds")
     where = str(path)
 
     def key_name(key: str) -> str:
@@ -300,7 +308,9 @@ def check_frame(frame: pd.DataFrame, config: CheckConfig) -> Verdict:
         for limit in rule.limits:
             values = members[limit.metric]
             label = f"mean ({rule.label})"
-            if values.isna().any() or not len(values):
+            if not len(values):  # no pair matches the rule: as in 'each' mode, nothing to fail
+                continue
+            if values.isna().any():
                 verdict.failures.append(Failure(label, limit, math.nan))
                 continue
             finite = values[values.abs() != math.inf]
@@ -334,12 +344,13 @@ def missing_lines(verdict: Verdict) -> list[str]:
 
 
 def to_junit(verdict: Verdict, frame: pd.DataFrame) -> str:
-    """JUnit XML: one test case per pair (per mean threshold in mean mode)."""
+    """JUnit XML: one test case per pair (in mean mode, per mean threshold, and one per pair that
+    was not computed: it fails the check as in 'each' mode)."""
     suite = ElementTree.Element("testsuite", name="lossctl check")
     failures = errors = skipped = 0
     by_name = verdict.failures_by_name
-    names = list(frame["name"]) if verdict.mode == "each" else [*by_name] or ["mean"]
     missing = {name: (status, reason) for name, status, reason, _ in verdict.missing}
+    names = list(frame["name"]) if verdict.mode == "each" else [*([*by_name] or ["mean"]), *missing]
     for name in names:
         case = ElementTree.SubElement(suite, "testcase", classname="lossctl.check", name=name)
         if name in missing:

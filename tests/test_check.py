@@ -214,6 +214,44 @@ def test_config_mistakes_exit_2_naming_the_key_and_file(tmp_path, content, fragm
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_config_files_that_are_not_toml_tables_exit_2_not_as_an_internal_error(tmp_path, monkeypatch):
+    """Exit 1 is check's 'thresholds failed': an internal error must not look like one."""
+    latin = tmp_path / "latin" / "lossctl.toml"
+    latin.parent.mkdir()
+    latin.write_bytes("[min]\n# caf\u00e9\npsnr = 3\n".encode("latin-1"))
+    result = invoke("check", *SAMPLES, "--config", latin, "--min", "psnr=1")
+    assert result.exit_code == 2 and "is not valid TOML: it is not UTF-8 text" in result.stderr
+    (tmp_path / "tool").mkdir()
+    write(tmp_path / "tool" / "pyproject.toml", "tool = 1\n")  # found while looking for [tool.lossctl]
+    monkeypatch.chdir(tmp_path / "tool")
+    assert invoke("check", *SAMPLES, "--min", "psnr=1").exit_code == 0
+    scalar = write(tmp_path / "tool" / "scalar.toml", "[tool]\nlossctl = 3\n")
+    result = invoke("check", *SAMPLES, "--config", scalar, "--min", "psnr=1")
+    assert result.exit_code == 2 and "tool.lossctl must be a table of thresholds" in result.stderr
+
+
+def test_mean_mode_junit_lists_the_pairs_that_were_not_computed(tmp_path, folders, rng):
+    """The run exits 3; a JUnit file of one passing 'mean' case showed CI green."""
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(pred / "good.png", noisy(rng, clean, 1))
+    save_image(gt / "good.png", clean)
+    save_image(pred / "orphan.png", clean)
+    junit = tmp_path / "results.xml"
+    assert invoke("check", pred, gt, "--min", "psnr=20", "--mean", "--junit", junit).exit_code == 3
+    suite = ElementTree.parse(junit).getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "0", "1")
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert cases["orphan"].find("error").get("type") == "unmatched" and cases["mean"].find("failure") is None
+
+
+def test_mean_mode_passes_a_rule_that_matches_no_pair_as_each_mode_does(tmp_path):
+    config = write(tmp_path / "lossctl.toml", '[[rules]]\npaths = ["portraits/**"]\nmin = { psnr = 25 }\n')
+    for mode in ("--each", "--mean"):
+        result = invoke("check", *SAMPLES, "--config", config, mode)
+        assert result.exit_code == 0, (mode, result.output)
+
+
 def test_pyproject_key_names_carry_the_tool_prefix(tmp_path):
     config = write(tmp_path / "pyproject.toml", "[tool.lossctl]\nthreshold = 1\n")
     result = invoke("check", *SAMPLES, "--config", config)
