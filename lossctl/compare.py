@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ class LoadedReport:
     frame: pd.DataFrame
     metrics: list[str]
     params: dict[str, Any] | None  # None: a CSV report without its .meta.json sidecar
+    per_class: list[str] = field(default_factory=list)  # metrics with METRIC_class_K columns
 
 
 def _from_json_number(value: Any) -> Any:
@@ -57,12 +59,13 @@ def load_report(path: Path) -> LoadedReport:
             )
             if "name" in frame.columns:
                 frame["name"] = frame["name"].map(_unquote_formula)
-            sidecar = sidecar_path(path)
-            params = (
-                json.loads(sidecar.read_text(encoding="utf-8")).get("params") if sidecar.is_file() else None
-            )
+            params = None
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
         raise LossctlError(f"cannot read report {path}: {str(error).splitlines()[0]}") from None
+    if path.suffix.lower() != ".json" and (sidecar := sidecar_path(path)).is_file():
+        params = _sidecar_params(sidecar)
+    if params is not None and not isinstance(params, dict):
+        raise LossctlError(f"{path} is damaged: its 'params' is not an object")
     for column in ("name", "status"):
         if column not in frame.columns:
             raise LossctlError(f"{path} is not a lossctl report: it has no {column!r} column")
@@ -73,7 +76,23 @@ def load_report(path: Path) -> LoadedReport:
         raise LossctlError(
             f"{path} has duplicate pair names: {', '.join(frame['name'][frame['name'].duplicated()][:3])}"
         )
-    return LoadedReport(path, frame.set_index("name", drop=False), metrics, params)
+    per_class = sorted(
+        {match["metric"] for column in frame.columns if (match := PER_CLASS_COLUMN.fullmatch(str(column)))}
+    )
+    return LoadedReport(path, frame.set_index("name", drop=False), metrics, params, per_class)
+
+
+PER_CLASS_COLUMN = re.compile(r"(?P<metric>.+)_class_\d+")
+
+
+def _sidecar_params(sidecar: Path) -> Any:
+    try:
+        document = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise LossctlError(f"cannot read {sidecar}: {str(error).splitlines()[0]}") from None
+    if not isinstance(document, dict):
+        raise LossctlError(f"{sidecar} is not a lossctl report sidecar (not a JSON object)")
+    return document.get("params")
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,7 @@ class Comparison:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     status_regressions: list[tuple[str, str, str]] = field(default_factory=list)  # name, new status, reason
+    not_compared: list[tuple[str, str]] = field(default_factory=list)  # name, why (not computed in BASE)
     notes: list[str] = field(default_factory=list)
     summary: list[dict[str, Any]] = field(default_factory=list)
 
@@ -190,6 +210,9 @@ def compare_reports(base: LoadedReport, new: LoadedReport, tolerances: dict[str,
             notes.append(f"only in {label} ({report.path.name}), not compared: {', '.join(alone)}")
     if not metrics:
         raise LossctlError(f"{base.path} and {new.path} have no metric column in common")
+    if per_class := sorted(set(base.per_class) | set(new.per_class)):
+        columns = ", ".join(f"{name}_class_K" for name in per_class)
+        notes.append(f"per-class columns not compared: {columns} (their class means are)")
     unused = sorted(set(tolerances) - set(metrics))
     if unused:
         raise LossctlError(f"tolerance given for {', '.join(unused)}, which is not in both reports")
@@ -205,7 +228,13 @@ def compare_reports(base: LoadedReport, new: LoadedReport, tolerances: dict[str,
         if before["status"] == "ok" and after["status"] != "ok":
             comparison.status_regressions.append((name, str(after["status"]), str(after.get("error", ""))))
             continue
-        if before["status"] != "ok" or after["status"] != "ok":
+        if before["status"] != "ok":
+            why = (
+                "newly computed (BASE: {})"
+                if after["status"] == "ok"
+                else "not computed in either report (BASE: {})"
+            )
+            comparison.not_compared.append((name, why.format(before["status"])))
             continue
         for metric in metrics:
             old, current = float(before[metric]), float(after[metric])
@@ -300,6 +329,7 @@ def other_lines(comparison: Comparison) -> list[str]:
         f"no longer computed: {name}: {status}: {reason}"
         for name, status, reason in comparison.status_regressions
     ]
+    lines += [f"not compared: {name}: {why}" for name, why in comparison.not_compared]
     lines += [f"added: {name} (in NEW only)" for name in comparison.added]
     return lines + [f"note: {note}" for note in comparison.notes]
 
@@ -362,6 +392,7 @@ def comparison_json(comparison: Comparison) -> str:
             {"name": name, "status": status, "error": reason}
             for name, status, reason in comparison.status_regressions
         ],
+        "not_compared": [{"name": name, "why": why} for name, why in comparison.not_compared],
         "notes": comparison.notes,
         "rows": [clean(record) for record in comparison.rows.to_dict(orient="records")],
     }

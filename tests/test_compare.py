@@ -105,6 +105,54 @@ def test_removed_added_and_no_longer_computed_pairs(tmp_path, base_document):
     assert document["no_longer_computed"][0]["name"] == "blur" and document["regressed"] is True
 
 
+def test_pairs_not_computed_in_base_are_listed_not_dropped(tmp_path, base_document):
+    def broken_in_base(rows, document):
+        rows["blur"].update(status="error", error="pred blur.png: truncated")
+        rows["noise"].update(status="error", error="pred noise.png: truncated")
+
+    def noise_still_broken(rows, document):
+        rows["noise"].update(status="error", error="pred noise.png: truncated")
+
+    base = write_report(tmp_path / "base.json", base_document, broken_in_base)
+    new = write_report(tmp_path / "new.json", base_document, noise_still_broken)
+    result = invoke("compare", base, new)
+    assert result.exit_code == 0 and "(5 pairs compared)" in result.stdout
+    assert "not compared: blur: newly computed (BASE: error)" in result.stdout
+    assert "not compared: noise: not computed in either report (BASE: error)" in result.stdout
+    document = json.loads(invoke("compare", base, new, "--format", "json").stdout)
+    assert [entry["name"] for entry in document["not_compared"]] == ["blur", "noise"]
+
+
+def test_per_class_columns_are_named_as_not_compared(tmp_path):
+    seg = REPO / "sample_images" / "seg"
+    report = tmp_path / "seg.json"
+    invoke("eval", seg / "pred", seg / "gt", "--ignore-index", "255", "--json", report, "-q")
+    result = invoke("compare", report, report)
+    assert result.exit_code == 0, result.output
+    assert (
+        "per-class columns not compared: dice_class_K, iou_class_K (their class means are)" in result.stdout
+    )
+
+
+def test_damaged_sidecars_and_params_are_named(tmp_path, base_document):
+    base = write_report(tmp_path / "base.json", base_document)
+    csv = tmp_path / "r.csv"
+    invoke("eval", SAMPLE_PRED, SAMPLE_GT, "-m", "psnr", "--csv", csv, "-q", "--format", "csv")
+    sidecar = tmp_path / "r.csv.meta.json"
+    for content, fragment in (
+        ("{broken", "cannot read " + str(sidecar)),
+        ("[1]", f"{sidecar} is not a lossctl report sidecar"),
+        ('{"params": []}', f"{csv} is damaged: its 'params' is not an object"),
+    ):
+        sidecar.write_text(content)
+        result = invoke("compare", base, csv)
+        assert result.exit_code == 2 and fragment in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+    params_list = write_report(tmp_path / "list.json", {**base_document, "params": []})
+    result = invoke("compare", base, params_list)
+    assert result.exit_code == 2 and "list.json is damaged: its 'params' is not an object" in result.stderr
+
+
 def test_nan_and_infinite_values(tmp_path, base_document):
     def change(rows, document):
         rows["blur"]["ssim"] = None  # became NaN: infinitely worse
