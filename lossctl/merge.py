@@ -233,6 +233,13 @@ def merge_reports(reports: Sequence[ShardReport]) -> Evaluation:
     params = dict(first["params"])
     convention = params.pop("convention", None)
     segmentation = params.pop("segmentation", None)
+    max_pixels = params.pop("decoding", {}).get("max_pixels")
+    weights_root = None
+    if "weights" in params.get("weighted_tv", {}):
+        weighted_tv = dict(params.pop("weighted_tv"))
+        weights_root = weighted_tv.pop("weights")
+        if weighted_tv:
+            params["weighted_tv"] = weighted_tv
     info = ReportInfo(
         pred_root=first["pred"],
         gt_root=first["gt"],
@@ -245,6 +252,8 @@ def merge_reports(reports: Sequence[ShardReport]) -> Evaluation:
         skipped_files=first["counts"].get("skipped_files", 0),
         convention=convention,
         segmentation=segmentation,
+        weights_root=weights_root,
+        max_pixels=max_pixels,
     )
     return Evaluation(frame, summarize(frame, metrics), info)
 

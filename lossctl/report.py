@@ -41,12 +41,20 @@ class ReportInfo:
     convention: dict[str, Any] | None = None
     segmentation: dict[str, Any] | None = None
     shard: dict[str, Any] | None = None  # a shard report's place in the whole run (lossctl.sharding)
+    weights_root: str | None = None  # --weights: weighted_tv's weight maps
+    max_pixels: int | None = None  # --max-pixels, where given
 
     @property
     def all_params(self) -> dict[str, Any]:
-        """Every parameter a report needs to be reproduced: the convention and each metric's."""
+        """Every parameter a report needs to be reproduced: the convention, each metric's, and where
+        given, ``--max-pixels`` (which pairs are decoded) and ``--weights`` (as weighted_tv's)."""
         extra = {"segmentation": self.segmentation} if self.segmentation else {}
-        return {"convention": self.convention or {}, **extra, **self.params}
+        if self.max_pixels is not None:
+            extra["decoding"] = {"max_pixels": self.max_pixels}
+        params = dict(self.params)
+        if self.weights_root is not None:
+            params["weighted_tv"] = {**params.get("weighted_tv", {}), "weights": self.weights_root}
+        return {"convention": self.convention or {}, **extra, **params}
 
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:

@@ -196,6 +196,8 @@ def _evaluation(table, request: EvalRequest, pairing, device, shard: dict | None
         if any(pair.is_segmentation for pair in pairing.pairs)
         else None,
         shard=shard,
+        weights_root=None if request.weights_root is None else str(request.weights_root),
+        max_pixels=request.max_pixels,
     )
     return Evaluation(frame, report.summarize(frame, request.metrics), info)
 

@@ -8,6 +8,7 @@ import math
 import re
 import shlex
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 from lossctl.cli import app
 from lossctl.compare import worsening
 
-from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED
+from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
 
 runner = CliRunner()
 
@@ -132,6 +133,20 @@ def test_per_class_columns_are_named_as_not_compared(tmp_path):
     assert (
         "per-class columns not compared: dice_class_K, iou_class_K (their class means are)" in result.stdout
     )
+
+
+def test_weighted_tv_from_other_weight_maps_is_not_compared(tmp_path, rng):
+    pred, gt, weights = tmp_path / "p", tmp_path / "g", tmp_path / "w"
+    clean = random_rgb(rng, 16, 16)
+    save_image(gt / "x.png", clean)
+    save_image(pred / "x.png", noisy(rng, clean))
+    save_image(weights / "x.png", np.full((16, 16), 255, dtype=np.uint8))
+    edge_aware, weighted = tmp_path / "edge.json", tmp_path / "weighted.json"
+    invoke("eval", pred, gt, "-m", "weighted_tv", "--json", edge_aware, "-q")
+    invoke("eval", pred, gt, "-m", "weighted_tv", "--weights", weights, "--json", weighted, "-q")
+    result = invoke("compare", edge_aware, weighted)
+    assert result.exit_code == 2 and "different metric parameters" in result.stderr, result.output
+    assert "weighted_tv: {} vs {'weights': " in result.stderr
 
 
 def test_damaged_sidecars_and_params_are_named(tmp_path, base_document):

@@ -151,6 +151,30 @@ def test_shards_made_with_other_parameters_are_refused(tmp_path):
     one_line_error(invoke("merge", first[0], precision[1]), 2, "different precision (float64 vs float32)")
 
 
+def test_shards_made_with_other_weights_or_pixel_limits_are_refused(tmp_path, folders, rng):
+    """Neither was recorded: merge mixed weight-map and edge-aware weighted_tv values, and error
+    rows a single run would not have had."""
+    pred, gt = folders
+    weights = tmp_path / "weights"
+    for name in ("a", "b", "c"):
+        clean = random_rgb(rng, 16, 16)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+        save_image(weights / f"{name}.png", rng.integers(1, 256, (16, 16), dtype=np.uint8))
+    inputs, metrics = (pred, gt), ("-m", "tv,weighted_tv")
+    plain = shard_reports(tmp_path / "plain", inputs, 2, *metrics)
+    weighted = shard_reports(tmp_path / "weighted", inputs, 2, *metrics, "--weights", weights)
+    one_line_error(
+        invoke("merge", plain[0], weighted[1]), 2, "come from different runs: different parameters"
+    )
+    limited = shard_reports(tmp_path / "limited", inputs, 2, *metrics, "--max-pixels", "100")
+    one_line_error(invoke("merge", plain[0], limited[1]), 2, "come from different runs: different parameters")
+    single, merged = single_and_merged(tmp_path / "same", inputs, 2, *metrics, "--weights", weights)
+    assert single == merged and f'"weights": "{weights}"' in merged
+    single, merged = single_and_merged(tmp_path / "limit", inputs, 2, *metrics, "--max-pixels", "1000")
+    assert single == merged and '"max_pixels": 1000' in merged
+
+
 def test_shards_of_a_folder_that_changed_between_runs_are_refused(tmp_path, folders, rng):
     pred, gt = folders
     for name in ("a", "b", "c"):
