@@ -19,7 +19,7 @@ import pandas as pd
 
 from .errors import LossctlError
 from .metrics import METRICS
-from .report import format_precise, sidecar_path
+from .report import format_precise, sidecar_path, unquote_spreadsheet_safe
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,6 @@ class LoadedReport:
 
 def _from_json_number(value: Any) -> Any:
     return {"inf": math.inf, "-inf": -math.inf}.get(value, value) if isinstance(value, str) else value
-
-
-def _unquote_formula(name: str) -> str:
-    """Undo :func:`lossctl.report.spreadsheet_safe` on a name read from a CSV report."""
-    from .report import FORMULA_STARTS
-
-    return name[1:] if name.startswith("'") and name[1:].startswith(FORMULA_STARTS) else name
 
 
 def load_report(path: Path) -> LoadedReport:
@@ -58,7 +51,7 @@ def load_report(path: Path) -> LoadedReport:
                 path, keep_default_na=False, na_values=[""], dtype={"name": str, "error": str}
             )
             if "name" in frame.columns:
-                frame["name"] = frame["name"].map(_unquote_formula)
+                frame["name"] = frame["name"].map(unquote_spreadsheet_safe)
             params = None
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
         raise LossctlError(f"cannot read report {path}: {str(error).splitlines()[0]}") from None

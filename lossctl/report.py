@@ -127,13 +127,24 @@ TEXT_COLUMNS = ("name", "pred", "gt", "error", "notes")
 
 
 def spreadsheet_safe(text: object) -> object:
-    """Prefix ``'`` to text a spreadsheet would run as a formula (it starts with = + - @, tab or CR).
+    """Prefix ``'`` to text a spreadsheet would run as a formula (it starts with = + - @, tab or CR),
+    and to text that would read back as such an escape (``'`` then one of those, or a second ``'``),
+    so that :func:`unquote_spreadsheet_safe` gives back exactly the text.
 
     Spreadsheets show the cell without the quote; :func:`lossctl.compare.load_report` removes it.
     """
-    if isinstance(text, str) and text.startswith(FORMULA_STARTS):
+    if isinstance(text, str) and (text.startswith(FORMULA_STARTS) or _looks_escaped(text)):
         return "'" + text
     return text
+
+
+def unquote_spreadsheet_safe(text: str) -> str:
+    """Undo :func:`spreadsheet_safe`."""
+    return text[1:] if _looks_escaped(text) else text
+
+
+def _looks_escaped(text: str) -> bool:
+    return text.startswith("'") and text[1:].startswith((*FORMULA_STARTS, "'"))
 
 
 CSV_CHUNK_ROWS = 1000  # rows formatted at a time: pandas would otherwise format every cell at once

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from lossctl.cli import app
 from lossctl.compare import worsening
+from lossctl.report import spreadsheet_safe, unquote_spreadsheet_safe
 
 from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
 
@@ -147,6 +148,26 @@ def test_weighted_tv_from_other_weight_maps_is_not_compared(tmp_path, rng):
     result = invoke("compare", edge_aware, weighted)
     assert result.exit_code == 2 and "different metric parameters" in result.stderr, result.output
     assert "weighted_tv: {} vs {'weights': " in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["-neg", "'-neg", "''-neg", "'x", "''", "'", "=1+1", "'=", "@a", "plain", "\tx"]
+)
+def test_spreadsheet_quoting_reads_back_every_name_exactly(name):
+    assert unquote_spreadsheet_safe(spreadsheet_safe(name)) == name
+
+
+def test_a_csv_report_of_names_that_look_quoted_compares_equal_to_its_json(tmp_path, rng):
+    """A pair named '-neg read back from CSV as -neg: a run compared with itself 'removed' a pair."""
+    pred, gt = tmp_path / "p", tmp_path / "g"
+    for name in ("-neg", "'-neg", "'plain"):
+        clean = random_rgb(rng, 16, 16)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    as_json, as_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    invoke("eval", pred, gt, "-m", "psnr", "--json", as_json, "--csv", as_csv, "-q")
+    result = invoke("compare", as_json, as_csv)
+    assert result.exit_code == 0 and "(3 pairs compared)" in result.stdout, result.output
 
 
 def test_damaged_sidecars_and_params_are_named(tmp_path, base_document):
