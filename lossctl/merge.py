@@ -96,7 +96,30 @@ def shard_report(document: Any, source: str) -> ShardReport:
     missing = [field for field in (*SHARED_FIELDS, "counts") if field not in document]
     if missing:
         raise LossctlError(f"{source} is damaged: no {', '.join(missing)}")
+    _check_field_types(document, source)
     return ShardReport(source, document)
+
+
+def _check_field_types(document: dict[str, Any], source: str) -> None:
+    """The types the merge reads: a hand-edited report must fail here, not inside it."""
+    metrics = document["metrics"]
+    if not isinstance(metrics, list) or not all(isinstance(name, str) for name in metrics):
+        raise LossctlError(f"{source} is damaged: 'metrics' is not a list of names")
+    for key in ("params", "counts"):
+        if not isinstance(document[key], dict):
+            raise LossctlError(f"{source} is damaged: {key!r} is not an object")
+    for row in document["rows"]:
+        for column in INTEGER_COLUMNS:
+            if not (
+                row.get(column) is None
+                or (isinstance(row[column], int) and not isinstance(row[column], bool))
+            ):
+                raise LossctlError(f"{source} is damaged: {column} {row[column]!r} of {row.get('name')!r}")
+        for metric in metrics:
+            value = row.get(metric)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (value is None or number or value in ("inf", "-inf")):
+                raise LossctlError(f"{source} is damaged: {metric} {value!r} of {row.get('name')!r}")
 
 
 def _check_same_run(reports: Sequence[ShardReport]) -> None:

@@ -220,6 +220,39 @@ def test_files_that_are_not_shard_reports_are_named(tmp_path):
     one_line_error(invoke("merge", shard), 2, "7 rows but 6 pair positions")
 
 
+def _set_metrics(document):
+    document["metrics"] = "psnr"
+
+
+def _set_counts(document):
+    document["counts"] = []
+
+
+def _set_psnr(document):
+    document["rows"][0]["psnr"] = "abc"
+
+
+def _set_height(document):
+    document["rows"][0]["height"] = "abc"
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (_set_metrics, "'metrics' is not a list of names"),
+        (_set_counts, "'counts' is not an object"),
+        (_set_psnr, "is damaged: psnr 'abc' of "),
+        (_set_height, "is damaged: height 'abc' of "),
+    ],
+)
+def test_hand_edited_fields_are_named_as_damage_not_an_internal_error(tmp_path, edit, fragment):
+    shards = shard_reports(tmp_path, SAMPLES, 2, "-m", "psnr")
+    document = json.loads(shards[0].read_text())
+    edit(document)
+    shards[0].write_text(json.dumps(document))
+    one_line_error(invoke("merge", *shards), 2, fragment)
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
