@@ -405,7 +405,11 @@ def _decode_with_opencv(data: bytes, keep_first_channel: bool, bits: int | None 
 
 
 def _tiff_bits_per_sample(image: Image.Image) -> int:
-    bits = getattr(image, "tag_v2", {}).get(258, 8)
+    return _largest(getattr(image, "tag_v2", {}).get(258, 8))
+
+
+def _largest(bits: int | tuple[int, ...]) -> int:
+    """TIFF's BitsPerSample, one value or one per sample, as its largest."""
     return max(bits) if isinstance(bits, tuple) else int(bits)
 
 
@@ -419,8 +423,7 @@ def _tiff_header_bits_per_sample(data: bytes) -> int | None:
         stream = io.BytesIO(data)
         stream.seek(directory.next)
         directory.load(stream)
-        bits = directory.get(258, 1)
-        return max(bits) if isinstance(bits, tuple) else int(bits)
+        return _largest(directory.get(258, 1))
     except Exception:  # a damaged directory: OpenCV's own reading then decides
         return None
 
@@ -598,6 +601,11 @@ def _read_file(path: Path) -> bytes:
 def decode_image(path: Path) -> DecodedImage:
     """Read one image file. Raises :class:`ImageReadError` with a one-line reason."""
     data = _read_file(path)
+    with _decoding_errors_as_read_errors():
+        return _decode(data)
+
+
+def _decode(data: bytes) -> DecodedImage:
     header = _png_bit_depth_and_color_type(data)
     if header and header[0] == 16 and header[1] in PNG_COLOR_TYPES_PILLOW_TRUNCATES:
         _check_pixels(*struct.unpack(">II", data[16:24]))
@@ -606,23 +614,22 @@ def decode_image(path: Path) -> DecodedImage:
         _check_pixels(graymap.width, graymap.height)
         bit_depth = 8 if graymap.maxval <= 255 else 16
         return DecodedImage(netpbm.read_levels(data, graymap), float(graymap.maxval), bit_depth)
-    with _decoding_errors_as_read_errors():
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                _check_pixels(*image.size)
-                if (
-                    image.format == "TIFF"
-                    and image.mode in RGB_MODES
-                    and (bits := _tiff_bits_per_sample(image)) > 8
-                ):
-                    return _decode_with_opencv(data, keep_first_channel=False, bits=bits)
-                return _decode_with_pillow(image, _load_in_place(image, data))
-        except UnidentifiedImageError as error:
-            if data.startswith(TIFF_SIGNATURES):  # e.g. float colour TIFF, which Pillow cannot open
-                return _decode_with_opencv(
-                    data, keep_first_channel=False, bits=_tiff_header_bits_per_sample(data)
-                )
-            raise ImageReadError("not a recognised image file") from error
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            _check_pixels(*image.size)
+            if (
+                image.format == "TIFF"
+                and image.mode in RGB_MODES
+                and (bits := _tiff_bits_per_sample(image)) > 8
+            ):
+                return _decode_with_opencv(data, keep_first_channel=False, bits=bits)
+            return _decode_with_pillow(image, _load_in_place(image, data))
+    except UnidentifiedImageError as error:
+        if data.startswith(TIFF_SIGNATURES):  # e.g. float colour TIFF, which Pillow cannot open
+            return _decode_with_opencv(
+                data, keep_first_channel=False, bits=_tiff_header_bits_per_sample(data)
+            )
+        raise ImageReadError("not a recognised image file") from error
 
 
 def _decode_side(path: Path, side: str) -> DecodedImage:
