@@ -520,18 +520,18 @@ def _evaluate_or_keep_partial(
                 raise typer.Exit(EXIT_OK)
             return evaluation
     except RunInterrupted as interrupted:
-        from .report import is_stream
-
-        partial = [_partial_path(path, is_stream) for path in (csv_path, json_path)]
+        partial = [_partial_path(path) for path in (csv_path, json_path)]
         _write_reports(*partial, interrupted.evaluation)
         kept = ", ".join(str(path) for path in partial if path)
         done = f"interrupted after {len(interrupted.evaluation.frame)} of {interrupted.total} pairs"
         raise _fail(done + (f"; partial report kept in {kept}" if kept else ""), 130) from None
 
 
-def _partial_path(path: Path | None, is_stream: Callable[[Path], bool]) -> Path | None:
+def _partial_path(path: Path | None) -> Path | None:
     """Where an interrupted run keeps its report: ``FILE.partial``; a stream (``/dev/stdout``, a
     FIFO) gets the partial rows itself."""
+    from .report import is_stream
+
     if path is None or is_stream(path):
         return path
     return Path(f"{path}.partial")

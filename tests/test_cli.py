@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from lossctl.cli import _LazyProgress, _partial_path, app
 from lossctl.metrics import METRICS
-from lossctl.report import is_stream
 
 from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
 
@@ -319,8 +318,8 @@ def test_a_fifo_given_to_csv_gets_the_report_and_stays_a_fifo(tmp_path, mixed):
     frame = pd.read_csv(io.StringIO(received[0]), dtype={"name": str})
     assert list(frame.columns[-1:]) == ["l1"] and len(frame) == len(list(pred.rglob("*.png")))
     assert [path.name for path in fifo.parent.iterdir()] == ["report.csv"]  # no sidecar beside it
-    assert _partial_path(fifo, is_stream) == fifo  # Ctrl-C: the partial rows go to the stream too
-    assert _partial_path(tmp_path / "x.csv", is_stream) == tmp_path / "x.csv.partial"
+    assert _partial_path(fifo) == fifo  # Ctrl-C: the partial rows go to the stream too
+    assert _partial_path(tmp_path / "x.csv") == tmp_path / "x.csv.partial"
 
 
 def test_help_and_metrics_start_without_torch_or_pandas():
