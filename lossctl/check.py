@@ -311,7 +311,11 @@ def check_frame(frame: pd.DataFrame, config: CheckConfig) -> Verdict:
             if not len(values):  # no pair matches the rule: as in 'each' mode, nothing to fail
                 continue
             if values.isna().any():
-                verdict.failures.append(Failure(label, limit, math.nan))
+                nan_pairs = list(members["name"][values.isna()])
+                listed = ", ".join(nan_pairs[:3]) + (
+                    f" and {len(nan_pairs) - 3} more" if len(nan_pairs) > 3 else ""
+                )
+                verdict.failures.append(Failure(f"{label}: NaN in {listed}", limit, math.nan))
                 continue
             finite = values[values.abs() != math.inf]
             mean = float(finite.mean()) if len(finite) else float(values.iloc[0])

@@ -83,7 +83,8 @@ def test_nan_values_fail_and_never_pass_silently(folders, rng):
     save_image(gt / "tiny.png", random_rgb(rng, 8, 8))
     result = invoke("check", pred, gt, "--min", "ssim=0")
     assert result.exit_code == 1 and "NaN" in result.stdout
-    assert invoke("check", pred, gt, "--min", "ssim=0", "--mean").exit_code == 1
+    mean = invoke("check", pred, gt, "--min", "ssim=0", "--mean", "--format", "markdown")
+    assert mean.exit_code == 1 and r"mean \(all pairs\): NaN in tiny | ssim | NaN" in mean.stdout, mean.stdout
 
 
 def test_missing_and_unreadable_pairs_exit_3_unless_allowed(folders, rng):
