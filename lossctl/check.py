@@ -317,8 +317,14 @@ def check_frame(frame: pd.DataFrame, config: CheckConfig) -> Verdict:
                 )
                 verdict.failures.append(Failure(f"{label}: NaN in {listed}", limit, math.nan))
                 continue
+            # An infinity in the better direction (identical pairs' PSNR) is left out, as the summary
+            # does; one in the worse direction (a cross-entropy of inf) makes the mean that infinity.
+            worst = math.inf if METRICS[limit.metric].better == "lower" else -math.inf
             finite = values[values.abs() != math.inf]
-            mean = float(finite.mean()) if len(finite) else float(values.iloc[0])
+            if (values == worst).any():
+                mean = worst
+            else:
+                mean = float(finite.mean()) if len(finite) else float(values.iloc[0])
             if not limit.passes(mean):
                 verdict.failures.append(Failure(label, limit, mean))
     return verdict

@@ -428,12 +428,20 @@ def _write(path: Path | None, write: Callable[[TextIO], object]) -> None:
         raise LossctlError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def _prepare_maps_dir(path: Path | None) -> None:
-    """Create the ``--maps`` folder (and its parents) and check that it can be written."""
+def _prepare_maps_dir(path: Path | None, inputs: Sequence[Path | None] = ()) -> None:
+    """Create the ``--maps`` folder (and its parents) and check that it can be written and is not
+    one of the ``inputs`` folders or inside one: a map is written under each pair's own name, so it
+    would replace the picture itself (or be read as a pair by the next run)."""
     if path is None:
         return
     if path.exists() and not path.is_dir():
         raise LossctlError(f"--maps {path} is a file; give a folder")
+    resolved = path.resolve()
+    for folder in (Path(folder).resolve() for folder in inputs if folder is not None):
+        if resolved == folder or folder in resolved.parents:
+            raise LossctlError(
+                f"--maps {path} is inside the input folder {folder}: its maps would replace the pictures"
+            )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -569,9 +577,15 @@ def _eval_pictures(evaluation, request, quiet: bool, pictures: _Pictures) -> Non
     from .run import eval_config
 
     frame, info = evaluation.frame, evaluation.info
-    pictures.check(info.metrics)  # a run keeps only the metrics that apply to its pairs
-    config = eval_config(replace(request, metrics=info.metrics, params=info.params))
+    # A run keeps only the metrics that apply to its pairs; segmentation pairs have no heat map, so
+    # a run of them alone needs no map metric, and its gallery is sorted by its first metric.
+    segmentation_only = frame["pred"].astype(str).str.lower().str.endswith(".npy").all()
+    if not segmentation_only:
+        pictures.check(info.metrics)
     sort_metric = pictures.sort_metric or pictures.metric
+    if segmentation_only and sort_metric not in info.metrics:  # the map metric's default, l1
+        sort_metric = info.metrics[0]
+    config = eval_config(replace(request, metrics=info.metrics, params=info.params))
     names = gallery.worst_first(frame, sort_metric)[: pictures.limit] if pictures.html_path else []
     with _progress(quiet) as on_start:
         drawn = gallery.eval_pictures(
@@ -711,7 +725,7 @@ def eval_command(
             maps_dir, html_path, map_metric, map_scale, html_limit, html_sort or map_metric, html_images
         )
         pictures.check(names if pictures.wanted else None)
-        _prepare_maps_dir(maps_dir)
+        _prepare_maps_dir(maps_dir, (pred, gt, weights))
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path, shard)
         _write_reports(csv_path, json_path, evaluation)
         if shard is not None and not quiet:
@@ -975,7 +989,15 @@ def compare_command(
         pictures.check(None)
         comparison = compare.compare_reports(compare.load_report(base), compare.load_report(new), tolerances)
         if html_path is not None:
-            pictures.check([name for name in comparison.base.metrics if name in comparison.new.metrics])
+            from .maps import MAP_METRICS
+
+            shared = [name for name in comparison.base.metrics if name in comparison.new.metrics]
+            if not any(name in shared for name in MAP_METRICS):
+                raise LossctlError(
+                    f"compare --html shows the heat maps of the pairs that got worse, of l1 or ssim; "
+                    f"these reports have neither ({', '.join(shared)}): segmentation pairs have none"
+                )
+            pictures.check(shared)
             _compare_pictures(comparison, quiet, pictures)
         with _stdout_reader_may_leave():
             if output_format == OutputFormat.table:

@@ -379,14 +379,24 @@ def compute_segmentation_batch(
     in_range = ((scores >= 0) & (scores <= 1)).flatten(1).all(dim=1)
     deviation = (scores.sum(dim=1) - 1).abs().flatten(1).amax(dim=1)
     is_probs = in_range & (deviation <= 1e-3)
+    # -inf is a logit of probability 0; NaN, +inf (a float64 beyond float32, too) or a pixel with
+    # every score -inf leave no distribution at that pixel.
+    unusable = (
+        (scores.isnan() | (scores == float("inf")) | (scores == float("-inf")).all(dim=1, keepdim=True))
+        .flatten(1)
+        .any(dim=1)
+    )
     # Read once for the batch: on a GPU each read waits for the device.
     any_outside, probs_flags, deviations = outside.any(dim=1).tolist(), is_probs.tolist(), deviation.tolist()
+    unusable_flags = unusable.tolist()
     problems: list[str | None] = []
     for index in range(len(items)):
         if config.num_classes is not None and classes != config.num_classes:
             problems.append(
                 f"prediction has {classes} classes, but this run's first prediction has {config.num_classes}"
             )
+        elif unusable_flags[index]:
+            problems.append("scores hold NaN, +inf, or a pixel whose every score is -inf")
         elif any_outside[index]:
             label = int(labels[index].flatten()[outside[index]][0])
             ignore = f" or --ignore-index {config.ignore_index}" if config.ignore_index is not None else ""

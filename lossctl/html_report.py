@@ -261,11 +261,11 @@ def eval_page(
 ) -> Page:
     """The page of ``lossctl eval --html``: the report's summary and histograms over every pair, the
     pairs not computed with their reasons, and the gallery ``cards`` (the worst pairs first)."""
-    from .report import SUMMARY_HEADER, _convention_text, _counts_line, _psnr_line, _summary_rows
+    from .report import SUMMARY_HEADER, _convention_text, _counts_line, _summary_line, _summary_rows
 
     ok = frame[frame["status"] == "ok"]
     summary_html = table_html(SUMMARY_HEADER, _summary_rows(summary))
-    if (psnr_line := _psnr_line(summary)) is not None:
+    if (psnr_line := _summary_line(summary)) is not None:
         summary_html += f"<p>{_e(psnr_line)}</p>"
     histograms = "".join(histogram_svg(name, ok[name].tolist()) for name in info.metrics)
     sections = [("Summary", summary_html), ("Distributions", f'<div class="hists">{histograms}</div>')]

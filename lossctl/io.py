@@ -657,12 +657,15 @@ def _load_weight(path: Path | None, height: int, width: int) -> tuple[np.ndarray
 
 def decode_scores(path: Path) -> np.ndarray:
     """A segmentation prediction: a ``.npy`` array ``C x H x W`` of probabilities or logits."""
-    try:
-        scores = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise ImageReadError(f"not a readable .npy array ({_first_line(error)})") from None
+    scores = _load_npy(path)
+    if scores is None:
+        raise ImageReadError("not a .npy array (an .npz archive or another file saved under that name)")
     if scores.ndim != 3:
         raise ImageReadError(f"a segmentation prediction must be C x H x W; this array is {scores.shape}")
+    if 0 in scores.shape:
+        raise ImageReadError(
+            f"a segmentation prediction needs classes and pixels; this array is {scores.shape}"
+        )
     if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
         raise ImageReadError(f"a segmentation prediction must hold numbers; this array holds {scores.dtype}")
     return np.ascontiguousarray(scores, dtype=np.float64 if scores.dtype == np.float64 else np.float32)
@@ -700,18 +703,36 @@ def score_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
     """The shape and dtype of a ``.npy`` array, from its header (the data is mapped, not read);
     None when it cannot be read."""
     try:
-        scores = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+        scores = _load_npy(path, mmap_mode="r")
+    except ImageReadError:
         return None
-    return scores.shape, scores.dtype
+    return None if scores is None else (scores.shape, scores.dtype)
+
+
+def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray | None:
+    """``np.load`` of a ``.npy`` file without pickles; None for an ``.npz`` archive (which np.load
+    also opens). Raises :class:`ImageReadError` for a file it cannot read: a damaged header makes
+    NumPy raise more than its documented errors (a tokenizer error, for one)."""
+    try:
+        loaded = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except MemoryError:
+        raise ImageReadError("not enough memory to read it") from None
+    except Exception as error:
+        raise ImageReadError(f"not a readable .npy array ({_first_line(error)})") from None
+    if not isinstance(loaded, np.ndarray):
+        if hasattr(loaded, "close"):
+            loaded.close()
+        return None
+    return loaded
 
 
 def first_class_count(pairs: Sequence[Pair]) -> int | None:
-    """The class count of the first ``.npy`` prediction (by name) that can be read, from its header."""
+    """The class count of the first ``.npy`` prediction (by name) that can be read, from its header
+    (one with no classes or no pixels is an error of its own pair, not the run's count)."""
     for pair in pairs:
         if pair.is_segmentation and (header := score_header(pair.pred)) is not None:
             shape, _ = header
-            if len(shape) == 3:
+            if len(shape) == 3 and 0 not in shape:
                 return int(shape[0])
     return None
 

@@ -66,8 +66,9 @@ def summarize(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict[str
     """Per metric over the pairs that succeeded: mean, std (population), min, median, max, count.
 
     NaN values (a metric undefined for a pair, with the reason in ``notes``) are left out and
-    counted in ``nan``. Infinite PSNR (identical images) is left out of the mean and std and counted
-    in ``infinite``; ``pooled`` is the PSNR of the mean MSE, ``10 log10(1 / mean(mse))``.
+    counted in ``nan``. Infinite values (the PSNR of identical images; a cross-entropy whose true
+    class had probability 0) are left out of the mean and std and counted in ``infinite``, so that
+    a mean is never inf; ``pooled`` is the PSNR of the mean MSE, ``10 log10(1 / mean(mse))``.
     """
     ok = frame[frame["status"] == "ok"]
     summary: dict[str, dict[str, Any]] = {}
@@ -83,13 +84,13 @@ def summarize(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict[str
             "max": float(values.max()) if len(values) else None,
             "count": len(values),
             "nan": int(ok[name].isna().sum()),
+            "infinite": len(values) - len(finite),
         }
         if name == "psnr":
             mean_mse = (10.0 ** (-values / 10.0)).mean() if len(values) else math.nan
             entry["pooled"] = (
                 10 * math.log10(1 / mean_mse) if mean_mse > 0 else (math.inf if len(values) else None)
             )
-            entry["infinite"] = int((values == math.inf).sum())
         summary[name] = entry
     return summary
 
@@ -204,14 +205,20 @@ def _convention_text(info: ReportInfo) -> str:
     return Convention(**info.convention).describe() if info.convention else "preset skimage"
 
 
-def _psnr_line(summary: dict[str, dict[str, Any]]) -> str | None:
+def _summary_line(summary: dict[str, dict[str, Any]]) -> str | None:
+    """The pooled PSNR and the infinite values each mean leaves out, or None."""
+    parts = []
     psnr = summary.get("psnr")
-    if not psnr or psnr["count"] == 0:
-        return None
-    line = f"pooled PSNR (from the mean MSE): {format_value(psnr['pooled'])} dB"
-    if psnr["infinite"]:
-        line += f"; {psnr['infinite']} identical pair(s) with PSNR = inf left out of the PSNR mean and std"
-    return line
+    if psnr and psnr["count"]:
+        parts.append(f"pooled PSNR (from the mean MSE): {format_value(psnr['pooled'])} dB")
+        if psnr["infinite"]:
+            parts.append(
+                f"{psnr['infinite']} identical pair(s) with PSNR = inf left out of the PSNR mean and std"
+            )
+    for name, entry in summary.items():
+        if name != "psnr" and entry.get("infinite"):
+            parts.append(f"{entry['infinite']} pair(s) with {name} = inf left out of the {name} mean and std")
+    return "; ".join(parts) or None
 
 
 def _problem_lines(frame: pd.DataFrame) -> list[str]:
@@ -258,7 +265,7 @@ def to_markdown(
 ) -> str:
     out = [f"**lossctl eval** — {_counts_line(frame, info)} — {_convention_text(info)}", ""]
     out += markdown_table(SUMMARY_HEADER, _summary_rows(summary))
-    if (psnr_line := _psnr_line(summary)) is not None:
+    if (psnr_line := _summary_line(summary)) is not None:
         out += ["", psnr_line]
     if per_image:
         rows = [
@@ -302,7 +309,7 @@ def render_table(
     for row in _summary_rows(summary):
         summary_table.add_row(*row)
     console.print(summary_table)
-    if (psnr_line := _psnr_line(summary)) is not None:
+    if (psnr_line := _summary_line(summary)) is not None:
         console.print(psnr_line, soft_wrap=True)
     if per_image:
         _render_per_image(console, frame, info.metrics)

@@ -199,6 +199,19 @@ def test_pairs_without_a_map_are_left_out_of_the_maps_folder(tmp_path, folders, 
     assert [path.name for path in maps_dir.iterdir()] == ["fine.png"]
 
 
+def test_maps_are_never_written_into_an_input_folder(folders, rng):
+    """A map is written under its pair's own name: --maps PRED replaced the predictions."""
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(gt / "x.png", clean)
+    save_image(pred / "x.png", noisy(rng, clean))
+    before = (pred / "x.png").read_bytes()
+    for target in (pred, gt, pred / "maps"):
+        result = invoke("eval", pred, gt, "-m", "l1", "--maps", target, "-q")
+        assert result.exit_code == 2 and "its maps would replace the pictures" in result.stderr, result.output
+    assert (pred / "x.png").read_bytes() == before and not (pred / "maps").exists()
+
+
 def test_maps_beyond_the_first_pass_cache_are_drawn_the_same(runs, tmp_path, monkeypatch):
     from lossctl import gallery
 

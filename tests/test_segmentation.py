@@ -155,6 +155,95 @@ def test_per_pair_errors(folders, scores_and_labels, rng):
     assert rows.loc["junk", "error"].startswith("pred junk.npy: not a readable .npy array")
 
 
+def test_npy_files_that_stop_the_whole_run_are_error_rows(folders, scores_and_labels):
+    """An .npz under a .npy name, a damaged header (NumPy raises a tokenizer error) and a prediction
+    with no classes each ended the run with an internal error, the first even as the run's first
+    prediction (whose header gives the class count)."""
+    pred, gt = folders
+    logits, labels = scores_and_labels
+    with open(pred / "a_npz.npy", "wb") as stream:  # np.savez would add .npz to the name
+        np.savez(stream, scores=logits)
+    save_image(gt / "a_npz.png", labels.astype(np.uint8))
+    np.save(pred / "b_header.npy", logits.astype(np.float32))
+    data = (pred / "b_header.npy").read_bytes()
+    (pred / "b_header.npy").write_bytes(data.replace(b"}", b" ", 1))
+    save_image(gt / "b_header.png", labels.astype(np.uint8))
+    np.save(pred / "c_no_classes.npy", np.zeros((0, 12, 10), np.float32))
+    save_image(gt / "c_no_classes.png", labels.astype(np.uint8))
+    write_pair(folders, "d_good", logits, labels)
+    rows = evaluate(pred, gt, code=3)
+    assert rows.loc["d_good", "status"] == "ok"
+    assert (
+        rows.loc["a_npz", "error"]
+        == "pred a_npz.npy: not a .npy array (an .npz archive or another file saved under that name)"
+    )
+    assert rows.loc["b_header", "error"].startswith("pred b_header.npy: not a readable .npy array (")
+    assert rows.loc["c_no_classes", "error"] == (
+        "pred c_no_classes.npy: a segmentation prediction needs classes and pixels; this array is (0, 12, 10)"
+    )
+
+
+@pytest.mark.parametrize("where", ["nan", "inf", "all_minus_inf"])
+def test_scores_without_a_distribution_at_some_pixel_are_an_error_row(folders, scores_and_labels, where):
+    """NaN gave an ok row whose ce and dice were empty without a note, and iou and pixel accuracy
+    from an argmax that took NaN for the largest score."""
+    logits, labels = scores_and_labels
+    broken = logits.copy()
+    if where == "all_minus_inf":
+        broken[:, 3, 4] = -np.inf
+    else:
+        broken[1, 3, 4] = np.nan if where == "nan" else np.inf
+    write_pair(folders, "x", broken, labels)
+    minus_inf = logits.copy()
+    minus_inf[0, 5, 5] = -np.inf  # a logit of probability 0 still leaves a distribution
+    write_pair(folders, "y", minus_inf, labels)
+    rows = evaluate(*folders, code=3)
+    assert rows.loc["x", "error"] == "scores hold NaN, +inf, or a pixel whose every score is -inf"
+    assert rows.loc["y", "status"] == "ok"
+
+
+def test_probabilities_that_sum_to_1_within_the_tolerance_are_normalised_for_ce(folders, scores_and_labels):
+    """ce is F.cross_entropy of log p, which normalises p; 'auto' reads scores summing to 1 within
+    1e-3 as probabilities, and ce was -log p of the true class without the normalisation."""
+    logits, labels = scores_and_labels
+    probs = np.exp(logits) / np.exp(logits).sum(axis=0) * (1 + 5e-4)
+    pred, gt = folders
+    np.save(pred / "x.npy", probs)  # float64
+    save_image(gt / "x.png", labels.astype(np.uint8))
+    rows = evaluate(pred, gt, "--precision", "float64")
+    expected = F.cross_entropy(torch.from_numpy(probs).log()[None], torch.from_numpy(labels)[None]).item()
+    assert rows.loc["x", "ce"] == pytest.approx(expected, rel=1e-12)
+    assert "scores read as probabilities" in rows.loc["x", "notes"]
+
+
+def test_an_infinite_ce_is_counted_and_fails_a_mean_threshold(folders, scores_and_labels):
+    """A true class of probability 0 makes ce inf: the summary mean left it out without a word, and
+    check --mean passed."""
+    logits, labels = scores_and_labels
+    probs = np.exp(logits) / np.exp(logits).sum(axis=0)
+    write_pair(folders, "a", probs, labels)
+    zero = probs.copy()
+    zero[:, 0, 0] = 0.0
+    zero[(labels[0, 0] + 1) % 4, 0, 0] = 1.0
+    write_pair(folders, "b", zero, labels)
+    result = invoke("eval", *folders, "-m", "ce", "--no-per-image")
+    assert result.exit_code == 0, result.output
+    assert "1 pair(s) with ce = inf left out of the ce mean and std" in result.stdout
+    check = invoke("check", *folders, "--mean", "--max", "ce=3")
+    assert check.exit_code == 1 and "inf" in check.stdout, check.output
+
+
+def test_html_of_a_segmentation_run_needs_no_map_metric(tmp_path):
+    page = tmp_path / "seg.html"
+    result = invoke("eval", SEG_PRED, SEG_GT, "--ignore-index", "255", "--html", page, "-q")
+    assert result.exit_code == 0, result.output
+    assert "computed pairs by dice" in page.read_text()
+    report = tmp_path / "seg.json"
+    invoke("eval", SEG_PRED, SEG_GT, "--ignore-index", "255", "--json", report, "-q")
+    compared = invoke("compare", report, report, "--html", tmp_path / "cmp.html")
+    assert compared.exit_code == 2 and "segmentation pairs have none" in compared.stderr
+
+
 def test_every_pixel_ignored_gives_nan_with_a_note(folders, scores_and_labels):
     logits, _ = scores_and_labels
     write_pair(folders, "x", logits, np.full((12, 10), 255))
