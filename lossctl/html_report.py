@@ -144,7 +144,7 @@ def _card_html(rank: int, card: Card) -> str:
     lines = "".join(f"<li>{_e(line)}</li>" for line in card.lines)
     notes = f'<p class="notes">{_e(card.notes)}</p>' if card.notes else ""
     return (
-        f'<section class="card status-{_e(card.status)}" data-name="{_e(card.name.casefold())}">'
+        f'<section class="card status-{_e(card.status)}" data-name="{_e(card.name.lower())}">'
         f'<h3><span class="rank">#{rank}</span> <span class="name">{_e(card.name)}</span></h3>'
         f'<div class="panels">{"".join(_panel_html(panel) for panel in card.panels)}</div>'
         + (f'<ul class="lines">{lines}</ul>' if lines else "")
