@@ -309,10 +309,10 @@ def _card_without_map(
 ) -> Card:
     """A gallery card for an ``ok`` pair with no heat map: its pictures (when they are images) and why."""
     item = next(decode_pairs([_pair_of(row)], replace(config, workers=1, with_weights=False), 1))
-    unseen = item.error if isinstance(item, PairResult) else "class scores (.npy) have no picture"
+    unseen = {"pred": "class scores (.npy) have no picture", "gt": "label maps are not drawn"}
     pictures = [
         panel(label, display_image(getattr(item, side)) if isinstance(item, LoadedPair) else None,
-              f"{row['name']}: {label}", unseen, store)
+              f"{row['name']}: {label}", item.error if isinstance(item, PairResult) else unseen[side], store)
         for label, side in (("prediction", "pred"), ("ground truth", "gt"))
     ]  # fmt: skip
     pictures.append(Panel("heat map", None, None, "", reason))

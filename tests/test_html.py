@@ -239,6 +239,7 @@ def test_a_segmentation_run_has_no_heat_map_to_draw_and_still_gets_its_page(tmp_
     assert result.exit_code == 0, result.output
     page = page_path.read_text()
     assert "computed pairs by iou" in page and "no heat map for segmentation pairs" in page
+    assert "class scores (.npy) have no picture" in page and "label maps are not drawn" in page
 
 
 @pytest.mark.parametrize(
