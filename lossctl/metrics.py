@@ -177,6 +177,7 @@ class SegmentationBatch(_Noted):
         self.log_probs, self.labels, self.valid = log_probs, labels, valid
         super().__init__(labels.shape[0])
         self.per_class: dict[str, torch.Tensor] = {}
+        self.note(self.valid_pixels == 0, "every pixel is --ignore-index: no segmentation metric is defined")
 
     @property
     def num_classes(self) -> int:
@@ -331,8 +332,7 @@ def _cross_entropy(batch: SegmentationBatch, p: Mapping[str, ParamValue]) -> tor
     log_probs = batch.log_probs.log_softmax(dim=1)
     picked = log_probs.gather(1, batch.labels.unsqueeze(1)).squeeze(1)
     total = (-picked).where(batch.valid, 0.0).flatten(1).sum(dim=1)
-    empty = batch.valid_pixels == 0
-    batch.note(empty, "ce: every pixel is --ignore-index")
+    empty = batch.valid_pixels == 0  # noted by the batch
     return (total / batch.valid_pixels.clamp_min(1)).masked_fill(empty, float("nan"))
 
 

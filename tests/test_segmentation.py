@@ -247,8 +247,10 @@ def test_html_of_a_segmentation_run_needs_no_map_metric(tmp_path):
 def test_every_pixel_ignored_gives_nan_with_a_note(folders, scores_and_labels):
     logits, _ = scores_and_labels
     write_pair(folders, "x", logits, np.full((12, 10), 255))
-    row = evaluate(*folders, "--ignore-index", "255").loc["x"]
-    assert math.isnan(row["ce"]) and "ce: every pixel is --ignore-index" in row["notes"]
+    for metrics in ([], ["-m", "dice,iou"]):  # the note is the pair's, not ce's
+        row = evaluate(*folders, "--ignore-index", "255", *metrics).loc["x"]
+        assert math.isnan(row["dice"]) and math.isnan(row["iou"])
+        assert "every pixel is --ignore-index: no segmentation metric is defined" in row["notes"]
 
 
 def test_binary_masks_report_bce_dice_and_iou_at_a_threshold(folders, rng):
