@@ -279,7 +279,11 @@ def eval_page(
     intro = (
         f"The {len(cards)} worst of {len(ok)} computed pairs by {sort_metric} ({arrow}), worst first "
         f"(--html-limit {limit}). The summary and the histograms cover all {len(frame)} pairs. "
-        + _scale_sentence(map_metric, scale, scale_mode)
+        + (
+            _scale_sentence(map_metric, scale, scale_mode)
+            if map_metric in info.metrics
+            else "Segmentation pairs have no heat map."
+        )
         + " Click a picture to enlarge it."
     )
     header = [

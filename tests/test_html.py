@@ -240,6 +240,7 @@ def test_a_segmentation_run_has_no_heat_map_to_draw_and_still_gets_its_page(tmp_
     page = page_path.read_text()
     assert "computed pairs by iou" in page and "no heat map for segmentation pairs" in page
     assert "class scores (.npy) have no picture" in page and "label maps are not drawn" in page
+    assert "Segmentation pairs have no heat map." in page and "Heat maps show" not in page
 
 
 @pytest.mark.parametrize(
