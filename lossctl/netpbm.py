@@ -67,7 +67,7 @@ def read_levels(data: bytes, header: NetpbmHeader) -> np.ndarray:
             raise ImageReadError(f"truncated: the raster holds {len(tokens)} of {count} samples")
         try:
             samples = np.array(tokens).astype(np.int64)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ImageReadError("malformed plain Netpbm raster (a sample is not a decimal number)") from None
         if samples.min() < 0:
             raise ImageReadError("malformed plain Netpbm raster (a sample is negative)")

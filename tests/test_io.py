@@ -436,6 +436,21 @@ def test_any_exception_a_damaged_file_raises_fails_its_pair_only(tmp_path, folde
     assert "OverflowError" in results["bad"].error
 
 
+def test_a_bug_in_lossctl_s_own_decoding_stays_an_internal_error(tmp_path, rng, monkeypatch):
+    """Only what damaged files make Pillow raise becomes an error row; a TypeError of lossctl's
+    own would otherwise fail every pair as 'cannot decode it' and exit 3 instead of 1."""
+    import lossctl.io
+
+    save_image(tmp_path / "x.png", random_rgb(rng))
+
+    def broken(*args):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(lossctl.io, "_decode_with_pillow", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        decode_image(tmp_path / "x.png")
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunks = b""

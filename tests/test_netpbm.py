@@ -80,6 +80,7 @@ def test_a_raster_whose_first_byte_is_whitespace_or_a_digit_is_read_from_that_by
         (b"P3\n1 1\n1023\n0 1024 5\n", r"a sample \(1024\) is above the file's maxval 1023"),
         (b"P2\n2 1\n255\n1 x\n", "a sample is not a decimal number"),
         (b"P2\n2 1\n255\n1 -1\n", "a sample is negative"),
+        (b"P2\n2 1\n255\n1 99999999999999999999999\n", "a sample is not a decimal number"),
         (b"P5\n2 2\n0\n" + bytes(4), "maxval must be 1 to 65535; this file has 0"),
         (b"P5\n2 2\n70000\n" + bytes(8), "maxval must be 1 to 65535; this file has 70000"),
         (b"P5\n2 two\n255\n" + bytes(4), "malformed Netpbm header"),
@@ -102,6 +103,9 @@ def test_a_graymap_label_map_keeps_its_class_indices(tmp_path, rng):
     decoded, bit_depth = decode_label_map(tmp_path / "labels.pgm")
     np.testing.assert_array_equal(decoded, labels[:, :, 0])
     assert (decoded.dtype, bit_depth) == (np.int64, 8)
+    (tmp_path / "overflow.pgm").write_bytes(b"P2\n2 1\n255\n1 99999999999999999999999\n")
+    with pytest.raises(ImageReadError, match="a sample is not a decimal number"):
+        decode_label_map(tmp_path / "overflow.pgm")  # it stopped a segmentation run
     (tmp_path / "labels.ppm").write_bytes(netpbm_bytes("P6", np.zeros((2, 2, 3)), 255))
     with pytest.raises(ImageReadError, match="single-channel class indices; this image is a PPM pixmap"):
         decode_label_map(tmp_path / "labels.ppm")
