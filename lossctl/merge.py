@@ -108,6 +108,9 @@ def _check_field_types(document: dict[str, Any], source: str) -> None:
     for key in ("params", "counts"):
         if not isinstance(document[key], dict):
             raise LossctlError(f"{source} is damaged: {key!r} is not an object")
+    for key, value in document["params"].items():
+        if not isinstance(value, dict):
+            raise LossctlError(f"{source} is damaged: params {key!r} is not an object")
     for row in document["rows"]:
         for column in INTEGER_COLUMNS:
             if not (

@@ -236,6 +236,10 @@ def _set_height(document):
     document["rows"][0]["height"] = "abc"
 
 
+def _set_nested_param(document):
+    document["params"]["decoding"] = 5
+
+
 @pytest.mark.parametrize(
     "edit, fragment",
     [
@@ -243,6 +247,7 @@ def _set_height(document):
         (_set_counts, "'counts' is not an object"),
         (_set_psnr, "is damaged: psnr 'abc' of "),
         (_set_height, "is damaged: height 'abc' of "),
+        (_set_nested_param, "is damaged: params 'decoding' is not an object"),
     ],
 )
 def test_hand_edited_fields_are_named_as_damage_not_an_internal_error(tmp_path, edit, fragment):
