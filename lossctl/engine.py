@@ -423,8 +423,10 @@ def compute_segmentation_batch(
             if config.pred_kind == "auto"
             else torch.full_like(keep, config.pred_kind == "probs", dtype=torch.bool)
         )
+        # Probabilities are normalised per pixel, as F.cross_entropy of their log does: 'auto' reads
+        # scores as probabilities when they sum to 1 within 1e-3, and every metric sees one distribution.
         log_probs = torch.where(
-            probabilities.view(-1, 1, 1, 1), scores.log(), torch.log_softmax(scores, dim=1)
+            probabilities.view(-1, 1, 1, 1), scores.log().log_softmax(dim=1), torch.log_softmax(scores, dim=1)
         )
         batch = SegmentationBatch(log_probs, labels.where(valid, 0), valid)
         with torch.no_grad():

@@ -328,9 +328,7 @@ def _segmentation_iou(batch: SegmentationBatch, p: Mapping[str, ParamValue]) -> 
 
 
 def _cross_entropy(batch: SegmentationBatch, p: Mapping[str, ParamValue]) -> torch.Tensor:
-    # F.cross_entropy of log p normalises: probabilities read as such may sum to 1 within 1e-3 only.
-    log_probs = batch.log_probs.log_softmax(dim=1)
-    picked = log_probs.gather(1, batch.labels.unsqueeze(1)).squeeze(1)
+    picked = batch.log_probs.gather(1, batch.labels.unsqueeze(1)).squeeze(1)
     total = (-picked).where(batch.valid, 0.0).flatten(1).sum(dim=1)
     empty = batch.valid_pixels == 0  # noted by the batch
     return (total / batch.valid_pixels.clamp_min(1)).masked_fill(empty, float("nan"))
