@@ -38,26 +38,14 @@ def bce_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") 
     return reduce(binary_cross_entropy_error(pred, target), reduction)
 
 
-def _softplus(values: torch.Tensor) -> torch.Tensor:
-    """``log(1 + exp(x))`` without overflow and exact for large ``x`` (``F.softplus`` turns linear
-    beyond a threshold): ``max(x, 0) + log(1 + exp(-|x|))``."""
-    return values.clamp_min(0) + F.softplus(-values.abs())
-
-
-def _weighted(weight: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``weight * values``, 0 where the weight is 0 even for infinite values."""
-    return torch.where(weight == 0, 0.0, weight * values)
-
-
 def bce_with_logits_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Binary cross-entropy of ``sigmoid(logits)`` against (soft) targets, computed stably as
-    ``t softplus(-x) + (1 - t) softplus(x)``. Matches ``torch.nn.BCEWithLogitsLoss`` for finite
-    logits; an infinite logit gives 0 where it agrees with a hard target and ``inf`` where it
-    contradicts it (the textbook ``max(x, 0) - x t + ...``, and torch, give NaN for one of them).
+    """Binary cross-entropy of ``sigmoid(logits)`` against (soft) targets: torch's own fused
+    ``binary_cross_entropy_with_logits`` (``(1 - t) x + softplus(-x)``, computed stably), about 3x
+    faster on a CPU than the same formula in separate passes. Like torch, an infinite logit gives
+    NaN where ``0 * inf`` arises (``-inf`` against target 1, whose true loss is ``inf``).
     """
     logits, target = check_pair(logits, target)
-    elementwise = _weighted(target, _softplus(-logits)) + _weighted(1.0 - target, _softplus(logits))
-    return reduce(elementwise, reduction)
+    return reduce(F.binary_cross_entropy_with_logits(logits, target, reduction="none"), reduction)
 
 
 def cross_entropy_loss(
