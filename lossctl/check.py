@@ -242,6 +242,7 @@ class Failure:
     limit: Limit
     value: float
     file: str = ""
+    detail: str = ""  # e.g. which pairs made a mean NaN
 
     @property
     def excess(self) -> float:
@@ -249,7 +250,8 @@ class Failure:
 
     @property
     def message(self) -> str:
-        return f"{self.limit.metric} = {format_precise(self.value)}, limit {self.limit}"
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.limit.metric} = {format_precise(self.value)}, limit {self.limit}{detail}"
 
 
 @dataclass
@@ -315,7 +317,7 @@ def check_frame(frame: pd.DataFrame, config: CheckConfig) -> Verdict:
                 listed = ", ".join(nan_pairs[:3]) + (
                     f" and {len(nan_pairs) - 3} more" if len(nan_pairs) > 3 else ""
                 )
-                verdict.failures.append(Failure(f"{label}: NaN in {listed}", limit, math.nan))
+                verdict.failures.append(Failure(label, limit, math.nan, detail=f"NaN in {listed}"))
                 continue
             # An infinity in the better direction (identical pairs' PSNR) is left out, as the summary
             # does; one in the worse direction (a cross-entropy of inf) makes the mean that infinity.
@@ -340,7 +342,7 @@ def failure_rows(verdict: Verdict) -> list[list[str]]:
         [
             f.name,
             f.limit.metric,
-            format_precise(f.value),
+            format_precise(f.value) + (f" ({f.detail})" if f.detail else ""),
             str(f.limit).split(" ", 1)[1],
             format_precise(f.excess),
         ]

@@ -481,11 +481,12 @@ class _Pictures:
             ) from None
         return ImageStore(folder, folder.name)
 
-    def check(self, metrics: Sequence[str] | None) -> None:
-        """Check the options; with ``metrics`` (the run's), also that their metrics are computed."""
+    def check(self, metrics: Sequence[str] | None, maps: bool = True) -> None:
+        """Check the options; with ``metrics`` (the run's), also that their metrics are computed
+        (the map metric's only where ``maps`` are drawn: segmentation pairs have none)."""
         from .maps import check_map_metric, check_map_scale
 
-        check_map_metric(self.metric, metrics)
+        check_map_metric(self.metric, metrics if maps else None)
         check_map_scale(self.scale_mode)
         if self.limit < 1:
             raise LossctlError(f"--html-limit must be at least 1; got {self.limit}")
@@ -579,12 +580,9 @@ def _eval_pictures(evaluation, request, quiet: bool, pictures: _Pictures) -> Non
     frame, info = evaluation.frame, evaluation.info
     # A run keeps only the metrics that apply to its pairs; segmentation pairs have no heat map, so
     # a run of them alone needs no map metric, and its gallery is sorted by its first metric.
-    segmentation_only = frame["pred"].astype(str).str.lower().str.endswith(".npy").all()
-    if not segmentation_only:
-        pictures.check(info.metrics)
-    sort_metric = pictures.sort_metric or pictures.metric
-    if segmentation_only and sort_metric not in info.metrics:  # the map metric's default, l1
-        sort_metric = info.metrics[0]
+    has_maps = pictures.metric in info.metrics  # not so for a run of segmentation pairs alone
+    pictures.check(info.metrics, maps=has_maps)
+    sort_metric = pictures.sort_metric or (pictures.metric if has_maps else info.metrics[0])
     config = eval_config(replace(request, metrics=info.metrics, params=info.params))
     names = gallery.worst_first(frame, sort_metric)[: pictures.limit] if pictures.html_path else []
     with _progress(quiet) as on_start:
@@ -721,9 +719,7 @@ def eval_command(
         _check_output_path(csv_path, "--csv")
         _check_output_path(json_path, "--json")
         _check_output_path(html_path, "--html")
-        pictures = _Pictures(
-            maps_dir, html_path, map_metric, map_scale, html_limit, html_sort or map_metric, html_images
-        )
+        pictures = _Pictures(maps_dir, html_path, map_metric, map_scale, html_limit, html_sort, html_images)
         pictures.check(names if pictures.wanted else None)
         _prepare_maps_dir(maps_dir, (pred, gt, weights))
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path, shard)
@@ -993,9 +989,10 @@ def compare_command(
 
             shared = [name for name in comparison.base.metrics if name in comparison.new.metrics]
             if not any(name in shared for name in MAP_METRICS):
+                segmentation = " (segmentation pairs have none)" if comparison.base.per_class else ""
                 raise LossctlError(
-                    f"compare --html shows the heat maps of the pairs that got worse, of l1 or ssim; "
-                    f"these reports have neither ({', '.join(shared)}): segmentation pairs have none"
+                    f"compare --html needs a heat-map metric ({', '.join(MAP_METRICS)}) in both reports; "
+                    f"they share {', '.join(shared)}{segmentation}"
                 )
             pictures.check(shared)
             _compare_pictures(comparison, quiet, pictures)

@@ -241,7 +241,8 @@ def test_html_of_a_segmentation_run_needs_no_map_metric(tmp_path):
     report = tmp_path / "seg.json"
     invoke("eval", SEG_PRED, SEG_GT, "--ignore-index", "255", "--json", report, "-q")
     compared = invoke("compare", report, report, "--html", tmp_path / "cmp.html")
-    assert compared.exit_code == 2 and "segmentation pairs have none" in compared.stderr
+    assert compared.exit_code == 2 and "needs a heat-map metric (l1, ssim) in both reports" in compared.stderr
+    assert "(segmentation pairs have none)" in compared.stderr
 
 
 def test_every_pixel_ignored_gives_nan_with_a_note(folders, scores_and_labels):
