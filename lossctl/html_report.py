@@ -265,8 +265,8 @@ def eval_page(
 
     ok = frame[frame["status"] == "ok"]
     summary_html = table_html(SUMMARY_HEADER, _summary_rows(summary))
-    if (psnr_line := _summary_line(summary)) is not None:
-        summary_html += f"<p>{_e(psnr_line)}</p>"
+    if (summary_line := _summary_line(summary)) is not None:
+        summary_html += f"<p>{_e(summary_line)}</p>"
     histograms = "".join(histogram_svg(name, ok[name].tolist()) for name in info.metrics)
     sections = [("Summary", summary_html), ("Distributions", f'<div class="hists">{histograms}</div>')]
     failed = frame[frame["status"] != "ok"]

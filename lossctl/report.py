@@ -265,8 +265,8 @@ def to_markdown(
 ) -> str:
     out = [f"**lossctl eval** — {_counts_line(frame, info)} — {_convention_text(info)}", ""]
     out += markdown_table(SUMMARY_HEADER, _summary_rows(summary))
-    if (psnr_line := _summary_line(summary)) is not None:
-        out += ["", psnr_line]
+    if (summary_line := _summary_line(summary)) is not None:
+        out += ["", summary_line]
     if per_image:
         rows = [
             [row["name"], row["status"], *(format_value(row[name]) for name in info.metrics)]
@@ -309,8 +309,8 @@ def render_table(
     for row in _summary_rows(summary):
         summary_table.add_row(*row)
     console.print(summary_table)
-    if (psnr_line := _summary_line(summary)) is not None:
-        console.print(psnr_line, soft_wrap=True)
+    if (summary_line := _summary_line(summary)) is not None:
+        console.print(summary_line, soft_wrap=True)
     if per_image:
         _render_per_image(console, frame, info.metrics)
     for line in _problem_lines(frame):

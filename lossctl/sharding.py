@@ -110,7 +110,8 @@ def assign(weights: Sequence[int], names: Sequence[str], count: int) -> list[lis
 
     Greedy longest processing time (within 4/3 of the best possible largest shard): items by
     descending weight, ties by name; each goes to the shard with the least weight so far, ties by
-    the lower shard number. Deterministic for the same weights and names.
+    the lower shard number. Deterministic for the same weights and names. The specification of
+    :func:`shard_positions`, which the runs use.
     """
     filled = _filled_shards(weights, names, count)
     return filled + [[] for _ in range(count - len(filled))]

@@ -385,6 +385,8 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
 def check_ms_ssim_weights(weights: tuple[float, ...]) -> None:
+    """Raise unless there is a weight per scale, at least one (their values are pytorch-msssim's
+    to choose: it checks none)."""
     if not weights:
         raise ValueError("weights must hold one weight per scale; got none")
 
