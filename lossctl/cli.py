@@ -7,7 +7,9 @@ and ``lossctl metrics`` start quickly.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -312,11 +314,33 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job, ``kill``) stops a command as Ctrl-C does: the decoding processes
+    are closed and the finished rows kept. By default it killed the main process alone, and the
+    workers (children of multiprocessing's fork server) lived on, holding shared memory and the
+    output pipe, so whoever read lossctl's output never saw its end. Not under torchrun, whose
+    SIGTERM to every rank must not wait for one still in a collective operation."""
+    if os.environ.get("WORLD_SIZE", "1") != "1" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def _reported_errors(debug: bool) -> Iterator[None]:
     """Turn every error into one line on stderr and its exit code; never a traceback (unless --debug)."""
     try:
-        yield
+        with _terminate_as_interrupt():
+            yield
     except LossctlError as error:
         raise _fail(str(error)) from None
     except KeyboardInterrupt:
@@ -562,6 +586,14 @@ def _write_reports(csv_path: Path | None, json_path: Path | None, evaluation) ->
     _write(json_path, lambda stream: stream.write(report.to_json(frame, summary, info)))
 
 
+class _StdoutConsole(Console):
+    """rich's Console for stdout, leaving a closed pipe to :func:`_stdout_reader_may_leave`: rich
+    itself exits 1 there, which README gives to internal errors, and the run's code is lost."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 @contextmanager
 def _stdout_reader_may_leave() -> Iterator[None]:
     """``lossctl ... | head`` closes the pipe early: that is the reader's choice, not an error."""
@@ -740,7 +772,7 @@ def _show(evaluation, output_format: OutputFormat, per_image: bool | None) -> in
     show_per_image = per_image if per_image is not None else len(frame) <= PER_IMAGE_AUTO_LIMIT
     with _stdout_reader_may_leave():
         if output_format == OutputFormat.table:
-            report.render_table(Console(), frame, summary, info, show_per_image)
+            report.render_table(_StdoutConsole(), frame, summary, info, show_per_image)
         elif output_format == OutputFormat.csv:
             report.to_csv(frame, sys.stdout)
         elif output_format == OutputFormat.json:
@@ -929,7 +961,7 @@ def check_command(
             if output_format == CheckFormat.markdown:
                 sys.stdout.write(check.check_markdown(verdict))
             else:
-                check.render_check(Console(), verdict)
+                check.render_check(_StdoutConsole(), verdict)
         code = verdict.exit_code
     raise typer.Exit(code)
 
@@ -998,7 +1030,7 @@ def compare_command(
             _compare_pictures(comparison, quiet, pictures)
         with _stdout_reader_may_leave():
             if output_format == OutputFormat.table:
-                compare.render_comparison(Console(), comparison)
+                compare.render_comparison(_StdoutConsole(), comparison)
             elif output_format == OutputFormat.csv:
                 sys.stdout.write(compare.comparison_csv(comparison))
             elif output_format == OutputFormat.json:

@@ -8,10 +8,12 @@ import math
 import os
 import re
 import shlex
+import signal
 import stat
 import subprocess
 import sys
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -320,6 +322,42 @@ def test_a_fifo_given_to_csv_gets_the_report_and_stays_a_fifo(tmp_path, mixed):
     assert [path.name for path in fifo.parent.iterdir()] == ["report.csv"]  # no sidecar beside it
     assert _partial_path(fifo) == fifo  # Ctrl-C: the partial rows go to the stream too
     assert _partial_path(tmp_path / "x.csv") == tmp_path / "x.csv.partial"
+
+
+def test_sigterm_stops_like_ctrl_c_and_leaves_no_process_holding_the_output(folders, rng, tmp_path):
+    """A plain kill (SIGTERM) ended the main process alone: the decoding processes, children of
+    multiprocessing's fork server, lived on holding stdout, and a reader of it waited forever."""
+    pred, gt = folders
+    for index in range(400):
+        clean = random_rgb(rng, 96, 96)
+        save_image(gt / f"{index:03d}.png", clean)
+        save_image(pred / f"{index:03d}.png", noisy(rng, clean))
+    report = tmp_path / "r.json"
+    command = [sys.executable, "-m", "lossctl", "eval", str(pred), str(gt), "-q", "--json", str(report)]
+    slow = ["--decoder", "processes", "--workers", "2", "--batch-size", "1", "--precision", "float64"]
+    process = subprocess.Popen([*command, *slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.2)  # the decoding processes are running; the run takes 2.7 s here
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)  # every process writing to the pipes has ended
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not report.exists()
+
+
+def test_a_table_into_a_pipe_closed_early_keeps_the_run_s_exit_code(folders, rng):
+    """rich exits 1 itself on a closed pipe (README: an internal error); csv/json kept 0 or 3."""
+    pred, gt = folders
+    for index in range(600):
+        clean = random_rgb(rng, 16, 16)
+        save_image(gt / f"{index:03d}.png", clean)
+        save_image(pred / f"{index:03d}.png", noisy(rng, clean))
+    command = [sys.executable, "-m", "lossctl", "eval", str(pred), str(gt), "--per-image", "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.readline()  # the table is far larger than the pipe's buffer
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 0, err
+    assert err == ""
 
 
 def test_help_and_metrics_start_without_torch_or_pandas():
