@@ -96,7 +96,13 @@ def run_ranks(request: EvalRequest, launch: Launch, on_start=None) -> Evaluation
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size, timeout=limit)
+    try:
+        dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size, timeout=limit)
+    except RuntimeError as error:  # torch's DistStoreError: a rank never joined
+        raise RankFailed(
+            f"not all {launch.world_size} ranks joined within {limit.total_seconds():g} s (one hung or died "
+            f"while starting; LOSSCTL_TIMEOUT sets the wait): {_first_line(error)}"
+        ) from None
     try:
         objects = dist.new_group(backend="gloo", timeout=limit) if backend != "gloo" else None
         answer = _evaluate_share(request, launch, on_start if launch.rank == 0 else None)

@@ -92,6 +92,19 @@ def test_a_rank_that_hangs_is_named_after_the_timeout(tmp_path):
     assert not report.exists()
 
 
+def test_a_rank_that_hangs_before_joining_is_a_one_line_error(tmp_path):
+    """Rank 0's wait for the process group ended in 'internal error: DistStoreError'."""
+    report = tmp_path / "report.json"
+    ran = torchrun(
+        REPO / "tests" / "rank_fails.py", "hang_before_joining", "eval", SAMPLE_PRED, SAMPLE_GT, "--json", report,
+        "-q", env={"LOSSCTL_TIMEOUT": "2"},
+    )  # fmt: skip
+    assert ran.returncode != 0
+    (line,) = lossctl_lines(ran.stderr)
+    assert line.startswith("error: not all 2 ranks joined within 2 s"), ran.stderr
+    assert not report.exists()
+
+
 def test_the_launch_comes_from_torchruns_environment():
     assert from_environment({}) is None
     assert from_environment({"RANK": "0", "WORLD_SIZE": "1"}) is None  # one process: a plain run
