@@ -195,6 +195,17 @@ class _SSIMSettings(_Loss):
             k2,
         )
 
+    def _settings(self) -> dict[str, float | int | str]:
+        """The keyword arguments :func:`ssim_loss` and :func:`ms_ssim_loss` share."""
+        return {
+            "data_range": self.data_range,
+            "window_size": self.window_size,
+            "sigma": self.sigma,
+            "k1": self.k1,
+            "k2": self.k2,
+            "reduction": self.reduction,
+        }
+
 
 class SSIMLoss(_SSIMSettings):
     """``1 - ssim`` per image; see :func:`lossctl.losses.ssim` (``downsample``: MATLAB's ``ssim.m``)."""
@@ -213,17 +224,7 @@ class SSIMLoss(_SSIMSettings):
         self.downsample = downsample
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return ssim_loss(
-            pred,
-            target,
-            self.data_range,
-            self.window_size,
-            self.sigma,
-            self.k1,
-            self.k2,
-            self.reduction,
-            self.downsample,
-        )
+        return ssim_loss(pred, target, downsample=self.downsample, **self._settings())
 
 
 class MSSSIMLoss(_SSIMSettings):
@@ -244,14 +245,4 @@ class MSSSIMLoss(_SSIMSettings):
         self.weights = tuple(weights)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return ms_ssim_loss(
-            pred,
-            target,
-            self.data_range,
-            self.window_size,
-            self.sigma,
-            self.k1,
-            self.k2,
-            self.reduction,
-            self.weights,
-        )
+        return ms_ssim_loss(pred, target, weights=self.weights, **self._settings())
