@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ from . import __version__
 from .conventions import resolve_convention
 from .errors import LossctlError
 from .metrics import METRICS, parse_metric_names, resolve_params
+from .signals import handled
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PAIRS_FAILED = 0, 1, 2, 3
 PER_IMAGE_AUTO_LIMIT = 20
@@ -325,14 +325,11 @@ def _terminate_as_interrupt() -> Iterator[None]:
     workers (children of multiprocessing's fork server) lived on, holding shared memory and the
     output pipe, so whoever read lossctl's output never saw its end. Not under torchrun, whose
     SIGTERM to every rank must not wait for one still in a collective operation."""
-    if os.environ.get("WORLD_SIZE", "1") != "1" or threading.current_thread() is not threading.main_thread():
+    if os.environ.get("WORLD_SIZE", "1") != "1":
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    with handled(signal.SIGTERM, _interrupt):
         yield
-    finally:  # None: a handler installed outside Python, which signal.signal cannot restore
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @contextmanager

@@ -32,6 +32,7 @@ import numpy as np
 from .errors import ImageReadError, LossctlError
 from .io import LoadedPair, LoadedSegmentation, Pair, load_pair, score_header, set_max_pixels
 from .sharding import pair_pixels
+from .signals import handled
 
 DECODERS = ("auto", "threads", "processes")
 
@@ -213,23 +214,8 @@ def _start_forkserver_deaf_to_ctrl_c() -> None:
     only while starting the server (6-10 ms, once; a Ctrl-C then is lost)."""
     from multiprocessing import forkserver
 
-    with _ctrl_c_ignored():
+    with handled(signal.SIGINT, signal.SIG_IGN):
         forkserver.ensure_running()
-
-
-@contextmanager
-def _ctrl_c_ignored() -> Iterator[None]:
-    """SIGINT ignored in this process meanwhile, where this thread may set handlers (the main
-    thread) and the handler now is a Python-level one that can be put back."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
-        yield
-        return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _start_worker(max_pixels: int | None) -> None:
@@ -301,7 +287,7 @@ class _Decoders:
         if not self.processes:
             self.pool.shutdown(wait=False, cancel_futures=True)
             return
-        with _ctrl_c_ignored():
+        with handled(signal.SIGINT, signal.SIG_IGN):
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
