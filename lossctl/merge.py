@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import LossctlError
-from .report import ReportInfo, summarize
+from .report import ReportInfo, summarize, unpack_params
 from .results import ROW_COLUMNS, sorted_per_class
 from .run import Evaluation
 from .sharding import pairing_digest
@@ -256,30 +256,16 @@ def merge_reports(reports: Sequence[ShardReport]) -> Evaluation:
     first = reports[0].document
     metrics = list(first["metrics"])
     frame = frame_from_rows(_rows_in_order(reports), metrics)
-    params = dict(first["params"])
-    convention = params.pop("convention", None)
-    segmentation = params.pop("segmentation", None)
-    max_pixels = params.pop("decoding", {}).get("max_pixels")
-    weights_root = None
-    if "weights" in params.get("weighted_tv", {}):
-        weighted_tv = dict(params.pop("weighted_tv"))
-        weights_root = weighted_tv.pop("weights")
-        if weighted_tv:
-            params["weighted_tv"] = weighted_tv
     info = ReportInfo(
         pred_root=first["pred"],
         gt_root=first["gt"],
         metrics=metrics,
-        params=params,
         device=_devices(reports),
         precision=first["precision"],
         lossctl_version=first["lossctl"],
         torch_version=first["torch"],
         skipped_files=first["counts"].get("skipped_files", 0),
-        convention=convention,
-        segmentation=segmentation,
-        weights_root=weights_root,
-        max_pixels=max_pixels,
+        **unpack_params(first["params"]),
     )
     return Evaluation(frame, summarize(frame, metrics), info)
 

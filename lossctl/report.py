@@ -57,6 +57,24 @@ class ReportInfo:
         return {"convention": self.convention or {}, **extra, **params}
 
 
+def unpack_params(all_params: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`ReportInfo` fields that :attr:`ReportInfo.all_params` packed into a report's
+    ``params``: its inverse, so that a report read back (a shard's) is written again the same."""
+    params = dict(all_params)
+    fields: dict[str, Any] = {
+        "convention": params.pop("convention", None),
+        "segmentation": params.pop("segmentation", None),
+        "max_pixels": params.pop("decoding", {}).get("max_pixels"),
+        "weights_root": None,
+    }
+    if "weights" in params.get("weighted_tv", {}):
+        weighted_tv = dict(params.pop("weighted_tv"))
+        fields["weights_root"] = weighted_tv.pop("weights")
+        if weighted_tv:
+            params["weighted_tv"] = weighted_tv
+    return {**fields, "params": params}
+
+
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     counts = {status: int((frame["status"] == status).sum()) for status in STATUSES}
     return {"pairs": len(frame), **counts}
