@@ -35,6 +35,16 @@ def noisy(rng: np.random.Generator, pixels: np.ndarray, spread: int = 20) -> np.
     return np.clip(pixels.astype(np.int64) + noise, 0, top).astype(pixels.dtype)
 
 
+def pair_with_unit_weights(root: Path, rng: np.random.Generator) -> tuple[Path, Path, Path]:
+    """``root/p``, ``root/g`` and ``root/w``: one 16x16 RGB pair and its all-255 weight map."""
+    pred, gt, weights = root / "p", root / "g", root / "w"
+    clean = random_rgb(rng, 16, 16)
+    save_image(gt / "x.png", clean)
+    save_image(pred / "x.png", noisy(rng, clean))
+    save_image(weights / "x.png", np.full((16, 16), 255, dtype=np.uint8))
+    return pred, gt, weights
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from lossctl.cli import _LazyProgress, _partial_path, app
 from lossctl.metrics import METRICS
 
-from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
+from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, pair_with_unit_weights, random_rgb, save_image
 
 runner = CliRunner()
 SAMPLES = [str(SAMPLE_PRED), str(SAMPLE_GT)]
@@ -210,11 +210,7 @@ def test_failed_pairs_exit_3_and_are_listed(mixed):
 
 
 def test_weights_folder(tmp_path, rng):
-    pred, gt, weights = tmp_path / "p", tmp_path / "g", tmp_path / "w"
-    clean = random_rgb(rng, 16, 16)
-    save_image(gt / "x.png", clean)
-    save_image(pred / "x.png", noisy(rng, clean))
-    save_image(weights / "x.png", np.full((16, 16), 255, dtype=np.uint8))
+    pred, gt, weights = pair_with_unit_weights(tmp_path, rng)
     weighted = json.loads(
         invoke("eval", pred, gt, "--weights", weights, "-m", "tv,weighted_tv", "--format", "json").stdout
     )

@@ -8,7 +8,6 @@ import math
 import re
 import shlex
 
-import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -17,7 +16,7 @@ from lossctl.cli import app
 from lossctl.compare import worsening
 from lossctl.report import spreadsheet_safe, unquote_spreadsheet_safe
 
-from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
+from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, pair_with_unit_weights, random_rgb, save_image
 
 runner = CliRunner()
 
@@ -137,11 +136,7 @@ def test_per_class_columns_are_named_as_not_compared(tmp_path):
 
 
 def test_weighted_tv_from_other_weight_maps_is_not_compared(tmp_path, rng):
-    pred, gt, weights = tmp_path / "p", tmp_path / "g", tmp_path / "w"
-    clean = random_rgb(rng, 16, 16)
-    save_image(gt / "x.png", clean)
-    save_image(pred / "x.png", noisy(rng, clean))
-    save_image(weights / "x.png", np.full((16, 16), 255, dtype=np.uint8))
+    pred, gt, weights = pair_with_unit_weights(tmp_path, rng)
     edge_aware, weighted = tmp_path / "edge.json", tmp_path / "weighted.json"
     invoke("eval", pred, gt, "-m", "weighted_tv", "--json", edge_aware, "-q")
     invoke("eval", pred, gt, "-m", "weighted_tv", "--weights", weights, "--json", weighted, "-q")
