@@ -461,7 +461,7 @@ def _prepare_maps_dir(path: Path | None, inputs: Sequence[Path | None] = ()) -> 
     for folder in (Path(folder).resolve() for folder in inputs if folder is not None):
         if resolved == folder or folder in resolved.parents:
             raise LossctlError(
-                f"--maps {path} is inside the input folder {folder}: its maps would replace the pictures"
+                f"--maps {path} is the input folder {folder} or inside it: its maps would replace the pictures"
             )
     try:
         path.mkdir(parents=True, exist_ok=True)
