@@ -21,6 +21,7 @@ from typing import Annotated, TextIO
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from . import __version__
 from .conventions import resolve_convention
@@ -31,7 +32,36 @@ from .signals import handled
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PAIRS_FAILED = 0, 1, 2, 3
 PER_IMAGE_AUTO_LIMIT = 20
 
+# typer.BadParameter is Click's; its module is click.exceptions, or the copy newer Typers carry.
+_click_errors = sys.modules[typer.BadParameter.__module__]
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """Click reports a bad command line (an unknown option, a value that does not parse, a missing
+    argument) as a usage block in a box; lossctl says it in one line, as it does every other error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            outcome = super().main(args, prog_name, complete_var, False, **extra)
+        except _click_errors.ClickException as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # the help is already printed
+                sys.exit(error.exit_code)
+            context = getattr(error, "ctx", None)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            message = " ".join(error.format_message().split())
+            stderr.print(f"error: {message}{hint}", style="red", markup=False, highlight=False, soft_wrap=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            stderr.print("error: aborted", style="red", markup=False, highlight=False)
+            sys.exit(EXIT_INTERNAL)
+        # Without standalone mode Click returns the code of a typer.Exit, or None when a command ends.
+        sys.exit(outcome if isinstance(outcome, int) else EXIT_OK)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="lossctl",
     help="Image losses and quality metrics (PSNR, SSIM, L1, ...) for folders of predictions and ground truth.",
     no_args_is_help=True,

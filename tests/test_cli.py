@@ -261,6 +261,29 @@ def test_invalid_choice_is_a_usage_error():
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("eval", *SAMPLES, "--workers", "abc"), "'--workers'"),
+        (("eval", *SAMPLES, "--format", "xml"), "'--format'"),
+        (("eval", *SAMPLES, "--bogus"), "--bogus"),
+        (("eval", SAMPLES[0]), "'GT'"),
+        (("eval", *SAMPLES, "extra"), "extra"),
+        (("evl",), "evl"),
+        (("eval", *SAMPLES, "--html-limit", "many"), "--html-limit"),
+    ],
+)
+def test_option_parsing_errors_are_one_line_with_a_pointer_to_help(args, fragment):
+    result = invoke(*args)
+    one_line_error(result, 2, fragment)
+    assert "--help" in result.stderr
+
+
+def test_no_arguments_still_shows_the_help():
+    result = invoke()
+    assert result.exit_code in (0, 2) and "Usage" in result.output and "eval" in result.output
+
+
 def test_metrics_command_lists_every_metric_with_direction_and_defaults():
     table = invoke("metrics")
     assert table.exit_code == 0
