@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -11,9 +12,10 @@ import pytest
 import tifffile
 from PIL import Image, ImageFile
 
+import lossctl.io
 from lossctl.engine import EvalConfig, evaluate
 from lossctl.errors import ImageReadError, LossctlError
-from lossctl.io import decode_image, load_pair, pair_folders
+from lossctl.io import decode_image, decode_label_map, load_pair, pair_folders
 from lossctl.metrics import parse_metric_names, resolve_params
 
 from .conftest import random_rgb, save_image
@@ -267,6 +269,114 @@ def test_a_png_whose_data_ends_before_its_last_row_is_an_error_not_black_rows(
     (tmp_path / "short.png").write_bytes(_handmade_png(pixels, interlaced=interlaced, rows_stored=-3))
     with pytest.raises(ImageReadError, match="the image data ends before its last row"):
         decode_image(tmp_path / "short.png")
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    chunks, position = [], 8
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        chunks.append((data[position + 4 : position + 8], data[position + 8 : position + 8 + length]))
+        position += length + 12
+    return chunks
+
+
+def _without_last_rows(png: bytes, rows: int) -> bytes:
+    """``png`` (not interlaced) with its last ``rows`` scanlines cut from a still complete
+    compressed stream: the file Pillow reads without an error, the missing rows left as they were."""
+    chunks = _png_chunks(png)
+    height = struct.unpack(">I", chunks[0][1][4:8])[0]
+    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    stride = len(raw) // height
+    out, idat_written = b"\x89PNG\r\n\x1a\n", False
+    for kind, body in chunks:
+        if kind == b"IDAT":
+            if idat_written:
+                continue
+            body, idat_written = zlib.compress(raw[: (height - rows) * stride]), True
+        out += struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return out
+
+
+def _png_of_mode(mode: str, rng, size=(29, 23), **save) -> tuple[bytes, Image.Image]:
+    height, width = size
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(1, 65536, size, dtype=np.uint16))
+    elif mode == "1":
+        image = Image.fromarray(rng.integers(0, 2, size, dtype=np.uint8) * 255).convert("1")
+    elif mode == "P":
+        image = Image.fromarray(rng.integers(1, 256, (height, width, 3), dtype=np.uint8)).quantize(200)
+    else:
+        channels = len(Image.new(mode, (1, 1)).getbands())
+        image = Image.fromarray(rng.integers(1, 256, (height, width, channels), dtype=np.uint8).squeeze(), mode)
+    stream = io.BytesIO()
+    image.save(stream, "PNG", **save)
+    return stream.getvalue(), image
+
+
+SHORT_PNG_MODES = ["P", "LA", "I;16", "1", "L", "RGB"]
+
+
+@pytest.mark.parametrize("mode", SHORT_PNG_MODES)
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_short_png_of_any_mode_is_an_error_not_black_rows(tmp_path, rng, mode, in_place, monkeypatch):
+    """Palette, gray+alpha, 16-bit gray and 1-bit PNG are decoded into Pillow's own memory, as are
+    8-bit images too large to be decoded in place (here: every image, with the limit at 0)."""
+    if not in_place:
+        monkeypatch.setattr(lossctl.io, "DECODED_IN_PLACE_MAX_BYTES", 0)
+    complete, image = _png_of_mode(mode, rng)
+    (tmp_path / "complete.png").write_bytes(complete)
+    with Image.open(tmp_path / "complete.png") as reopened:
+        assert reopened.mode == mode
+    assert decode_image(tmp_path / "complete.png").pixels.shape[:2] == (29, 23)
+    (tmp_path / "short.png").write_bytes(_without_last_rows(complete, 2))
+    with pytest.raises(ImageReadError, match="the image data ends before its last row"):
+        decode_image(tmp_path / "short.png")
+
+
+@pytest.mark.parametrize("mode", SHORT_PNG_MODES)
+def test_modes_decoded_in_pillow_s_memory_equal_pillow_s_own_reading(tmp_path, rng, mode, monkeypatch):
+    monkeypatch.setattr(lossctl.io, "DECODED_IN_PLACE_MAX_BYTES", 0)
+    complete, _ = _png_of_mode(mode, rng, transparency=3) if mode == "P" else _png_of_mode(mode, rng)
+    (tmp_path / "x.png").write_bytes(complete)
+    decoded = decode_image(tmp_path / "x.png").pixels
+    with Image.open(tmp_path / "x.png") as image:
+        if mode == "P":
+            image = image.convert("RGB")
+        expected = np.asarray(image)
+    if mode == "1":
+        expected = expected.astype(np.uint8)
+    expected = expected.reshape(*expected.shape[:2], -1)[:, :, : decoded.shape[2]]
+    np.testing.assert_array_equal(decoded, expected)
+
+
+@pytest.mark.parametrize("mode", ["P", "I;16", "L"])
+def test_a_short_png_label_map_is_an_error_not_background(tmp_path, rng, mode):
+    complete, _ = _png_of_mode(mode, rng)
+    (tmp_path / "labels.png").write_bytes(complete)
+    decode_label_map(tmp_path / "labels.png")
+    (tmp_path / "short.png").write_bytes(_without_last_rows(complete, 1))
+    with pytest.raises(ImageReadError, match="the image data ends before its last row"):
+        decode_label_map(tmp_path / "short.png")
+
+
+@pytest.mark.parametrize("mode", ["P", "LA", "I;16"])
+def test_a_last_row_equal_to_the_mark_in_pillow_s_memory_still_decodes(tmp_path, rng, mode):
+    complete, image = _png_of_mode(mode, rng)
+    pixels = np.array(image)
+    mark = {"P": 0x5A, "I;16": 0x5AA5}.get(mode)
+    if mode == "LA":
+        pixels[-1] = (0x5A, 0xA5)
+    else:
+        pixels[-1] = mark
+    marked = Image.fromarray(pixels) if mode == "I;16" else Image.fromarray(pixels, mode)
+    if mode == "P":
+        marked.putpalette(image.getpalette())
+    marked.save(tmp_path / "x.png")
+    decoded = decode_image(tmp_path / "x.png").pixels
+    with Image.open(tmp_path / "x.png") as again:
+        expected = np.asarray(again.convert("RGB") if mode == "P" else again)
+    expected = expected.reshape(*expected.shape[:2], -1)[:, :, : decoded.shape[2]]
+    np.testing.assert_array_equal(decoded, expected)
 
 
 @pytest.mark.parametrize("channels, interlaced", [(1, False), (4, False), (1, True)])
