@@ -838,7 +838,7 @@ CHECK_EPILOG = """[b]Examples[/b]
   lossctl check out/ refs/ --max l1=0.02 --mean
   lossctl check out/ refs/ --config lossctl.toml --junit results.xml --github
 
-Thresholds also come from [b][tool.lossctl][/b] in pyproject.toml or a lossctl.toml found from the working folder upward (see README); command-line thresholds override the file's.
+Thresholds also come from [b]\\[tool.lossctl][/b] in pyproject.toml or a lossctl.toml found from the working folder upward (see README); command-line thresholds override the file's.
 
 Exit codes: 0 pass; 1 thresholds failed; 2 usage or input error; 3 pairs missing or unreadable (unless --allow-missing)."""
 

@@ -305,3 +305,9 @@ def test_each_overrides_a_config_in_mean_mode_and_param_reaches_the_metric(tmp_p
     report = tmp_path / "r.json"
     invoke("check", *SAMPLES, "--max", "charbonnier=1", "-p", "charbonnier.eps=0.25", "--json", report)
     assert json.loads(report.read_text())["params"]["charbonnier"] == {"eps": 0.25}
+
+
+def test_help_names_the_config_table():
+    """The epilogue is rich markup: an unescaped [tool.lossctl] was taken for a tag and vanished."""
+    result = invoke("check", "--help")
+    assert result.exit_code == 0 and "[tool.lossctl] in pyproject.toml" in " ".join(result.stdout.split())
