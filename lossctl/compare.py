@@ -19,7 +19,7 @@ import pandas as pd
 
 from .errors import LossctlError
 from .metrics import METRICS
-from .report import format_precise, sidecar_path, unquote_spreadsheet_safe
+from .report import format_precise, sidecar_path, to_csv, unquote_spreadsheet_safe
 
 
 @dataclass(frozen=True)
@@ -364,7 +364,7 @@ def render_comparison(console, comparison: Comparison, limit: int = 50) -> None:
 
 
 def comparison_csv(comparison: Comparison) -> str:
-    return comparison.rows.to_csv(index=False, lineterminator="\n")
+    return to_csv(comparison.rows, text_columns=("name",))
 
 
 def comparison_json(comparison: Comparison) -> str:

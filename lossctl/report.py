@@ -169,14 +169,17 @@ def _looks_escaped(text: str) -> bool:
 CSV_CHUNK_ROWS = 1000  # rows formatted at a time: pandas would otherwise format every cell at once
 
 
-def to_csv(frame: pd.DataFrame, stream: TextIO | None = None) -> str | None:
+def to_csv(
+    frame: pd.DataFrame, stream: TextIO | None = None, text_columns: Sequence[str] = TEXT_COLUMNS
+) -> str | None:
     """CSV, one row per pair, written to ``stream`` (or returned as text when there is none).
     Empty cell: no value (NaN); ``inf``: identical images' PSNR.
 
-    Text cells that a spreadsheet would evaluate as a formula are quoted (:func:`spreadsheet_safe`).
+    Cells of ``text_columns`` that a spreadsheet would evaluate as a formula are quoted
+    (:func:`spreadsheet_safe`).
     """
     safe = frame.copy(deep=False)
-    for column in TEXT_COLUMNS:
+    for column in text_columns:
         safe[column] = safe[column].map(spreadsheet_safe)
     return safe.to_csv(stream, index=False, lineterminator="\n", chunksize=CSV_CHUNK_ROWS)
 

@@ -273,3 +273,16 @@ def test_ci_doc_commands_run_on_the_samples(tmp_path, monkeypatch):
         result = invoke(*shlex.split(command)[1:])
         assert result.exit_code == 0, (command, result.output)
     assert (tmp_path / "lossctl.xml").exists()
+
+
+def test_compare_csv_quotes_names_a_spreadsheet_would_run_as_formulas(tmp_path, base_document):
+    """As eval's CSV does: a pair named '=cmd' must not reach a spreadsheet as a formula."""
+
+    def rename(rows, document):
+        rows["blur"]["name"] = "=HYPERLINK(1)"
+
+    base = write_report(tmp_path / "base.json", base_document, rename)
+    result = invoke("compare", base, base, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    names = pd.read_csv(io.StringIO(result.stdout))["name"].tolist()
+    assert "'=HYPERLINK(1)" in names and "=HYPERLINK(1)" not in names
