@@ -688,7 +688,7 @@ EVAL_EPILOG = """[b]Examples[/b]
   lossctl eval pred/ gt/ --shard 0/2 --json shard-0.json
   torchrun --nproc-per-node 4 -m lossctl eval pred/ gt/ --csv report.csv
 
-Exit codes: 0 every pair computed; 3 some pairs failed or were unmatched (the report is still complete); 2 usage or input error."""
+Exit codes: 0 every pair computed; 3 some pairs failed or were unmatched (the report is still complete); 2 usage or input error; 1 internal error; 130 interrupted (finished rows kept as FILE.partial)."""
 
 
 @app.command("eval", epilog=EVAL_EPILOG)
@@ -840,7 +840,7 @@ CHECK_EPILOG = """[b]Examples[/b]
 
 Thresholds also come from [b]\\[tool.lossctl][/b] in pyproject.toml or a lossctl.toml found from the working folder upward (see README); command-line thresholds override the file's.
 
-Exit codes: 0 pass; 1 thresholds failed; 2 usage or input error; 3 pairs missing or unreadable (unless --allow-missing)."""
+Exit codes: 0 pass; 1 thresholds failed; 2 usage or input error; 3 pairs missing or unreadable (unless --allow-missing); 130 interrupted."""
 
 
 @app.command("check", epilog=CHECK_EPILOG)
@@ -1089,7 +1089,7 @@ MERGE_EPILOG = """[b]Examples[/b]
   lossctl eval pred/ gt/ --shard 1/2 --json shard-1.json
   lossctl merge shard-*.json -o report.json
 
-Exit codes: 0 every pair computed; 3 some pairs failed or were unmatched (the report is still complete); 2 a shard missing or given twice, shards that overlap or come from different runs, or a file that is not a shard report."""
+Exit codes: 0 every pair computed; 3 some pairs failed or were unmatched (the report is still complete); 2 a shard missing or given twice, shards that overlap or come from different runs, or a file that is not a shard report; 1 internal error."""
 
 
 @app.command("merge", epilog=MERGE_EPILOG)
