@@ -159,6 +159,9 @@ def time_peer(name: str, names: list[str], pred: Path, gt: Path, device: str, re
         peer(pred / f"{names[0]}.png", gt / f"{names[0]}.png", device)  # imports and warm-up
     except ImportError as error:
         return None, f"skipped: {error.name or error} is not installed"
+    except Exception as error:  # a broken peer must not cost the figures of the others
+        reason = str(error).splitlines()[0] if str(error) else ""
+        return None, f"skipped: it failed ({type(error).__name__}: {reason})"
 
     def every_pair() -> list[tuple[float, float]]:
         return [peer(pred / f"{n}.png", gt / f"{n}.png", device) for n in names]

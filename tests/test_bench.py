@@ -9,7 +9,6 @@ from pathlib import Path
 
 from .conftest import REPO
 
-# Appended, not prepended: bench/profile.py would shadow the standard library's profile (cProfile).
 sys.path.append(str(REPO / "bench"))
 from throughput import make_pairs, spread_sample  # noqa: E402
 
@@ -50,3 +49,10 @@ def test_gpu_check_runs_end_to_end_as_a_dry_run_on_the_cpu():
     assert "| pytorch-msssim | " in output  # the peers agree on numbers, not just run
     assert "| 2 x 64x64 RGB PNG | cpu |" in output
     assert "| 4 x 768x768, matlab preset: 4 pairs | all | 0 |" in output  # the waits section runs
+
+
+def test_no_bench_script_shadows_a_standard_library_module():
+    """``python bench/X.py`` puts bench/ first on sys.path: a bench/profile.py was imported by cProfile
+    (through torch._dynamo, which torchvision imports) in place of the standard library's."""
+    shadowing = {path.stem for path in (REPO / "bench").glob("*.py")} & sys.stdlib_module_names
+    assert not shadowing

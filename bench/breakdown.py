@@ -6,7 +6,7 @@ metric of the default set on the engine's blocks (on a CPU: one thread per opera
 8-bit pairs as the engine makes them; each of its threads does this work in parallel). Prints a
 Markdown table for bench/RESULTS.md.
 
-    python bench/profile.py --pairs 16 --size 512 --device cpu
+    python bench/breakdown.py --pairs 16 --size 512 --device cpu
 """
 
 from __future__ import annotations
