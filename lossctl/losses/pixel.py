@@ -34,7 +34,8 @@ def charbonnier_error(diff: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """``sqrt(d^2 + eps^2)``: a differentiable L1 (Charbonnier penalty)."""
     if eps == 0:
         return safe_sqrt(diff * diff)  # |d|, with gradient 0 rather than NaN at d = 0
-    return torch.hypot(diff, diff.new_tensor(eps))  # one fused pass; never overflows d^2
+    # new_full: filled on the device; new_tensor copies from the host and makes it wait for the GPU
+    return torch.hypot(diff, diff.new_full((), eps))  # one fused pass; never overflows d^2
 
 
 def _zeros_like(diff: torch.Tensor) -> torch.Tensor:
