@@ -7,11 +7,35 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_PRED = REPO / "sample_images" / "pred"
 SAMPLE_GT = REPO / "sample_images" / "gt"
+CUDA = torch.cuda.is_available()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: needs an NVIDIA GPU; the only tests that see one")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("cuda") and not CUDA:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU"))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_cuda(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test but those marked ``cuda`` runs as on CI's machine, without a GPU: on a machine
+    with one, ``--device auto`` would take the GPU path, where a test of the CPU path (its Ctrl-C
+    and out-of-memory handling, for one) no longer tests what it says. Processes a test starts see
+    no GPU either."""
+    if request.node.get_closest_marker("cuda"):
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 def save_image(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
