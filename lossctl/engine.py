@@ -715,6 +715,18 @@ def batch_size_for(config: EvalConfig, device: torch.device) -> int:
     return config.batch_size or AUTO_BATCH_SIZE.get(device.type, 16)
 
 
+def decode_window(
+    batch_size: int, workers: int, max_values: int | None = None, pairs: Sequence[Pair] = ()
+) -> int:
+    """Pairs decoded ahead of the computation: two batches and two per worker. Where ``max_values``
+    (:func:`max_batch_values`) makes batches of pairs like the first smaller than ``batch_size``
+    (judged from its header, as RGB), the window is two of those smaller batches: two batches of 64
+    pairs of 8192x8192 RGB would hold 51 GB."""
+    pixels = pair_pixels(pairs[0]) if pairs and max_values is not None else None
+    per_batch = min(batch_size, max(1, max_values // (3 * pixels))) if pixels else batch_size
+    return 2 * per_batch + 2 * workers
+
+
 def max_batch_values(config: EvalConfig, device: torch.device) -> int:
     """The most input values a batch may hold: on a GPU, no more than half of the free device
     memory can take at ``WORKING_SET_PER_VALUE``; a batch that still runs out of memory is split
@@ -778,17 +790,19 @@ def _computed(
                 return
         # Decoding starts before the free GPU memory is read: that first call creates the CUDA
         # context, a fraction of a second to seconds that the decoders need not wait for.
-        prefetch = 2 * batch_size + 2 * config.workers
         if head_start is not None:
             decoded = head_start
+        else:
+            window = decode_window(batch_size, config.workers)
+            decoded = stack.enter_context(closing(start_decoding(computable, config, window, processes)))
+        max_values = max_batch_values(config, device)
+        prefetch = decode_window(batch_size, config.workers, max_values, computable)
+        if head_start is not None and device.type == "cuda":
             # A CPU's cores are needed for computing once the engine is in; a GPU keeps the deeper
             # window, so that the decoders never wait while it works through what they decoded.
-            decoded.resize(prefetch if device.type == "cpu" else max(prefetch, decoded.prefetch))
-        else:
-            decoded = stack.enter_context(closing(start_decoding(computable, config, prefetch, processes)))
-        batcher = _Batcher(
-            batch_size, max_buffered=4 * batch_size, max_values=max_batch_values(config, device)
-        )
+            prefetch = max(prefetch, decoded.prefetch)
+        decoded.resize(prefetch)
+        batcher = _Batcher(batch_size, max_buffered=4 * batch_size, max_values=max_values)
         computer = _Computer(config, device)
         stack.callback(computer.close)
         for item in map(_with_failures_as_results, decoded):

@@ -707,3 +707,36 @@ def test_a_cpu_task_computes_as_it_decodes_once_it_holds_a_block(folders, rng, m
     # One task of all eight pairs (sized from the 8x8 one), computed pair by pair once it holds a
     # 64x64 image's worth: the 8x8 pair and the first 64x64 one, then each 64x64 one alone.
     assert events == ["decode", "decode", "compute 1", "compute 1"] + ["decode", "compute 1"] * 6
+
+
+def test_the_decode_window_is_two_batches_of_the_size_memory_allows(folders, rng):
+    """Two batches and two pairs per worker; where the device's memory makes batches of large images
+    smaller than --batch-size, the window shrinks with them instead of holding 2 x 64 huge pairs."""
+    from lossctl.engine import decode_window
+
+    pred, gt = folders
+    save_image(pred / "a.png", random_rgb(rng, 100, 100))
+    save_image(gt / "a.png", random_rgb(rng, 100, 100))
+    pairs = pair_folders(pred, gt).pairs
+    assert decode_window(64, 16) == 2 * 64 + 2 * 16
+    assert decode_window(64, 16, 1 << 40, pairs) == 2 * 64 + 2 * 16
+    assert decode_window(64, 16, 5 * 3 * 100 * 100, pairs) == 2 * 5 + 2 * 16
+    assert decode_window(64, 16, 1, pairs) == 2 * 1 + 2 * 16
+
+
+def test_decoding_processes_keep_the_window_memory_allows(folders, rng, monkeypatch):
+    import lossctl.decoding
+    import lossctl.engine
+
+    pred, gt = folders
+    for index in range(6):
+        save_image(pred / f"{index}.png", random_rgb(rng, 40, 40))
+        save_image(gt / f"{index}.png", random_rgb(rng, 40, 40))
+    windows = []
+    resize = lossctl.decoding.DecodeAhead.resize
+    monkeypatch.setattr(lossctl.engine, "max_batch_values", lambda config, device: 2 * 3 * 40 * 40)
+    monkeypatch.setattr(
+        lossctl.decoding.DecodeAhead, "resize", lambda self, n: (windows.append(n), resize(self, n))[1]
+    )
+    results = run(pred, gt, "l1", device="cpu", decoder="processes", workers=2, batch_size=16)
+    assert windows == [2 * 2 + 2 * 2] and all(result.status == "ok" for result in results.values())
