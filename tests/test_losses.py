@@ -401,6 +401,50 @@ def test_float32_ssim_of_images_far_apart_in_brightness_meets_the_1e_5_contract(
     assert ((single - reference) / reference).abs().max().item() < 1e-6
 
 
+def _noisy_mask_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    """A two-level mask against a noisy copy: s = x + y keeps far from its plane mean everywhere,
+    and varies little locally (the bundled mask sample, cropped as --crop-border 4 crops it)."""
+    from PIL import Image
+
+    pred, target = (
+        torch.from_numpy(np.asarray(Image.open(folder / "mask" / "coins_mask.png"), dtype=np.float64) / 255)
+        for folder in (SAMPLE_PRED, SAMPLE_GT)
+    )
+    crop = (Ellipsis, slice(4, -4), slice(4, -4))
+    return pred[crop].expand(1, 3, -1, -1), target[crop].expand(1, 3, -1, -1)
+
+
+@pytest.mark.parametrize("metric", [L.ssim, L.ms_ssim])
+def test_float32_ssim_of_a_noisy_mask_meets_the_1e_5_contract(metric):
+    """Each variance of s is a difference of two filtered maps of order s^2: their float32
+    rounding, alike across flat stretches, moved SSIM by up to 1.2e-5 (9.6e-6 here) until such
+    planes were filtered in float64."""
+    pred, target = _noisy_mask_pair()
+    reference = metric(pred, target, reduction="none")
+    single = metric(pred.float(), target.float(), reduction="none").double()
+    assert ((single - reference) / reference).abs().max().item() < 2e-6
+
+
+def test_only_planes_whose_float32_rounding_matters_are_filtered_in_float64(monkeypatch):
+    import importlib
+
+    ssim_module = importlib.import_module("lossctl.losses.ssim")
+    wide = []
+    maps_of = ssim_module._ssim_maps_of
+    monkeypatch.setattr(
+        ssim_module, "_ssim_maps_of", lambda *args, **kw: (wide.append(kw.get("wide_totals", False)), maps_of(*args, **kw))[1]
+    )
+    photo = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    L.ssim(photo, (photo + 0.05 * torch.rand(photo.shape)).clamp(0, 1))
+    assert wide == [False]
+    wide.clear()
+    L.ssim(*(images.float() for images in _noisy_mask_pair()))
+    assert wide == [False, True]
+    wide.clear()
+    L.ssim(*_noisy_mask_pair())  # float64: nothing to check
+    assert wide == [False]
+
+
 def test_half_precision_is_computed_in_float32():
     pred, target = pair(seed=14, dtype=torch.float64)
     for dtype in (torch.float16, torch.bfloat16):

@@ -138,6 +138,75 @@ def _ssim_maps(
     ``y``, whose product is the SSIM map (the luminance is None unless ``with_luminance``).
     ``centres``: about each plane's mean of ``x + y`` and of ``x - y`` (:func:`_plane_centres`).
 
+    In float32 the local variance of ``s = x + y`` (see :func:`_ssim_maps_of`) is the difference of
+    two filtered maps of order ``s^2``, and where ``s`` keeps far from its plane mean while varying
+    little locally (a mask: two flat levels with some noise) their rounding, the same for every
+    pixel of a flat stretch, moved SSIM by up to 1.2e-5 relative, over METRICS.md's 1e-5. Those
+    two maps are then filtered in float64: on a GPU always (the check below would make the host
+    wait for it; the GPU is not what limits lossctl's speed), on a CPU for the planes whose rounding
+    a first-order estimate (:func:`_float32_rounding`) puts above ``FLOAT32_ROUNDING_BUDGET``
+    (about 3x the time for those planes; photographs stay under it, and the estimate costs 5%).
+    """
+    if x.dtype != torch.float32 or x.device.type not in ("cpu", "cuda"):  # MPS has no float64
+        return _ssim_maps_of(x, y, centres, data_range, taps, k1, k2, with_luminance)
+    if x.device.type == "cuda":
+        return _ssim_maps_of(x, y, centres, data_range, taps, k1, k2, with_luminance, wide_totals=True)
+    luminance, contrast_structure, rounding = _ssim_maps_of(
+        x, y, centres, data_range, taps, k1, k2, with_luminance, with_rounding=True
+    )
+    if (risky := (rounding > FLOAT32_ROUNDING_BUDGET).nonzero().flatten()).numel():
+        redone = _ssim_maps_of(
+            x[risky], y[risky], tuple(centre[risky] for centre in centres), data_range, taps, k1, k2,
+            with_luminance, wide_totals=True,
+        )  # fmt: skip
+        contrast_structure = contrast_structure.index_put((risky,), redone[1])
+        if luminance is not None:
+            luminance = luminance.index_put((risky,), redone[0])
+    return luminance, contrast_structure
+
+
+# SSIM's float32 rounding error, relative, above which a plane's variances of x + y are filtered
+# in float64: a fifth of METRICS.md's 1e-5. The estimate was 2-10x above the error measured on the
+# samples (a 256x256 mask: estimate 1.8e-5, error 8.5e-6; a photograph: 1.9e-6 and 4.9e-7).
+FLOAT32_ROUNDING_BUDGET = 2e-6
+ROUNDING_SAMPLE_STEP = 16  # the estimate reads every 16th row and column of the maps
+
+
+def _float32_rounding(
+    mean_total: torch.Tensor,
+    var_total: torch.Tensor,
+    mean_difference: torch.Tensor,
+    var_difference: torch.Tensor,
+) -> torch.Tensor:
+    """Per plane, about the float32 rounding error of the mean of SSIM's contrast-structure term
+    (and so of SSIM, within the luminance's factor of at most 1), absolute: each filtered square
+    ``F(t^2) = var + mu^2`` is off by up to ``u F(t^2)`` (``u`` float32's unit roundoff), and
+    ``1 - 2 var_d / D`` (``D = var_s + 2 C2 + var_d``) moves by
+    ``2 (var_d d(var_s) + (var_s + 2 C2) d(var_d)) / D^2``; read on a sample of the pixels."""
+    step = ROUNDING_SAMPLE_STEP
+    mt, vt, md, vd = (
+        m[:, ::step, ::step].contiguous() for m in (mean_total, var_total, mean_difference, var_difference)
+    )
+    square_total, square_difference = vt.addcmul(mt, mt), vd.addcmul(md, md)
+    bound = square_total.mul_(vd).addcmul_(vt, square_difference).div_(vt.add_(vd).square_())
+    return bound.flatten(1).mean(dim=1).mul_(torch.finfo(torch.float32).eps)  # 2 u = eps
+
+
+def _ssim_maps_of(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    centres: tuple[torch.Tensor, torch.Tensor],
+    data_range: float,
+    taps: tuple[float, ...],
+    k1: float,
+    k2: float,
+    with_luminance: bool = True,
+    wide_totals: bool = False,
+    with_rounding: bool = False,
+):
+    """:func:`_ssim_maps` in ``x``'s precision, the maps of ``s`` filtered in float64 if
+    ``wide_totals``; with :func:`_float32_rounding` as a third result if ``with_rounding``.
+
     SSIM needs only ``mu_x mu_y``, ``mu_x^2 + mu_y^2``, ``sigma_xy`` and ``sigma_x^2 + sigma_y^2``,
     and each is a sum or difference of the local means and variances of ``s = x + y`` and
     ``d = x - y``: ``4 mu_x mu_y = mu_s^2 - mu_d^2``, ``2 (mu_x^2 + mu_y^2) = mu_s^2 + mu_d^2``,
@@ -157,24 +226,37 @@ def _ssim_maps(
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     one = torch.ones((), dtype=x.dtype, device=x.device)
     total = torch.add(x, y).sub_(total_centre)
+    if wide_totals:
+        total = total.double()
     difference = torch.sub(x, y).sub_(difference_centre)
     mean_total = _gaussian_filter_valid(total, taps)
     mean_difference = _gaussian_filter_valid(difference, taps)
     # var_s + 2 C2 and var_d
-    var_total = _gaussian_filter_valid(torch.addcmul(one * (2 * c2), total, total), taps)
-    var_total.addcmul_(mean_total, mean_total, value=-1)
+    var_total = _gaussian_filter_valid(torch.addcmul(one.to(total.dtype) * (2 * c2), total, total), taps)
+    var_total = var_total.addcmul_(mean_total, mean_total, value=-1).to(x.dtype)
+    mean_total = mean_total.to(x.dtype)
     var_difference = _gaussian_filter_valid(difference * difference, taps)
     var_difference.addcmul_(mean_difference, mean_difference, value=-1)
     del total, difference
+    rounding = None
+    if with_rounding:
+        rounding = _float32_rounding(mean_total, var_total, mean_difference, var_difference)
     contrast_structure = torch.addcdiv(one, var_difference, var_total.add_(var_difference), value=-2)
     del var_total, var_difference
-    if not with_luminance:
-        return None, contrast_structure
-    mean_difference_squared = (mean_difference + difference_centre).square()
-    uncentred_total = mean_total + total_centre
-    denominator = torch.addcmul(mean_difference_squared, uncentred_total, uncentred_total).add_(2 * c1)
-    luminance = torch.addcdiv(one, mean_difference_squared, denominator, value=-2)
-    return luminance, contrast_structure
+    luminance = None
+    if with_luminance:
+        mean_difference_squared = (mean_difference + difference_centre).square()
+        uncentred_total = mean_total + total_centre
+        denominator = torch.addcmul(mean_difference_squared, uncentred_total, uncentred_total).add_(2 * c1)
+        luminance = torch.addcdiv(one, mean_difference_squared, denominator, value=-2)
+    if rounding is None:
+        return luminance, contrast_structure
+    # Relative to the mean of SSIM's map where it is made, else of its contrast-structure term.
+    step = ROUNDING_SAMPLE_STEP
+    value = contrast_structure[:, ::step, ::step]
+    if luminance is not None:
+        value = value * luminance[:, ::step, ::step]
+    return luminance, contrast_structure, rounding.div_(value.flatten(1).mean(dim=1).abs().clamp_min(1e-3))
 
 
 def _ssim_and_contrast_structure_maps(
