@@ -77,12 +77,12 @@ def resolve_convention(
                 "--preset basicsr crops the super-resolution scale: give --scale N (or --crop-border N)"
             )
         base = Convention("basicsr", y_channel=True, crop_border=scale or 0)
+    elif scale is not None:
+        raise LossctlError("--scale is used by --preset basicsr only; use --crop-border N to crop")
     elif name == "matlab":
         base = Convention("matlab")
     else:
         base = Convention()
-        if scale is not None:
-            raise LossctlError("--scale is used by --preset basicsr only; use --crop-border N to crop")
     return Convention(
         base.preset,
         base.y_channel if y_channel is None else y_channel,

@@ -139,6 +139,7 @@ def test_compare_refuses_reports_with_different_conventions(tmp_path):
         (["--preset", "basicsr"], "give --scale N"),
         (["--preset", "photoshop"], "unknown preset 'photoshop'; presets: skimage, basicsr, matlab"),
         (["--scale", "4"], "--scale is used by --preset basicsr only"),
+        (["--preset", "matlab", "--scale", "4"], "--scale is used by --preset basicsr only"),
         (["--crop-border", "-1"], "--crop-border must be >= 0"),
         (["--preset", "basicsr", "--scale", "0"], "--scale must be at least 1"),
     ],
