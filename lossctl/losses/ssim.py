@@ -184,11 +184,10 @@ def _float32_rounding(
     ``1 - 2 var_d / D`` (``D = var_s + 2 C2 + var_d``) moves by
     ``2 (var_d d(var_s) + (var_s + 2 C2) d(var_d)) / D^2``; read on a sample of the pixels."""
     step = ROUNDING_SAMPLE_STEP
-    mt, vt, md, vd = (
-        m[:, ::step, ::step].contiguous() for m in (mean_total, var_total, mean_difference, var_difference)
-    )
+    mt, vt, md, vd = (m[:, ::step, ::step] for m in (mean_total, var_total, mean_difference, var_difference))
     square_total, square_difference = vt.addcmul(mt, mt), vd.addcmul(md, md)
-    bound = square_total.mul_(vd).addcmul_(vt, square_difference).div_(vt.add_(vd).square_())
+    # Out of place on the samples: a sample of one value is a view of the map, not a copy.
+    bound = square_total.mul_(vd).addcmul_(vt, square_difference).div_((vt + vd).square_())
     return bound.flatten(1).mean(dim=1).mul_(torch.finfo(torch.float32).eps)  # 2 u = eps
 
 
