@@ -554,7 +554,7 @@ def _decode_into_pillow_memory(
     if marked_row is None:
         image.load()
         return None, False
-    width, height = image.size
+    width = image.size[0]
     row_bytes = len(Image.new(image.mode, (width, 1)).tobytes())
     canvas = Image.new(image.mode, image.size)
     canvas.paste(Image.frombytes(image.mode, (width, 1), _repeated(pattern, row_bytes)), (0, marked_row))
