@@ -51,11 +51,9 @@ class _OneLineUsageErrors(TyperGroup):
             context = getattr(error, "ctx", None)
             hint = f" (see '{context.command_path} --help')" if context is not None else ""
             message = " ".join(error.format_message().split())
-            stderr.print(f"error: {message}{hint}", style="red", markup=False, highlight=False, soft_wrap=True)
-            sys.exit(error.exit_code)
+            sys.exit(_fail(f"{message}{hint}", error.exit_code).exit_code)
         except typer.Abort:
-            stderr.print("error: aborted", style="red", markup=False, highlight=False)
-            sys.exit(EXIT_INTERNAL)
+            sys.exit(_fail("aborted", EXIT_INTERNAL).exit_code)
         # Without standalone mode Click returns the code of a typer.Exit, or None when a command ends.
         sys.exit(outcome if isinstance(outcome, int) else EXIT_OK)
 
