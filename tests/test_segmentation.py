@@ -243,6 +243,9 @@ def test_html_of_a_segmentation_run_needs_no_map_metric(tmp_path):
     compared = invoke("compare", report, report, "--html", tmp_path / "cmp.html")
     assert compared.exit_code == 2 and "needs a heat-map metric (l1, ssim) in both reports" in compared.stderr
     assert "(segmentation pairs have none)" in compared.stderr
+    # The run keeps only the metrics that apply: an image metric to sort by is a usage error after it.
+    sorted_by = invoke("eval", SEG_PRED, SEG_GT, "--ignore-index", "255", "--html", page, "--html-sort", "ssim")
+    assert sorted_by.exit_code == 2 and "--html-sort ssim: not among the metrics computed" in sorted_by.stderr
 
 
 def test_every_pixel_ignored_gives_nan_with_a_note(folders, scores_and_labels):
