@@ -10,6 +10,7 @@ later) also averages the reflect-padded border and is not the same metric.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -147,18 +148,16 @@ def _ssim_maps(
     a first-order estimate (:func:`_float32_rounding`) puts above ``FLOAT32_ROUNDING_BUDGET``
     (about 3x the time for those planes; photographs stay under it, and the estimate costs 5%).
     """
-    if x.dtype != torch.float32 or x.device.type not in ("cpu", "cuda"):  # MPS has no float64
-        return _ssim_maps_of(x, y, centres, data_range, taps, k1, k2, with_luminance)
-    if x.device.type == "cuda":
-        return _ssim_maps_of(x, y, centres, data_range, taps, k1, k2, with_luminance, wide_totals=True)
-    luminance, contrast_structure, rounding = _ssim_maps_of(
-        x, y, centres, data_range, taps, k1, k2, with_luminance, with_rounding=True
+    maps_of = functools.partial(
+        _ssim_maps_of, data_range=data_range, taps=taps, k1=k1, k2=k2, with_luminance=with_luminance
     )
+    if x.dtype != torch.float32 or x.device.type not in ("cpu", "cuda"):  # MPS has no float64
+        return maps_of(x, y, centres)
+    if x.device.type == "cuda":
+        return maps_of(x, y, centres, wide_totals=True)
+    luminance, contrast_structure, rounding = maps_of(x, y, centres, with_rounding=True)
     if (risky := (rounding > FLOAT32_ROUNDING_BUDGET).nonzero().flatten()).numel():
-        redone = _ssim_maps_of(
-            x[risky], y[risky], tuple(centre[risky] for centre in centres), data_range, taps, k1, k2,
-            with_luminance, wide_totals=True,
-        )  # fmt: skip
+        redone = maps_of(x[risky], y[risky], tuple(centre[risky] for centre in centres), wide_totals=True)
         contrast_structure = contrast_structure.index_put((risky,), redone[1])
         if luminance is not None:
             luminance = luminance.index_put((risky,), redone[0])
