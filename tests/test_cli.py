@@ -442,3 +442,24 @@ def test_readme_examples_run(tmp_path, monkeypatch):
         ]
         result = invoke(*arguments)
         assert result.exit_code == 0, (example, result.output)
+
+
+def test_an_interrupt_inside_exec_of_source_text_still_exits_130(tmp_path):
+    """CPython 3.11 kills itself with SIGINT at exit once a KeyboardInterrupt has left an exec() of
+    source text, caught or not, where the program runs as ``python -m`` (a script's SystemExit
+    exits at once); dataclasses run such exec() calls on import, and a SIGTERM there
+    (lossctl.decoding's, 0.33 s into a run) made ``python -m lossctl`` die by SIGINT, not exit 130."""
+    (tmp_path / "interrupted_run.py").write_text(
+        "import sys, lossctl.run\n"
+        "def interrupted(*args, **kwargs):\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "lossctl.run.run_evaluation = interrupted\n"
+        f"sys.argv = ['lossctl', 'eval', {str(SAMPLE_PRED)!r}, {str(SAMPLE_GT)!r}, '-q']\n"
+        "from lossctl.cli import main\n"
+        "main()\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "interrupted_run"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert completed.returncode == 130, completed.stderr
+    assert completed.stderr.strip() == "error: interrupted"
