@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from lossctl import losses as L
-from lossctl.engine import EvalConfig, evaluate, resolve_device
+from lossctl.engine import EvalConfig, _to_device, _widened_16_bit, evaluate, resolve_device
 from lossctl.errors import LossctlError
 from lossctl.io import pair_folders
 from lossctl.metrics import METRICS, parse_metric_names, resolve_params
@@ -257,6 +257,28 @@ def test_cuda_agrees_with_cpu():
         for metric, value in result.values.items():
             tolerance = {"abs": 1e-4} if metric == "psnr" else {"rel": 1e-5, "abs": 1e-9}
             assert cuda[name].values[metric] == pytest.approx(value, nan_ok=True, **tolerance), (name, metric)
+
+
+EXTREME_16_BIT = np.array([0, 1, 255, 256, 32767, 32768, 32769, 65534, 65535], dtype=np.uint16)
+
+
+def test_16_bit_bits_widen_to_their_unsigned_values():
+    """What a GPU is sent for 16-bit pixels: their bits as int16, widened on the device."""
+    bits = torch.from_numpy(EXTREME_16_BIT.view(np.int16).copy())
+    assert _widened_16_bit(bits).dtype == torch.int32
+    assert _widened_16_bit(bits).tolist() == EXTREME_16_BIT.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_cuda_upload_keeps_every_stored_value(dtype):
+    """The pixels reach the GPU as the CPU holds them, 16-bit values over 32767 included."""
+    values = EXTREME_16_BIT if dtype == np.uint16 else np.arange(9).astype(dtype) * 31
+    arrays = [np.tile(values.reshape(3, 3, 1), (1, 1, 3)), np.tile(values[::-1].reshape(3, 3, 1), (1, 1, 3))]
+    on_cpu = _to_device(arrays, torch.device("cpu"))
+    on_cuda = _to_device(arrays, torch.device("cuda"))
+    assert on_cuda.device.type == "cuda" and on_cuda.dtype == on_cpu.dtype
+    assert torch.equal(on_cuda.cpu(), on_cpu)
 
 
 def test_nan_pixels_give_nan_values_and_a_note(folders, rng):
