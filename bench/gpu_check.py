@@ -7,9 +7,10 @@
 2. The CUDA dtype matrix of lossctl.losses: every loss in float32, float64, float16 and bfloat16,
    forward and backward, against a float64 CPU reference; and where `lossctl eval` makes the host
    wait for the GPU (torch's sync debug mode).
-3. bench/bench.py on 2,000 pairs of 512x512: `lossctl eval` (whole process and in process) against
+3. The test suite's tests marked ``cuda`` (pytest -m cuda), which only a GPU machine runs.
+4. bench/bench.py on 2,000 pairs of 512x512: `lossctl eval` (whole process and in process) against
    the decode floor and the peers, with their agreement: the issue's first GPU target.
-4. bench/throughput.py on 200 pairs of 2048x2048: the second GPU target.
+5. bench/throughput.py on 200 pairs of 2048x2048: the second GPU target.
 
 Sections print as they finish, each with its wall time; on a 16-core H100/H200 machine the whole
 run should take about 4 minutes (most of it writing the PNGs). The floors are timed on one core on
@@ -227,6 +228,24 @@ def device_waits(args: argparse.Namespace) -> list[str]:
     return lines + ([] if cuda else ["\n(a CPU dry run: nothing waits, the runs only complete)"])
 
 
+# A test module that cannot be imported there (a test-only peer not carried) must not keep the
+# cuda tests of the others from running.
+COLLECT_ALL = ("--continue-on-collection-errors",)
+
+
+def cuda_tests(args: argparse.Namespace) -> list[str]:
+    """The test suite's tests marked ``cuda`` (skipped everywhere else): pytest's summary."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", *COLLECT_ALL],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    lines = completed.stdout.strip().splitlines()
+    verdict = "pass" if completed.returncode == 0 else f"FAIL (pytest exit {completed.returncode})"
+    return [f"Tests marked cuda: {verdict}", "", "```", *lines[-40:], "```"]
+
+
 def _run_script(script: str, *options: str) -> list[str]:
     """bench/SCRIPT with OPTIONS in this interpreter: its output, or why it failed."""
     completed = subprocess.run(
@@ -267,6 +286,7 @@ SECTIONS = {
     "agreement": ("CPU vs CUDA agreement", agreement),
     "dtypes": ("CUDA dtype matrix", dtype_matrix),
     "waits": ("Where the host waits for the GPU", device_waits),
+    "tests": ("The tests marked cuda (pytest -m cuda)", cuda_tests),
     "peers": ("Against the decode floor and the peers (bench/bench.py)", against_peers),
     "large": ("Large images (bench/throughput.py)", large_images),
 }
