@@ -8,7 +8,9 @@ then measures, in one run:
   ``--floor-sample K`` times K evenly spread pairs and scales (see bench/throughput.py);
 - ``lossctl eval`` as a whole process (start-up and torch import included), with the full default
   metric set and with the peers' set (l1, mse, psnr, ssim, tv); and on the first pair alone, whose
-  time (start-up, one pair) is subtracted to give the rest's rate against the floor;
+  time (start-up, one pair) is subtracted to give the rest's rate against the floor; with
+  ``--workers 15,8``, every metric again with each of those decoder counts (the default is one per
+  core, which leaves none to the main thread that feeds the GPU);
 - each peer computing L1, MSE, PSNR, SSIM and TV per pair with Pillow decoding in the loop, timed
   in this process after its imports and a warm-up pair (which flatters the peers against a whole
   process): pytorch-msssim, piq, scikit-image, torchmetrics. A peer that is not installed is listed
@@ -48,9 +50,11 @@ from throughput import decode_floor, eval_command, make_pairs  # noqa: E402
 PEER_METRICS = "l1,mse,psnr,ssim,tv"
 
 
-def run_lossctl(pred: Path, gt: Path, device: str, metrics: str | None) -> tuple[float, pd.DataFrame]:
+def run_lossctl(
+    pred: Path, gt: Path, device: str, metrics: str | None, *options: str
+) -> tuple[float, pd.DataFrame]:
     command = eval_command(
-        pred, gt, "--device", device, "--format", "csv", *(["--metrics", metrics] if metrics else [])
+        pred, gt, "--device", device, "--format", "csv", *(["--metrics", metrics] if metrics else []), *options
     )
     start = time.perf_counter()
     completed = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -210,7 +214,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs of each evaluator")
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--floor-sample", type=int, help="time the floor on this many pairs (default: all)")
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="also time every metric with each of these --workers counts (e.g. 15,8; default: none)",
+    )
     args = parser.parse_args()
+    worker_counts = [int(count) for count in args.workers.split(",") if count.strip()]
 
     import torch
 
@@ -249,6 +259,14 @@ def main() -> None:
                 f"| lossctl eval, start-up (one pair) | {label} | 1 | {start_up:.2f} s | - | - |\n"
                 f"| lossctl eval, after start-up (difference) | {label} | {args.pairs - 1} | {rest:.2f} s | "
                 f"{(args.pairs - 1) / rest:.1f} | {rest / rest_floor:.2f}x |"
+            )
+        for workers in worker_counts:  # the default is one decoder per core, the main thread beside them
+            elapsed = min(
+                run_lossctl(pred, gt, args.device, None, "--workers", str(workers))[0] for _ in range(args.repeat)
+            )
+            print(
+                f"| lossctl eval --workers {workers} (whole process) | all (default) | {args.pairs} | "
+                f"{elapsed:.2f} s | {args.pairs / elapsed:.1f} | {elapsed / floor:.2f}x |"
             )
         in_process = time_lossctl_in_process(pred, gt, args.device, args.repeat)
         per_pair_floor = floor / args.pairs

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import subprocess
 import sys
 import time
@@ -266,7 +267,15 @@ def against_peers(args: argparse.Namespace) -> list[str]:
         *("--device", args.device, "--pairs", str(args.pairs), "--size", str(args.size)),
         *("--peer-pairs", str(min(args.peer_pairs, args.pairs)), "--repeat", "1"),
         *("--floor-sample", str(args.floor_sample)),
+        *("--workers", ",".join(str(count) for count in _fewer_workers())),
     )
+
+
+def _fewer_workers() -> list[int]:
+    """Decoder counts to time beside the default (one per core): one core left to the main thread,
+    which takes, stacks and uploads every image, and half the cores."""
+    cores = os.cpu_count() or 1
+    return sorted({count for count in (cores - 1, cores // 2) if 1 <= count < cores}, reverse=True)
 
 
 def large_images(args: argparse.Namespace) -> list[str]:
