@@ -8,9 +8,11 @@
    forward and backward, against a float64 CPU reference; and where `lossctl eval` makes the host
    wait for the GPU (torch's sync debug mode).
 3. The test suite's tests marked ``cuda`` (pytest -m cuda), which only a GPU machine runs.
-4. bench/bench.py on 2,000 pairs of 512x512: `lossctl eval` (whole process and in process) against
-   the decode floor and the peers, with their agreement: the issue's first GPU target.
-5. bench/throughput.py on 200 pairs of 2048x2048: the second GPU target.
+4. bench/breakdown.py on the device: upload and each metric, per pair, in batches of 32.
+5. bench/bench.py on 2,000 pairs of 512x512: `lossctl eval` (whole process and in process) against
+   the decode floor and the peers, with their agreement: the issue's first GPU target; every metric
+   again with fewer decoders than cores (one core left to the main thread, and half of them).
+6. bench/throughput.py on 200 pairs of 2048x2048: the second GPU target.
 
 Sections print as they finish, each with its wall time; on a 16-core H100/H200 machine the whole
 run should take about 4 minutes (most of it writing the PNGs). The floors are timed on one core on
@@ -278,6 +280,11 @@ def _fewer_workers() -> list[int]:
     return sorted({count for count in (cores - 1, cores // 2) if 1 <= count < cores}, reverse=True)
 
 
+def breakdown(args: argparse.Namespace) -> list[str]:
+    """bench/breakdown.py on the device: upload and each metric per pair, batches of 32."""
+    return _run_script("breakdown.py", "--device", args.device, "--pairs", "32", "--size", str(args.size))
+
+
 def large_images(args: argparse.Namespace) -> list[str]:
     """bench/throughput.py on ``--large-pairs`` pairs of ``--large-size``."""
     header = [
@@ -296,6 +303,7 @@ SECTIONS = {
     "dtypes": ("CUDA dtype matrix", dtype_matrix),
     "waits": ("Where the host waits for the GPU", device_waits),
     "tests": ("The tests marked cuda (pytest -m cuda)", cuda_tests),
+    "breakdown": ("Where the time goes on the device (bench/breakdown.py)", breakdown),
     "peers": ("Against the decode floor and the peers (bench/bench.py)", against_peers),
     "large": ("Large images (bench/throughput.py)", large_images),
 }

@@ -42,7 +42,7 @@ def test_gpu_check_runs_end_to_end_as_a_dry_run_on_the_cpu():
     completed = subprocess.run([*command, *sizes, "--floor-sample", "2"], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     output = completed.stdout
-    for title in ("agreement", "dtype matrix", "pytest -m cuda", "bench/bench.py", "bench/throughput.py"):
+    for title in ("agreement", "dtype matrix", "pytest -m cuda", "bench/breakdown.py", "bench/bench.py", "bench/throughput.py"):
         assert title in output
     assert "failed" not in output and "FAILS" not in output and "| NO |" not in output
     assert "| lossctl eval (whole process) | all (default) | 4 |" in output
