@@ -10,7 +10,8 @@ then measures, in one run:
   metric set and with the peers' set (l1, mse, psnr, ssim, tv); and on the first pair alone, whose
   time (start-up, one pair) is subtracted to give the rest's rate against the floor; with
   ``--workers 15,8``, every metric again with each of those decoder counts (the default is one per
-  core, which leaves none to the main thread that feeds the GPU);
+  core, which leaves none to the main thread that feeds the GPU); with ``--head-start 1,4096``,
+  every metric again with decoding processes that many pairs ahead during start-up;
 - each peer computing L1, MSE, PSNR, SSIM and TV per pair with Pillow decoding in the loop, timed
   in this process after its imports and a warm-up pair (which flatters the peers against a whole
   process): pytorch-msssim, piq, scikit-image, torchmetrics. A peer that is not installed is listed
@@ -50,12 +51,24 @@ from throughput import decode_floor, eval_command, make_pairs  # noqa: E402
 PEER_METRICS = "l1,mse,psnr,ssim,tv"
 
 
+# `lossctl eval` with the decoding head start (lossctl.decoding.head_start_window) set to
+# sys.argv[1] pairs, bounded by an eighth of memory only: which window pays on a machine is measured,
+# not guessed (processes decode during the torch import only where `--decoder` picks processes).
+WITH_HEAD_START = (
+    "import sys; import lossctl.decoding as decoding; "
+    "decoding.HEAD_START_PAIRS, decoding.HEAD_START_BYTES = int(sys.argv.pop(1)), 1 << 62; "
+    "sys.argv[0] = 'lossctl'; from lossctl.cli import main; main()"
+)
+
+
 def run_lossctl(
-    pred: Path, gt: Path, device: str, metrics: str | None, *options: str
+    pred: Path, gt: Path, device: str, metrics: str | None, *options: str, head_start: int | None = None
 ) -> tuple[float, pd.DataFrame]:
     command = eval_command(
         pred, gt, "--device", device, "--format", "csv", *(["--metrics", metrics] if metrics else []), *options
     )
+    if head_start is not None:  # python -m lossctl ... -> python -c WITH_HEAD_START PAIRS ...
+        command = [command[0], "-c", WITH_HEAD_START, str(head_start), *command[3:]]
     start = time.perf_counter()
     completed = subprocess.run(command, check=True, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
@@ -197,6 +210,10 @@ def time_lossctl_in_process(pred: Path, gt: Path, device: str, repeat: int = 1) 
     return min(_timed(run_evaluation, request)[0] for _ in range(repeat))
 
 
+def _counts(text: str) -> list[int]:
+    return [int(count) for count in text.split(",") if count.strip()]
+
+
 def _timed(function: Callable, *args) -> tuple[float, object]:
     start = time.perf_counter()
     result = function(*args)
@@ -219,8 +236,14 @@ def main() -> None:
         default="",
         help="also time every metric with each of these --workers counts (e.g. 15,8; default: none)",
     )
+    parser.add_argument(
+        "--head-start",
+        default="",
+        help="also time every metric with each of these decoding head starts, in pairs (e.g. 1,4096)",
+    )
     args = parser.parse_args()
-    worker_counts = [int(count) for count in args.workers.split(",") if count.strip()]
+    worker_counts = _counts(args.workers)
+    head_starts = _counts(args.head_start)
 
     import torch
 
@@ -266,6 +289,14 @@ def main() -> None:
             )
             print(
                 f"| lossctl eval --workers {workers} (whole process) | all (default) | {args.pairs} | "
+                f"{elapsed:.2f} s | {args.pairs / elapsed:.1f} | {elapsed / floor:.2f}x |"
+            )
+        for pairs in head_starts:
+            elapsed = min(
+                run_lossctl(pred, gt, args.device, None, head_start=pairs)[0] for _ in range(args.repeat)
+            )
+            print(
+                f"| lossctl eval, head start of {pairs} pairs (whole process) | all (default) | {args.pairs} | "
                 f"{elapsed:.2f} s | {args.pairs / elapsed:.1f} | {elapsed / floor:.2f}x |"
             )
         in_process = time_lossctl_in_process(pred, gt, args.device, args.repeat)

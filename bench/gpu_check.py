@@ -11,7 +11,8 @@
 4. bench/breakdown.py on the device: upload and each metric, per pair, in batches of 32.
 5. bench/bench.py on 2,000 pairs of 512x512: `lossctl eval` (whole process and in process) against
    the decode floor and the peers, with their agreement: the issue's first GPU target; every metric
-   again with fewer decoders than cores (one core left to the main thread, and half of them).
+   again with fewer decoders than cores (one core left to the main thread, and half of them), and
+   with no decoding head start and one of every pair.
 6. bench/throughput.py on 200 pairs of 2048x2048: the second GPU target.
 
 Sections print as they finish, each with its wall time; on a 16-core H100/H200 machine the whole
@@ -270,6 +271,7 @@ def against_peers(args: argparse.Namespace) -> list[str]:
         *("--peer-pairs", str(min(args.peer_pairs, args.pairs)), "--repeat", "1"),
         *("--floor-sample", str(args.floor_sample)),
         *("--workers", ",".join(str(count) for count in _fewer_workers())),
+        *("--head-start", f"1,{args.pairs}"),  # none, and every pair (the default: at most 1,024)
     )
 
 
