@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import pandas as pd
 from rich import box
 from rich.console import Console
@@ -98,19 +99,35 @@ def summarize(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict[str
             "mean": float(finite.mean()) if len(finite) else None,
             "std": float(finite.std(ddof=0)) if len(finite) else None,
             "min": float(values.min()) if len(values) else None,
-            "median": float(values.median()) if len(values) else None,
+            "median": _median(values),
             "max": float(values.max()) if len(values) else None,
             "count": len(values),
             "nan": int(ok[name].isna().sum()),
             "infinite": len(values) - len(finite),
         }
         if name == "psnr":
-            mean_mse = (10.0 ** (-values / 10.0)).mean() if len(values) else math.nan
-            entry["pooled"] = (
-                10 * math.log10(1 / mean_mse) if mean_mse > 0 else (math.inf if len(values) else None)
-            )
+            entry["pooled"] = _pooled_psnr(values)
         summary[name] = entry
     return summary
+
+
+def _median(values: pd.Series) -> float | None:
+    """The median; NaN where it falls between -inf and inf (without numpy's warning)."""
+    if not len(values):
+        return None
+    with np.errstate(invalid="ignore"):
+        return float(values.median())
+
+
+def _pooled_psnr(psnr: pd.Series) -> float | None:
+    """``10 log10(1 / mean(mse))`` from the pairs' PSNR: inf where every pair is identical, -inf
+    where a pair's MSE is inf (an infinite pixel in a float image), None without pairs."""
+    if not len(psnr):
+        return None
+    mean_mse = float((10.0 ** (-psnr / 10.0)).mean())
+    if mean_mse == 0:
+        return math.inf
+    return -math.inf if math.isinf(mean_mse) else 10 * math.log10(1 / mean_mse)
 
 
 def format_value(value: float | None, digits: int = 4, missing: str = "—") -> str:
@@ -232,14 +249,22 @@ def _summary_line(summary: dict[str, dict[str, Any]]) -> str | None:
     psnr = summary.get("psnr")
     if psnr and psnr["count"]:
         parts.append(f"pooled PSNR (from the mean MSE): {format_value(psnr['pooled'])} dB")
-        if psnr["infinite"]:
+        if psnr["infinite"] and psnr["min"] != -math.inf:
             parts.append(
                 f"{psnr['infinite']} identical pair(s) with PSNR = inf left out of the PSNR mean and std"
             )
     for name, entry in summary.items():
-        if name != "psnr" and entry.get("infinite"):
-            parts.append(f"{entry['infinite']} pair(s) with {name} = inf left out of the {name} mean and std")
+        if entry.get("infinite") and (name != "psnr" or entry["min"] == -math.inf):
+            parts.append(
+                f"{entry['infinite']} pair(s) with {name} = {_infinities(entry)} left out of the {name} mean and std"
+            )
     return "; ".join(parts) or None
+
+
+def _infinities(entry: dict[str, Any]) -> str:
+    """Which infinities a summary entry's values hold, from its min and max."""
+    signs = [text for text, bound in (("-inf", entry["min"]), ("inf", entry["max"])) if bound == float(text)]
+    return " or ".join(signs)
 
 
 def _problem_lines(frame: pd.DataFrame) -> list[str]:

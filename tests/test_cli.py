@@ -201,6 +201,29 @@ def test_identical_pairs_are_inf_per_image_and_left_out_of_the_mean(folders, rng
     assert "1 identical pair(s) with PSNR = inf left out" in table
 
 
+def test_an_infinite_mse_gives_a_pooled_psnr_of_minus_inf_not_an_internal_error(folders, rng):
+    """A float image with an infinite pixel: MSE inf, PSNR -inf, and the pooled PSNR -inf (it was
+    log10(1 / inf): a math domain error, exit 1)."""
+    pred, gt = folders
+    values = rng.random((16, 16)).astype(np.float32)
+    broken = values.copy()
+    broken[3, 3] = np.inf
+    Image.fromarray(broken, mode="F").save(pred / "broken.tif")
+    Image.fromarray(values, mode="F").save(gt / "broken.tif")
+    Image.fromarray(values, mode="F").save(pred / "same.tif")
+    Image.fromarray(values, mode="F").save(gt / "same.tif")
+    result = invoke("eval", pred, gt, "-m", "mse,psnr", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    rows = {row["name"]: row for row in document["rows"]}
+    assert rows["broken"]["mse"] == "inf" and rows["broken"]["psnr"] == "-inf" and rows["same"]["psnr"] == "inf"
+    assert document["summary"]["psnr"]["pooled"] == "-inf"
+    table = invoke("eval", pred, gt, "-m", "mse,psnr").stdout
+    assert "pooled PSNR (from the mean MSE): -inf dB" in table
+    assert "identical pair(s)" not in table  # one of the two infinities is not an identical pair
+    assert "2 pair(s) with psnr = -inf or inf left out" in table and "1 pair(s) with mse = inf" in table
+
+
 def test_failed_pairs_exit_3_and_are_listed(mixed):
     result = invoke("eval", *mixed)
     assert result.exit_code == 3
