@@ -548,6 +548,17 @@ class _Pictures:
             raise LossctlError(f"--html-sort {sort}: not among the metrics computed ({', '.join(metrics)})")
 
 
+def _may_draw_maps(pictures: _Pictures, names: Sequence[str], pred: Path, gt: Path) -> bool:
+    """Whether the run's heat maps need their metric computed, checked before the run: not where
+    every pair is a segmentation pair (they have no maps; ``-m ce,iou --html`` is a whole page)."""
+    if not pictures.wanted or pictures.metric in names:
+        return True
+    from .io import pair_folders
+
+    pairs = pair_folders(pred, gt).pairs
+    return not pairs or not all(pair.is_segmentation for pair in pairs)
+
+
 def _threshold_override(threshold: float | None, names: list[str]) -> list[str]:
     """``--threshold T`` is ``--param iou.threshold=T``."""
     if threshold is None:
@@ -777,7 +788,7 @@ def eval_command(
         _check_output_path(json_path, "--json")
         _check_output_path(html_path, "--html")
         pictures = _Pictures(maps_dir, html_path, map_metric, map_scale, html_limit, html_sort, html_images)
-        pictures.check(names if pictures.wanted else None)
+        pictures.check(names if pictures.wanted else None, maps=_may_draw_maps(pictures, names, pred, gt))
         _prepare_maps_dir(maps_dir, (pred, gt, weights))
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path, shard)
         _write_reports(csv_path, json_path, evaluation)

@@ -238,6 +238,10 @@ def test_html_of_a_segmentation_run_needs_no_map_metric(tmp_path):
     result = invoke("eval", SEG_PRED, SEG_GT, "--ignore-index", "255", "--html", page, "-q")
     assert result.exit_code == 0, result.output
     assert "computed pairs by dice" in page.read_text()
+    # Metrics chosen without l1, the default map metric: it was refused before the run.
+    chosen = invoke("eval", SEG_PRED, SEG_GT, "--ignore-index", "255", "-m", "ce,iou", "--html", page, "-q")
+    assert chosen.exit_code == 0, chosen.output
+    assert "computed pairs by iou" in page.read_text()  # the first in the registry's order
     report = tmp_path / "seg.json"
     invoke("eval", SEG_PRED, SEG_GT, "--ignore-index", "255", "--json", report, "-q")
     compared = invoke("compare", report, report, "--html", tmp_path / "cmp.html")
