@@ -6,6 +6,7 @@ and ``lossctl metrics`` start quickly.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -395,6 +396,11 @@ def _root(
     # Pillow warns about damaged metadata it can read past; a damaged file that cannot be read is
     # reported in its pair's row, so the warnings would only repeat it as multi-line noise.
     warnings.filterwarnings("ignore", module=r"PIL\.")
+    # A file name that is not UTF-8 (its bytes held as lone surrogates) is printed as its own bytes,
+    # as the report files write it (report.FILE_NAME_BYTES): a strict UTF-8 stdout (Python's under
+    # a UTF-8 locale other than C.UTF-8) made every report of such a pair an internal error.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="surrogateescape")
     if os.environ.get("RANK", "0") != "0" and os.environ.get("WORLD_SIZE", "1") != "1":
         _silence_this_rank()
 

@@ -19,7 +19,14 @@ import pandas as pd
 
 from .errors import LossctlError
 from .metrics import METRICS
-from .report import format_precise, sidecar_path, to_csv, unquote_spreadsheet_safe
+from .report import (
+    FILE_NAME_BYTES,
+    TEXT_COLUMNS,
+    format_precise,
+    sidecar_path,
+    to_csv,
+    unquote_spreadsheet_safe,
+)
 
 
 @dataclass(frozen=True)
@@ -48,10 +55,17 @@ def load_report(path: Path) -> LoadedReport:
             params = document.get("params", {})
         else:
             frame = pd.read_csv(
-                path, keep_default_na=False, na_values=[""], dtype={"name": str, "error": str}
+                path,
+                keep_default_na=False,
+                na_values=[""],
+                dtype={"name": str, "error": str},
+                encoding_errors=FILE_NAME_BYTES,
             )
-            if "name" in frame.columns:
-                frame["name"] = frame["name"].map(unquote_spreadsheet_safe)
+            for column in TEXT_COLUMNS:  # pred and gt too: compare --html opens those files
+                if column in frame.columns:
+                    frame[column] = frame[column].map(
+                        lambda text: unquote_spreadsheet_safe(text) if isinstance(text, str) else text
+                    )
             params = None
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
         raise LossctlError(f"cannot read report {path}: {str(error).splitlines()[0]}") from None

@@ -421,6 +421,11 @@ def _write_content(stream: TextIO, content: str | Callable[[TextIO], object]) ->
         content(stream)
 
 
+# A file name that is not UTF-8 (bytes Python holds as lone surrogates) is written as its own bytes,
+# so that a report names the very file; JSON escapes them (as "\udce9"), and compare reads them back.
+FILE_NAME_BYTES = "surrogateescape"
+
+
 def write_atomic(path: Path, content: str | Callable[[TextIO], object]) -> None:
     """Write ``content`` (text, or a function that writes to a stream) to ``path`` through a
     temporary file renamed into place.
@@ -430,13 +435,13 @@ def write_atomic(path: Path, content: str | Callable[[TextIO], object]) -> None:
     or the pipe, which as root can be ``/dev/null`` itself.
     """
     if is_stream(path):
-        with open(path, "w", encoding="utf-8", newline="") as stream:
+        with open(path, "w", encoding="utf-8", errors=FILE_NAME_BYTES, newline="") as stream:
             _write_content(stream, content)
         return
     path = Path(os.path.realpath(path))
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+        with os.fdopen(handle, "w", encoding="utf-8", errors=FILE_NAME_BYTES, newline="") as stream:
             _write_content(stream, content)
         os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)

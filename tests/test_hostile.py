@@ -49,6 +49,49 @@ def test_names_that_look_like_formulas_are_quoted_in_csv_and_compare_reads_them_
     assert result.exit_code == 0 and document["added"] == [] and document["removed"] == []
 
 
+def test_compare_html_from_csv_reports_opens_files_whose_path_looks_like_a_formula(tmp_path, rng):
+    """The CSV quotes a pred path starting with '=' as it quotes names; compare --html read only the
+    names back, so every picture of such a folder was 'cannot read file'."""
+    clean = random_rgb(rng, 16, 16)
+    for folder, image in (("gt", clean), ("=base", noisy(rng, clean, 2)), ("=new", noisy(rng, clean, 60))):
+        (tmp_path / folder).mkdir()
+        save_image(tmp_path / folder / "a.png", image)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # relative folders: the CSV's pred paths themselves start with '='
+    try:
+        for side in ("base", "new"):
+            assert invoke("eval", f"={side}", "gt", "-m", "l1,psnr", "--csv", f"{side}.csv").exit_code == 0
+        assert pd.read_csv("new.csv")["pred"][0].startswith("'=new")
+        result = invoke("compare", "base.csv", "new.csv", "--html", "c.html")
+        page = Path("c.html").read_text()
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 1, result.output  # a regression: the page shows it
+    assert "cannot read file" not in page and page.count("data:image/png;base64,") >= 3
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse names that are not UTF-8")
+def test_a_file_name_that_is_not_utf8_is_reported_in_every_format(tmp_path, rng):
+    """Linux names are bytes: b'caf\xe9.png' (Latin-1) is the str 'caf\udce9.png' in Python, which
+    strict UTF-8 cannot write; every report with such a pair was an internal error."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    clean = random_rgb(rng, 16, 16)
+    name = os.fsdecode(b"caf\xe9")
+    save_image(pred / f"{name}.png", noisy(rng, clean))
+    save_image(gt / f"{name}.png", clean)
+    csv_report, json_report, page = tmp_path / "r.csv", tmp_path / "r.json", tmp_path / "r.html"
+    result = invoke("eval", pred, gt, "-m", "l1,psnr", "--csv", csv_report, "--json", json_report, "--html", page)
+    assert result.exit_code == 0, result.output
+    assert os.fsencode(pred / f"{name}.png") in csv_report.read_bytes()  # the file's own bytes
+    assert json.loads(json_report.read_text())["rows"][0]["name"] == name
+    assert "data:image/png;base64," in page.read_text(errors="replace")
+    for report in (csv_report, json_report):  # and compare reads the names and files back
+        compared = invoke("compare", report, report, "--html", tmp_path / "c.html", "--format", "json")
+        assert compared.exit_code == 0, compared.output
+        assert "cannot read file" not in (tmp_path / "c.html").read_text(errors="replace")
+
+
 def test_max_pixels_guards_against_decompression_bombs(folders, rng):
     pred, gt = folders
     for name, size in (("small", 8), ("large", 40)):
