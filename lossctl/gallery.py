@@ -178,7 +178,7 @@ class ImageStore:
             image.save(self.folder / name, format="PNG", compress_level=maps.PNG_COMPRESSION)
         except OSError as error:
             raise LossctlError(f"cannot write {self.folder / name}: {error.strerror or error}") from None
-        return f"{quote(self.href)}/{name}"
+        return f"{quote(self.href, errors='surrogateescape')}/{name}"  # a page name's own bytes
 
 
 EMBEDDED = ImageStore()

@@ -86,6 +86,9 @@ def test_a_file_name_that_is_not_utf8_is_reported_in_every_format(tmp_path, rng)
     assert os.fsencode(pred / f"{name}.png") in csv_report.read_bytes()  # the file's own bytes
     assert json.loads(json_report.read_text())["rows"][0]["name"] == name
     assert "data:image/png;base64," in page.read_text(errors="replace")
+    linked = tmp_path / f"{name}.html"  # a page whose name is not UTF-8 links its pictures' folder
+    assert invoke("eval", pred, gt, "-m", "l1", "--html", linked, "--html-images", "files").exit_code == 0
+    assert b'src="caf%E9_files/' in linked.read_bytes() and (tmp_path / f"{name}_files").is_dir()
     for report in (csv_report, json_report):  # and compare reads the names and files back
         compared = invoke("compare", report, report, "--html", tmp_path / "c.html", "--format", "json")
         assert compared.exit_code == 0, compared.output
