@@ -31,7 +31,7 @@ from .engine import EvalConfig, PairResult, decode_pairs, pair_batch, resolve_de
 from .errors import LossctlError
 from .html_report import Card, Panel
 from .io import DecodedImage, LoadedPair, Pair
-from .metrics import METRICS
+from .metrics import METRICS, resolve_params
 from .report import format_value
 
 THUMB_SIZE = 200  # longest side of a gallery thumbnail, in pixels
@@ -331,12 +331,32 @@ def _resolve(text: object, report_path: Path) -> Path | None:
 
 
 def report_config(params: dict[str, Any] | None, metric: str, workers: int) -> EvalConfig:
-    """The convention and ``metric`` parameters a report recorded (defaults when it recorded none)."""
-    from .conventions import Convention
+    """The convention and ``metric`` parameters a report recorded (defaults when it recorded none);
+    a usage error where this lossctl cannot draw maps under them (a later version's report)."""
+    from .conventions import PRESETS, Convention
 
     params = params or {}
-    convention = Convention(**params["convention"]) if params.get("convention") else Convention()
-    metric_params = {**METRICS[metric].defaults, **params.get(metric, {})}
+    recorded = params.get("convention") or {}
+    try:
+        convention = Convention(**recorded)
+    except TypeError:
+        convention = None
+    if (
+        convention is None
+        or convention.preset not in PRESETS
+        or not isinstance(convention.y_channel, bool)
+        or not isinstance(convention.crop_border, int)
+        or convention.crop_border < 0
+    ):
+        raise LossctlError(f"the reports record a convention this lossctl cannot draw maps under: {recorded}")
+    values = params.get(metric) or {}
+    try:
+        if not isinstance(values, dict):
+            raise LossctlError(f"not an object: {values!r}")
+        overrides = [f"{metric}.{key}={value}" for key, value in values.items()]
+        metric_params = resolve_params([metric], overrides, convention.param_defaults).get(metric, {})
+    except LossctlError as error:
+        raise LossctlError(f"the reports' {metric} parameters cannot be used for its maps: {error}") from None
     return EvalConfig(
         metrics=[metric], params={metric: metric_params}, workers=workers, convention=convention
     )

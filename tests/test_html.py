@@ -346,6 +346,26 @@ def test_compare_html_errors(reports, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("recorded", "fragment"),
+    [
+        ({"convention": {"preset": "skimage", "crop_border": 0, "future_option": True}}, "cannot draw maps under"),
+        ({"convention": {"preset": "jpeg2000"}}, "cannot draw maps under"),
+        ({"convention": {"crop_border": -2}}, "cannot draw maps under"),
+        ({"l1": {"scale": 2}}, "l1 parameters cannot be used for its maps: --param l1.scale=2: l1 has no parameter"),
+    ],
+)
+def test_compare_html_refuses_parameters_it_cannot_draw_maps_under(reports, tmp_path, recorded, fragment):
+    """A report of a later lossctl (or one edited by hand): an internal error (TypeError) before."""
+    edited = []
+    for report in reports[:2]:  # both alike: reports of different parameters are refused anyway
+        document = json.loads(report.read_text())
+        document["params"].update(recorded)
+        edited.append(tmp_path / report.name)
+        edited[-1].write_text(json.dumps(document))
+    one_line_error(invoke("compare", *edited, "--html", tmp_path / "c.html"), 2, fragment)
+
+
 def test_compare_html_from_csv_reports_uses_their_sidecars(reports, tmp_path):
     _, _, folder = reports
     base, new = tmp_path / "base.csv", tmp_path / "new.csv"
