@@ -470,6 +470,22 @@ def _check_output_path(path: Path | None, option: str) -> None:
         raise LossctlError(f"{option} {path}: folder {path.parent} does not exist")
 
 
+def _check_output_paths(outputs: dict[str, Path | None], inputs: Sequence[Path] = ()) -> None:
+    """:func:`_check_output_path` of each ``{option: path}``, and that no two name the same file, nor
+    an input report: one would silently replace the other (``--csv r.csv --html r.csv``). A device or
+    a pipe (``/dev/stdout``) is written into, not replaced, and may take several."""
+    named = {os.path.realpath(path): "input report" for path in inputs}
+    for option, path in outputs.items():
+        _check_output_path(path, option)
+        if path is None or (path.exists() and not path.is_file()):
+            continue
+        same = named.setdefault(os.path.realpath(path), option)
+        if same == "input report":
+            raise LossctlError(f"{option} {path} is an input report: writing it would replace what was read")
+        if same != option:
+            raise LossctlError(f"{same} and {option} name the same file {path}; give each report its own")
+
+
 def _write(path: Path | None, write: Callable[[TextIO], object]) -> None:
     """Write a report file atomically; ``write(stream)`` writes its content (so a large CSV is never
     held in memory whole)."""
@@ -491,18 +507,21 @@ def _prepare_maps_dir(path: Path | None, inputs: Sequence[Path | None] = ()) -> 
         return
     if path.exists() and not path.is_dir():
         raise LossctlError(f"--maps {path} is a file; give a folder")
-    resolved = path.resolve()
-    for folder in (Path(folder).resolve() for folder in inputs if folder is not None):
-        if resolved == folder or folder in resolved.parents:
-            raise LossctlError(
-                f"--maps {path} is the input folder {folder} or inside it: its maps would replace the pictures"
-            )
+    _refuse_inside_inputs(path, f"--maps {path}", inputs, "its maps would replace the pictures")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise LossctlError(f"cannot create --maps folder {path}: {error.strerror or error}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise LossctlError(f"--maps folder {path} is not writable")
+
+
+def _refuse_inside_inputs(path: Path, what: str, inputs: Sequence[Path | None], why: str) -> None:
+    """A usage error where the folder ``path`` is one of the ``inputs`` folders or inside one."""
+    resolved = path.resolve()
+    for folder in (Path(folder).resolve() for folder in inputs if folder is not None):
+        if resolved == folder or folder in resolved.parents:
+            raise LossctlError(f"{what} is the input folder {folder} or inside it: {why}")
 
 
 @dataclass(frozen=True)
@@ -521,13 +540,19 @@ class _Pictures:
     def wanted(self) -> bool:
         return self.maps_dir is not None or self.html_path is not None
 
+    @property
+    def files_dir(self) -> Path | None:
+        """``--html-images files``: the folder ``NAME_files/`` beside the page; else None."""
+        if self.html_path is None or self.images == "embed":
+            return None
+        return self.html_path.with_name(f"{self.html_path.stem}_files")
+
     def image_store(self):
         """Where the page's pictures go: embedded, or ``--html-images files``: ``NAME_files/`` beside it."""
         from .gallery import ImageStore
 
-        if self.html_path is None or self.images == "embed":
+        if (folder := self.files_dir) is None:
             return ImageStore()
-        folder = self.html_path.with_name(f"{self.html_path.stem}_files")
         try:
             folder.mkdir(exist_ok=True)
         except OSError as error:
@@ -790,12 +815,13 @@ def eval_command(
             decoder=decoder.value,
         )  # fmt: skip
         shard = _shard(shard_text, json_path)
-        _check_output_path(csv_path, "--csv")
-        _check_output_path(json_path, "--json")
-        _check_output_path(html_path, "--html")
+        _check_output_paths({"--csv": csv_path, "--json": json_path, "--html": html_path})
         pictures = _Pictures(maps_dir, html_path, map_metric, map_scale, html_limit, html_sort, html_images)
         pictures.check(names if pictures.wanted else None, maps=_may_draw_maps(pictures, names, pred, gt))
         _prepare_maps_dir(maps_dir, (pred, gt, weights))
+        if (files_dir := pictures.files_dir) is not None:
+            why = "the next run would read its pictures as pairs"
+            _refuse_inside_inputs(files_dir, f"--html-images files: {files_dir}", (pred, gt, weights), why)
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path, shard)
         _write_reports(csv_path, json_path, evaluation)
         if shard is not None and not quiet:
@@ -984,9 +1010,7 @@ def check_command(
         convention = resolve_convention(preset, scale, y_channel, crop_border)
         overrides = [*config.params, *(param or []), *_threshold_override(threshold, names)]
         params = resolve_params(names, overrides, convention.param_defaults)
-        _check_output_path(junit, "--junit")
-        _check_output_path(csv_path, "--csv")
-        _check_output_path(json_path, "--json")
+        _check_output_paths({"--junit": junit, "--csv": csv_path, "--json": json_path})
         request = EvalRequest(
             pred, gt, names, params, weights, device, _batch_size(batch_size), workers, precision.value, convention,
             pred_kind=pred_kind.value, ignore_index=ignore_index, max_pixels=max_pixels, decoder=decoder.value,
@@ -1054,7 +1078,7 @@ def compare_command(
 
     with _reported_errors(debug):
         tolerances = compare.parse_tolerances(tolerance or [], rel_tolerance or [])
-        _check_output_path(html_path, "--html")
+        _check_output_paths({"--html": html_path}, inputs=(base, new))
         pictures = _Pictures(None, html_path, map_metric, map_scale, html_limit, images=html_images)
         pictures.check(None)
         comparison = compare.compare_reports(compare.load_report(base), compare.load_report(new), tolerances)
@@ -1135,7 +1159,7 @@ def merge_command(
     from . import merge
 
     with _reported_errors(debug):
-        _check_output_path(output, "--output")
+        _check_output_paths({"--output": output}, inputs=shards)
         evaluation = merge.merge_files(shards)
         csv_output = output is not None and output.suffix.lower() == ".csv"
         _write_reports(output if csv_output else None, None if csv_output else output, evaluation)

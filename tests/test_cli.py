@@ -137,6 +137,32 @@ def test_json_report_has_rows_summary_params_device_and_versions(tmp_path):
     assert psnr["pooled"] == pytest.approx(10 * math.log10(1 / np.mean(mses)), rel=1e-5)
 
 
+def test_two_outputs_never_name_the_same_file_nor_an_input(tmp_path, folders, rng):
+    """One report would silently replace the other, or the report a command has just read."""
+    report = tmp_path / "r.csv"
+    same = invoke("eval", *SAMPLES, "-m", "l1", "--csv", report, "--html", report)
+    one_line_error(same, 2, "--csv and --html name the same file")
+    assert not report.exists()  # refused before the run
+    (tmp_path / "link.json").symlink_to(report)
+    linked = invoke("check", *SAMPLES, "--max", "l1=1", "--csv", report, "--json", tmp_path / "link.json")
+    one_line_error(linked, 2, "--csv and --json name the same file")
+    assert invoke("eval", *SAMPLES, "-m", "l1", "--csv", os.devnull, "--json", os.devnull).exit_code == 0
+    assert invoke("eval", *SAMPLES, "-m", "l1", "--json", tmp_path / "a.json").exit_code == 0
+    original = (tmp_path / "a.json").read_bytes()
+    compared = invoke("compare", tmp_path / "a.json", tmp_path / "a.json", "--html", tmp_path / "a.json")
+    one_line_error(compared, 2, "is an input report: writing it would replace what was read")
+    assert (tmp_path / "a.json").read_bytes() == original
+    merged = invoke("merge", tmp_path / "a.json", "--output", tmp_path / "a.json")
+    one_line_error(merged, 2, "is an input report")
+    pred, gt = folders
+    clean = random_rgb(rng, 16, 16)
+    save_image(pred / "x.png", noisy(rng, clean))
+    save_image(gt / "x.png", clean)
+    inside = invoke("eval", pred, gt, "--html", pred / "page.html", "--html-images", "files")
+    one_line_error(inside, 2, "page_files is the input folder")
+    assert sorted(path.name for path in pred.iterdir()) == ["x.png"]
+
+
 def test_reports_are_written_through_symbolic_links(tmp_path):
     real = tmp_path / "real.csv"
     real.write_text("old")
