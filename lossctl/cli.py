@@ -397,7 +397,7 @@ def _root(
     # reported in its pair's row, so the warnings would only repeat it as multi-line noise.
     warnings.filterwarnings("ignore", module=r"PIL\.")
     # A file name that is not UTF-8 (its bytes held as lone surrogates) is printed as its own bytes,
-    # as the report files write it (report.FILE_NAME_BYTES): a strict UTF-8 stdout (Python's under
+    # as the report files write it (atomic.FILE_NAME_BYTES): a strict UTF-8 stdout (Python's under
     # a UTF-8 locale other than C.UTF-8) made every report of such a pair an internal error.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="surrogateescape")
@@ -491,7 +491,7 @@ def _write(path: Path | None, write: Callable[[TextIO], object]) -> None:
     held in memory whole)."""
     if path is None:
         return
-    from .report import write_atomic
+    from .atomic import write_atomic
 
     try:
         write_atomic(path, write)
@@ -630,7 +630,7 @@ def _evaluate_or_keep_partial(
 def _partial_path(path: Path | None) -> Path | None:
     """Where an interrupted run keeps its report: ``FILE.partial``; a stream (``/dev/stdout``, a
     FIFO) gets the partial rows itself."""
-    from .report import is_stream
+    from .atomic import is_stream
 
     if path is None or is_stream(path):
         return path
@@ -641,11 +641,12 @@ def _write_reports(csv_path: Path | None, json_path: Path | None, evaluation) ->
     """``--csv`` (with its ``.meta.json`` sidecar of parameters and summary, unless the CSV goes to a
     stream such as ``/dev/stdout``, where a sidecar beside it has no place) and ``--json``."""
     from . import report
+    from .atomic import is_stream
 
     frame, summary, info = evaluation.frame, evaluation.summary, evaluation.info
     if csv_path is not None:
         _write(csv_path, lambda stream: report.to_csv(frame, stream))
-    if csv_path is not None and not report.is_stream(csv_path):
+    if csv_path is not None and not is_stream(csv_path):
         _write(
             report.sidecar_path(csv_path),
             lambda stream: stream.write(report.to_json(frame, summary, info, rows=False)),

@@ -17,10 +17,10 @@ from typing import Any
 
 import pandas as pd
 
+from .atomic import FILE_NAME_BYTES
 from .errors import LossctlError
 from .metrics import METRICS
 from .report import (
-    FILE_NAME_BYTES,
     TEXT_COLUMNS,
     format_precise,
     sidecar_path,

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import stat
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -397,54 +394,3 @@ def _render_per_image(console: Console, frame: pd.DataFrame, metrics: Sequence[s
         console.print(table)
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def is_stream(path: Path) -> bool:
-    """Whether ``path`` is written into rather than replaced: a device such as ``/dev/null``, a
-    FIFO, or ``/dev/stdout`` when it is a pipe (anything that exists and is neither a regular file
-    nor a folder)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-
-
-def _write_content(stream: TextIO, content: str | Callable[[TextIO], object]) -> None:
-    if isinstance(content, str):
-        stream.write(content)
-    else:
-        content(stream)
-
-
-# A file name that is not UTF-8 (bytes Python holds as lone surrogates) is written as its own bytes,
-# so that a report names the very file; JSON escapes them (as "\udce9"), and compare reads them back.
-FILE_NAME_BYTES = "surrogateescape"
-
-
-def write_atomic(path: Path, content: str | Callable[[TextIO], object]) -> None:
-    """Write ``content`` (text, or a function that writes to a stream) to ``path`` through a
-    temporary file renamed into place.
-
-    A symbolic link is followed, so the file it points to is replaced and the link kept. A stream
-    (:func:`is_stream`) is written straight into: a file renamed over it would replace the device
-    or the pipe, which as root can be ``/dev/null`` itself.
-    """
-    if is_stream(path):
-        with open(path, "w", encoding="utf-8", errors=FILE_NAME_BYTES, newline="") as stream:
-            _write_content(stream, content)
-        return
-    path = Path(os.path.realpath(path))
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", errors=FILE_NAME_BYTES, newline="") as stream:
-            _write_content(stream, content)
-        os.chmod(temporary, 0o666 & ~_current_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
