@@ -274,6 +274,8 @@ def eval_pictures(
         row = rows.loc[name]
         return Card(name, row["status"], _values(row, metrics), [pred, gt, heat], row["notes"] or "")
 
+    written: set[str] = set()
+
     def on_drawn(index: int, drawn: Drawn) -> None:
         name = drawn.pair.name
         if maps_dir is not None and drawn.heat is not None:
@@ -282,6 +284,7 @@ def eval_pictures(
                 maps.save_heat_map(target, drawn.heat, drawn.png_info)
             except OSError as error:
                 raise LossctlError(f"cannot write heat map {target}: {error.strerror or error}") from None
+            written.add(name)
         if name in in_gallery:
             loaded = drawn.loaded
             pred = display_image(loaded.pred) if loaded else None
@@ -298,10 +301,25 @@ def eval_pictures(
     on_progress = on_start(passes * len(pairs), "drawing heat maps") if on_start else None
     shown = [name in in_gallery for name in drawable]
     scale = draw_heat_maps(pairs, config, metric, scale_mode, on_drawn, on_progress, shown.__getitem__)
+    if maps_dir is not None:
+        _remove_earlier_maps(maps_dir, [name for name in frame["name"] if name not in written])
     for name in gallery:
         if name not in cards:  # no map: show the pictures anyway, with the reason
             cards[name] = _card_without_map(rows.loc[name], metrics, config, reasons[name] or "", store)
     return EvalPictures([cards[name] for name in gallery], scale)
+
+
+def _remove_earlier_maps(maps_dir: Path, names: Sequence[str]) -> None:
+    """Remove the heat maps an earlier run wrote under ``maps_dir`` for pairs of this run that have
+    none now (they failed, or have no value): the folder would show a map of what this report does
+    not say, on another scale. Only files lossctl wrote (:func:`lossctl.maps.is_heat_map`)."""
+    for name in names:
+        path = maps_dir / f"{name}.png"
+        if path.is_file() and maps.is_heat_map(path):
+            try:
+                path.unlink()
+            except OSError as error:
+                raise LossctlError(f"cannot remove the earlier heat map {path}: {error.strerror or error}") from None
 
 
 def _card_without_map(

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from . import colormap
+from .atomic import write_atomic_bytes
 from .errors import LossctlError
 from .report import format_value
 
@@ -168,9 +169,21 @@ PNG_COMPRESSION = 3  # zlib level: several times faster than Pillow's 6, and no 
 
 
 def save_heat_map(path: Path, image: Image.Image, info: PngInfo) -> None:
-    """Write the heat map PNG (with its text chunks), creating its folder; OSError on failure."""
+    """Write the heat map PNG (with its text chunks) whole or not at all, creating its folder;
+    OSError on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG", pnginfo=info, compress_level=PNG_COMPRESSION)
+    write_atomic_bytes(
+        path, lambda stream: image.save(stream, format="PNG", pnginfo=info, compress_level=PNG_COMPRESSION)
+    )
+
+
+def is_heat_map(path: Path) -> bool:
+    """Whether ``path`` is a heat map lossctl wrote (a PNG with its ``lossctl:metric`` text chunk)."""
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and "lossctl:metric" in getattr(image, "text", {})
+    except (OSError, ValueError, SyntaxError):  # not an image, or a damaged one: not ours to remove
+        return False
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,42 @@ def test_pairs_without_a_map_are_left_out_of_the_maps_folder(tmp_path, folders, 
     assert [path.name for path in maps_dir.iterdir()] == ["fine.png"]
 
 
+def test_a_rerun_removes_the_earlier_map_of_a_pair_that_has_none_now(tmp_path, folders, rng):
+    """The maps folder shows what the report says: a pair that fails now keeps no map from a run
+    before (on another scale). A file lossctl did not write is never removed."""
+    pred, gt = folders
+    for name in ("kept", "broken", "theirs"):
+        clean = random_rgb(rng)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    maps_dir, _ = eval_with_maps(tmp_path / "maps", "-m", "l1", pred=pred, gt=gt)
+    assert sorted(path.name for path in maps_dir.iterdir()) == ["broken.png", "kept.png", "theirs.png"]
+    Image.new("RGB", (4, 4)).save(maps_dir / "theirs.png")  # the user's own picture, not a map
+    (pred / "broken.png").write_bytes(b"not a png")
+    (pred / "theirs.png").write_bytes(b"not a png")
+    rerun = invoke("eval", pred, gt, "--maps", maps_dir, "-m", "l1", "-q", "--format", "csv")
+    assert rerun.exit_code == 3 and "broken," in rerun.stdout  # two pairs failed, the report says so
+    assert sorted(path.name for path in maps_dir.iterdir()) == ["kept.png", "theirs.png"]
+    assert not maps.is_heat_map(maps_dir / "theirs.png") and maps.is_heat_map(maps_dir / "kept.png")
+
+
+def test_a_heat_map_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A failure (or Ctrl-C) while a map is written leaves no half PNG under its name."""
+    image, info = Image.new("RGB", (8, 8)), maps.heat_map_info("l1", maps.MapScale(0.0, 1.0), 0.5, (0, 0, 8, 8))
+    target = tmp_path / "x.png"
+    maps.save_heat_map(target, image, info)
+    before = target.read_bytes()
+
+    def fail_midway(self, stream, *args, **kwargs):
+        stream.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", fail_midway)
+    with pytest.raises(OSError):
+        maps.save_heat_map(target, image, info)
+    assert target.read_bytes() == before and [path.name for path in tmp_path.iterdir()] == ["x.png"]
+
+
 def test_maps_are_never_written_into_an_input_folder(folders, rng):
     """A map is written under its pair's own name: --maps PRED replaced the predictions."""
     pred, gt = folders
