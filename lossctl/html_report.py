@@ -317,5 +317,11 @@ def compare_page(comparison, cards: list[Card], map_metric: str, scale, scale_mo
         + _scale_sentence(map_metric, scale, scale_mode)
         + " Click a picture to enlarge it."
     )
+    if cards and comparison.base.params is None and comparison.new.params is None:
+        intro += (
+            " Neither report records its parameters (CSV without its .meta.json sidecar), so the maps"
+            " are drawn under the default convention and parameters: where the runs used others"
+            " (--crop-border, --y-channel, a preset), a map's mean is not the reported value."
+        )
     header = [comparison.line(), f"BASE {comparison.base.path}", f"NEW {comparison.new.path}"]
     return Page("lossctl compare", header, sections, intro, cards)

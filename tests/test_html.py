@@ -8,6 +8,7 @@ import io
 import json
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -394,3 +395,10 @@ def test_compare_html_from_csv_reports_uses_their_sidecars(reports, tmp_path):
     means = [float(m) for m in re.findall(r"noise: ssim map 242x242, mean ([0-9.e-]+)", captions)]
     values = [pd.read_csv(path).set_index("name").loc["noise", "ssim"] for path in (base, new)]
     assert means == pytest.approx(values, rel=1e-5)
+    assert "Neither report records its parameters" not in page_path.read_text(encoding="utf-8")
+    # Without the sidecars the convention is unknown: the page says its maps use the default one.
+    for report in (base, new):
+        Path(f"{report}.meta.json").unlink()
+    assert invoke("compare", base, new, "--html", page_path, "--map-metric", "ssim", "-q").exit_code == 1
+    text = page_path.read_text(encoding="utf-8")
+    assert "Neither report records its parameters" in text and "noise: ssim map 246x246" in text
