@@ -278,7 +278,8 @@ def eval_page(
     arrow = ARROWS_TEXT[METRICS[sort_metric].better]
     intro = (
         f"The {len(cards)} worst of {len(ok)} computed pairs by {sort_metric} ({arrow}), worst first "
-        f"(--html-limit {limit}). The summary and the histograms cover all {len(frame)} pairs. "
+        f"(--html-limit {limit}). {_without_values(ok, sort_metric)}The summary and the histograms cover "
+        f"all {len(ok)} computed pairs. "
         + (
             _scale_sentence(map_metric, scale, scale_mode)
             if map_metric in info.metrics
@@ -295,6 +296,16 @@ def eval_page(
 
 
 ARROWS_TEXT = {"higher": "higher is better", "lower": "lower is better"}
+
+
+def _without_values(ok, metric: str) -> str:
+    """A sentence on the computed pairs with no ``metric`` value, which the gallery puts last."""
+    missing = int(ok[metric].isna().sum())
+    if not missing:
+        return ""
+    if missing == len(ok):
+        return f"No pair has a {metric} value (see their notes), so they are in name order. "
+    return f"The {missing} pairs with no {metric} value come last, in name order. "
 
 
 def compare_page(comparison, cards: list[Card], map_metric: str, scale, scale_mode: str, worse: int) -> Page:

@@ -216,8 +216,24 @@ def test_gallery_limit_keeps_the_summary_of_every_pair(tmp_path):
     frame = pd.read_csv(io.StringIO(result.stdout))
     text = page_path.read_text(encoding="utf-8")
     assert outline(text).cards == frame.sort_values("ssim")["name"].head(2).tolist()  # lowest SSIM first
-    assert "The 2 worst of 7 computed pairs by ssim" in text and "cover all 7 pairs" in text
+    assert "The 2 worst of 7 computed pairs by ssim" in text and "cover all 7 computed pairs" in text
     assert "ssim (↑ higher is better), 7 pairs" in text  # the histogram counts every pair
+
+
+def test_the_gallery_says_which_pairs_have_no_value_to_sort_by(folders, rng, tmp_path):
+    """Pairs without a value of the sort metric come last; the page said they were sorted by it."""
+    pred, gt = folders
+    for name, size in (("large", 32), ("small", 8)):  # 8x8 is smaller than SSIM's window: NaN
+        clean = random_rgb(rng, size, size)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+        save_image(gt / f"{name}.png", clean)
+    page_path = tmp_path / "r.html"
+    invoke("eval", pred, gt, "-m", "l1,ssim,ce", "--html", page_path, "--html-sort", "ssim", "-q")
+    text = page_path.read_text(encoding="utf-8")
+    assert outline(text).cards == ["large", "small"]
+    assert "The 1 pairs with no ssim value come last, in name order." in text
+    invoke("eval", pred, gt, "-m", "l1,ssim,ce", "--html", page_path, "--html-sort", "ce", "-q")
+    assert "No pair has a ce value (see their notes), so they are in name order." in page_path.read_text()
 
 
 def test_a_segmentation_run_has_no_heat_map_to_draw_and_still_gets_its_page(tmp_path):
