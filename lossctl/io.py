@@ -701,6 +701,12 @@ def _load_weight(path: Path | None, height: int, width: int) -> tuple[np.ndarray
         return None, f"weight map {path.name} is {weight.width}x{weight.height}, the images {width}x{height}"
     if not weight.pixels.any():
         return None, f"weight map {path.name} is all zero"
+    # Integer maps are scaled to [0, 1]; a float map (TIFF) must already hold weights there: NaN
+    # made weighted_tv NaN, and negative weights a ratio that measures nothing, without a word.
+    if weight.pixels.dtype.kind == "f" and not (
+        np.isfinite(weight.pixels).all() and weight.pixels.min() >= 0 and weight.pixels.max() <= 1
+    ):
+        return None, f"weight map {path.name} has values outside [0, 1] (NaN, infinite or negative, or over 1)"
     return (weight.pixels.astype(np.float32) / np.float32(weight.scale)), None
 
 

@@ -602,3 +602,22 @@ def test_all_zero_weight_map_is_a_weight_problem(tmp_path, folders, rng):
     save_image(tmp_path / "w" / "x.png", np.zeros((32, 40), dtype=np.uint8))
     loaded = load_pair(pair_folders(pred, gt, tmp_path / "w").pairs[0], with_weights=True)
     assert loaded.weight is None and loaded.weight_problem == "weight map x.png is all zero"
+
+
+@pytest.mark.parametrize("spoil", ["nan", "inf", "negative", "over_one"])
+def test_float_weight_maps_outside_zero_to_one_are_a_weight_problem(tmp_path, folders, rng, spoil):
+    """Float maps are taken as stored: NaN gave weighted_tv NaN and negative weights a meaningless
+    ratio (weights 1 and -1: 0), without a note."""
+    pred, gt = folders
+    save_image(pred / "x.png", random_rgb(rng))
+    save_image(gt / "x.png", random_rgb(rng))
+    weights = rng.random((32, 40)).astype(np.float32)
+    weights[5, 7] = {"nan": np.nan, "inf": np.inf, "negative": -0.5, "over_one": 1.5}[spoil]
+    (tmp_path / "w").mkdir()
+    Image.fromarray(weights, mode="F").save(tmp_path / "w" / "x.tif")
+    loaded = load_pair(pair_folders(pred, gt, tmp_path / "w").pairs[0], with_weights=True)
+    assert loaded.weight is None and "weight map x.tif has values outside [0, 1]" in loaded.weight_problem
+    weights[5, 7] = 1.0  # in range: used as stored
+    Image.fromarray(weights, mode="F").save(tmp_path / "w" / "x.tif")
+    loaded = load_pair(pair_folders(pred, gt, tmp_path / "w").pairs[0], with_weights=True)
+    assert loaded.weight_problem is None and np.array_equal(loaded.weight[..., 0], weights)
