@@ -187,12 +187,13 @@ def count_levels(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> torc
 
     counts = np.zeros((len(preds), LEVELS, LEVELS))
     for index, pair in enumerate(zip(preds, gts, strict=True)):
-        sides = [np.ascontiguousarray(pixels).reshape(pixels.shape[0], -1) for pixels in pair]
-        # calcHist counts in float32, exact up to 2^24 per bin: huge images are counted in bands.
-        rows = max(1, EXACT_COUNT // sides[0].shape[1])
-        for first in range(0, sides[0].shape[0], rows):
-            band = [side[first : first + rows] for side in sides]
-            counts[index] += cv2.calcHist(band, [0, 1], None, [LEVELS, LEVELS], [0, LEVELS, 0, LEVELS])
+        # Counts do not depend on the layout: each side is one row of values. calcHist counts in
+        # float32, exact up to 2^24 per bin, so huge images are counted in stretches of that many
+        # values (bands of rows could not be narrower than a row, which may hold more).
+        sides = [np.ascontiguousarray(pixels).reshape(1, -1) for pixels in pair]
+        for first in range(0, sides[0].shape[1], EXACT_COUNT):
+            stretch = [side[:, first : first + EXACT_COUNT] for side in sides]
+            counts[index] += cv2.calcHist(stretch, [0, 1], None, [LEVELS, LEVELS], [0, LEVELS, 0, LEVELS])
     return torch.from_numpy(counts)
 
 

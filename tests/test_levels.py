@@ -116,3 +116,12 @@ def test_counts_of_a_cropped_gray_side_repeated_to_rgb(rng):
     pred, gt = np.repeat(gray, 3, axis=2)[2:-2, 2:-2], rgb[2:-2, 2:-2]
     np.add.at(expected, (pred.ravel(), gt.ravel()), 1)
     np.testing.assert_array_equal(counts[0].numpy(), expected)
+
+
+def test_level_counts_are_exact_beyond_float32_whole_numbers_even_in_one_row():
+    """calcHist counts in float32 (whole numbers up to 2^24); a row of more values than that was
+    counted in one piece, 2^24 + 3 equal pairs as 2^24 + 4."""
+    values = (1 << 24) + 3
+    row = np.zeros((1, values, 1), dtype=np.uint8)
+    counts = count_levels([row], [row])
+    assert counts[0, 0, 0].item() == values and counts.sum().item() == values
