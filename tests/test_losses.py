@@ -425,6 +425,28 @@ def test_float32_ssim_of_a_noisy_mask_meets_the_1e_5_contract(metric):
     assert ((single - reference) / reference).abs().max().item() < 2e-6
 
 
+def _far_apart_pairs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Pairs whose means are far apart, so SSIM's luminance term is near 0 (float64)."""
+    noise = torch.rand(1, 3, 192, 192, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    return {
+        "white against black": (torch.ones_like(noise), torch.zeros_like(noise)),
+        "black against noise": (torch.zeros_like(noise), noise),
+        "dark against bright": ((0.02 * noise).round(decimals=3), (0.5 + 0.5 * noise.flip(-1)).round(decimals=3)),
+    }
+
+
+@pytest.mark.parametrize("metric", [L.ssim, L.ms_ssim])
+@pytest.mark.parametrize("case", list(_far_apart_pairs()))
+def test_float32_ssim_far_below_one_keeps_its_relative_precision(metric, case):
+    """The luminance 1 - 2 mu_d^2 / D is off by float32's rounding, absolute, so an SSIM of 1e-4
+    (white against black) was 2.7e-4 relative from float64, MS-SSIM 3.5e-5, black against noise
+    4.5e-5: those planes are now computed in float64."""
+    pred, target = _far_apart_pairs()[case]
+    reference = metric(pred, target, reduction="none")
+    single = metric(pred.float(), target.float(), reduction="none").double()
+    assert ((single - reference) / reference).abs().max().item() < 2e-6
+
+
 def test_only_planes_whose_float32_rounding_matters_are_filtered_in_float64(monkeypatch):
     import importlib
 

@@ -147,6 +147,12 @@ def _ssim_maps(
     wait for it; the GPU is not what limits lossctl's speed), on a CPU for the planes whose rounding
     a first-order estimate (:func:`_float32_rounding`) puts above ``FLOAT32_ROUNDING_BUDGET``
     (about 3x the time for those planes; photographs stay under it, and the estimate costs 5%).
+
+    The luminance ``1 - 2 mu_d^2 / D`` is off by about float32's rounding, absolute, wherever it is
+    near 0 (means far apart: a black prediction of a bright image), so a small SSIM lost its
+    relative precision (all-white against all-black, 1e-4: 2.7e-4 relative). On a CPU the planes
+    whose luminance rounding the estimate puts over the budget are computed wholly in float64; on a
+    GPU that is left as it is (about 1e-7 absolute), as the check would make the host wait.
     """
     maps_of = functools.partial(
         _ssim_maps_of, data_range=data_range, taps=taps, k1=k1, k2=k2, with_luminance=with_luminance
@@ -155,12 +161,24 @@ def _ssim_maps(
         return maps_of(x, y, centres)
     if x.device.type == "cuda":
         return maps_of(x, y, centres, wide_totals=True)
-    luminance, contrast_structure, rounding = maps_of(x, y, centres, with_rounding=True)
-    if (risky := (rounding > FLOAT32_ROUNDING_BUDGET).nonzero().flatten()).numel():
-        redone = maps_of(x[risky], y[risky], tuple(centre[risky] for centre in centres), wide_totals=True)
-        contrast_structure = contrast_structure.index_put((risky,), redone[1])
+    luminance, contrast_structure, (variance_rounding, luminance_rounding) = maps_of(
+        x, y, centres, with_rounding=True
+    )
+    totals, whole = variance_rounding > FLOAT32_ROUNDING_BUDGET, None
+    if luminance_rounding is not None:
+        whole = luminance_rounding > FLOAT32_ROUNDING_BUDGET
+        totals = (variance_rounding + luminance_rounding > FLOAT32_ROUNDING_BUDGET) & ~whole
+    for risky, in_float64 in ((totals, False), (whole, True)):
+        if risky is None or not (risky := risky.nonzero().flatten()).numel():
+            continue
+        redone_centres = tuple(centre[risky] for centre in centres)
+        if in_float64:
+            redone = maps_of(x[risky].double(), y[risky].double(), tuple(c.double() for c in redone_centres))
+        else:
+            redone = maps_of(x[risky], y[risky], redone_centres, wide_totals=True)
+        contrast_structure = contrast_structure.index_put((risky,), redone[1].to(x.dtype))
         if luminance is not None:
-            luminance = luminance.index_put((risky,), redone[0])
+            luminance = luminance.index_put((risky,), redone[0].to(x.dtype))
     return luminance, contrast_structure
 
 
@@ -252,9 +270,17 @@ def _ssim_maps_of(
     # Relative to the mean of SSIM's map where it is made, else of its contrast-structure term.
     step = ROUNDING_SAMPLE_STEP
     value = contrast_structure[:, ::step, ::step]
+    luminance_rounding = None
     if luminance is not None:
-        value = value * luminance[:, ::step, ::step]
-    return luminance, contrast_structure, rounding.div_(value.flatten(1).mean(dim=1).abs().clamp_min(1e-3))
+        product = value * luminance[:, ::step, ::step]
+        # 1 - 2 mu_d^2 / D is off by about 2 eps (1 - l), absolute; times cs: |cs - cs l|.
+        luminance_rounding = torch.sub(value, product).abs_().flatten(1).mean(dim=1)
+        luminance_rounding.mul_(2 * torch.finfo(x.dtype).eps)
+        value = product
+    size = value.flatten(1).mean(dim=1).abs_().clamp_min_(1e-3)
+    if luminance_rounding is not None:
+        luminance_rounding.div_(size)
+    return luminance, contrast_structure, (rounding.div_(size), luminance_rounding)
 
 
 def _ssim_and_contrast_structure_maps(
