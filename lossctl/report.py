@@ -392,5 +392,3 @@ def _render_per_image(console: Console, frame: pd.DataFrame, metrics: Sequence[s
             ]
             table.add_row(Text(row["name"]), f"[{status_style}]{row['status']}[/]", *cells)
         console.print(table)
-
-
