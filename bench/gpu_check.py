@@ -240,7 +240,7 @@ COLLECT_ALL = ("--continue-on-collection-errors",)
 def cuda_tests(args: argparse.Namespace) -> list[str]:
     """The test suite's tests marked ``cuda`` (skipped everywhere else): pytest's summary."""
     completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", *COLLECT_ALL],
+        [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rsxX", "-p", "no:cacheprovider", *COLLECT_ALL],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -435,15 +435,21 @@ def _far_apart_pairs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     }
 
 
+CUDA_LEAVES_LUMINANCE = pytest.mark.xfail(
+    reason="CUDA does not check the luminance's rounding (the check would make the host wait)", strict=False
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, CUDA_LEAVES_LUMINANCE])])
 @pytest.mark.parametrize("metric", [L.ssim, L.ms_ssim])
 @pytest.mark.parametrize("case", list(_far_apart_pairs()))
-def test_float32_ssim_far_below_one_keeps_its_relative_precision(metric, case):
+def test_float32_ssim_far_below_one_keeps_its_relative_precision(metric, case, device):
     """The luminance 1 - 2 mu_d^2 / D is off by float32's rounding, absolute, so an SSIM of 1e-4
     (white against black) was 2.7e-4 relative from float64, MS-SSIM 3.5e-5, black against noise
-    4.5e-5: those planes are now computed in float64."""
+    4.5e-5: on a CPU those planes are now computed in float64 (on CUDA: measured by gpu_check)."""
     pred, target = _far_apart_pairs()[case]
     reference = metric(pred, target, reduction="none")
-    single = metric(pred.float(), target.float(), reduction="none").double()
+    single = metric(pred.float().to(device), target.float().to(device), reduction="none").double().cpu()
     assert ((single - reference) / reference).abs().max().item() < 2e-6
 
 
