@@ -18,7 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from . import __version__
 from .errors import LossctlError
+from .metrics import METRICS
 from .report import ReportInfo, summarize, unpack_params
 from .results import ROW_COLUMNS, sorted_per_class
 from .run import Evaluation
@@ -34,7 +36,12 @@ SHARED_FIELDS = {
     "lossctl": "lossctl version",
     "torch": "torch version",
 }
-SHARED_SHARD_FIELDS = {"count": "number of shards N", "pairs": "number of pairs", "pairing": "pairing"}
+SHARED_SHARD_FIELDS = {
+    "count": "number of shards N",
+    "pairs": "number of pairs",
+    "pairing": "pairing",
+    "inputs": "input files (their paths, matching or image sizes changed between the shard runs)",
+}
 INTEGER_COLUMNS = ("height", "width", "channels")
 
 
@@ -105,6 +112,13 @@ def _check_field_types(document: dict[str, Any], source: str) -> None:
     metrics = document["metrics"]
     if not isinstance(metrics, list) or not all(isinstance(name, str) for name in metrics):
         raise LossctlError(f"{source} is damaged: 'metrics' is not a list of names")
+    if unknown := [name for name in metrics if name not in METRICS]:
+        raise LossctlError(
+            f"{source} has metric {unknown[0]!r}, which lossctl {__version__} does not know (made by lossctl "
+            f"{document.get('lossctl')}?): merge with the lossctl that made the shards"
+        )
+    if not isinstance(document.get("device", ""), str):
+        raise LossctlError(f"{source} is damaged: 'device' is not text")
     for key in ("params", "counts"):
         if not isinstance(document[key], dict):
             raise LossctlError(f"{source} is damaged: {key!r} is not an object")
@@ -118,7 +132,8 @@ def _check_field_types(document: dict[str, Any], source: str) -> None:
                 or (isinstance(row[column], int) and not isinstance(row[column], bool))
             ):
                 raise LossctlError(f"{source} is damaged: {column} {row[column]!r} of {row.get('name')!r}")
-        for metric in metrics:
+        per_class = [key for key in row if key not in ROW_COLUMNS and key not in metrics]
+        for metric in (*metrics, *per_class):
             value = row.get(metric)
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if not (value is None or number or value in ("inf", "-inf")):
@@ -151,9 +166,10 @@ def _check_same_run(reports: Sequence[ShardReport]) -> None:
             differences.append(("number of skipped files", *skipped))
         if differences:
             words, mine, theirs = differences[0]
+            # Digests (the pairing, the inputs) say nothing to a person.
+            detail = "" if str(mine).startswith("sha256:") else f" ({_difference(theirs, mine)})"
             raise LossctlError(
-                f"{report.source} and {first.source} come from different runs: different {words} "
-                f"({_difference(theirs, mine)})"
+                f"{report.source} and {first.source} come from different runs: different {words}{detail}"
             )
 
 

@@ -145,7 +145,20 @@ def _filled_shards(weights: Sequence[int], names: Sequence[str], count: int) -> 
 
 def pairing_digest(names: Sequence[str]) -> str:
     """An identity of the whole pairing: SHA-256 of its names in order."""
-    return "sha256:" + hashlib.sha256(json.dumps(list(names)).encode("utf-8")).hexdigest()
+    return _digest(list(names))
+
+
+def inputs_digest(pairs: Sequence[Pair], weights: Sequence[int]) -> str:
+    """An identity of what the shards split: each pair's files, whether they matched, and the
+    weights (pixels) the split was planned by. Shards whose folders changed between their runs
+    differ here even where the names stayed (a prediction saved again as .jpg, resized, removed)."""
+    return _digest(
+        [[pair.pred_file, pair.gt_file, pair.weight_file, pair.status, weight] for pair, weight in zip(pairs, weights, strict=True)]
+    )
+
+
+def _digest(value: Any) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(value).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,7 @@ def plan_shard(pairs: Sequence[Pair], shard: Shard, workers: int = 1) -> ShardPl
         "count": shard.count,
         "pairs": len(pairs),
         "pairing": pairing_digest(names),
+        "inputs": inputs_digest(pairs, weights),
         "positions": positions,
     }
     return ShardPlan(

@@ -188,6 +188,46 @@ def test_shards_of_a_folder_that_changed_between_runs_are_refused(tmp_path, fold
     one_line_error(invoke("merge", first, second), 2, "different number of pairs (4 vs 3)")
 
 
+@pytest.mark.parametrize("change", ["saved as jpeg", "resized", "gt removed"])
+def test_shards_of_files_that_changed_under_the_same_names_are_refused(tmp_path, folders, rng, change):
+    """Only the names were compared: a prediction saved again as .jpg (or resized, or a pair whose
+    ground truth went) between the shard runs merged into a report no single run could give."""
+    pred, gt = folders
+    for name in ("a", "b", "c", "d"):
+        clean = random_rgb(rng)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    first = shard_reports(tmp_path / "before", (pred, gt), 2, "-m", "psnr")[0]
+    if change == "saved as jpeg":
+        Image.open(pred / "a.png").save(pred / "a.jpg")
+        (pred / "a.png").unlink()
+    elif change == "resized":
+        save_image(pred / "a.png", random_rgb(rng, 16, 16))
+    else:
+        (gt / "a.png").unlink()
+    second = shard_reports(tmp_path / "after", (pred, gt), 2, "-m", "psnr")[1]
+    one_line_error(invoke("merge", first, second), 2, "come from different runs: different input files")
+
+
+def test_shards_of_a_metric_this_lossctl_does_not_know_are_refused(tmp_path):
+    """Shards written by a later lossctl: the merge was an internal error (KeyError)."""
+    shards = shard_reports(tmp_path, SAMPLES, 2, "-m", "psnr")
+    for path in shards:
+        document = json.loads(path.read_text())
+        document["lossctl"], document["metrics"] = "9.0", [*document["metrics"], "sharpness"]
+        for row in document["rows"]:
+            row["sharpness"] = 0.5
+        path.write_text(json.dumps(document))
+    one_line_error(invoke("merge", *shards), 2, "has metric 'sharpness', which lossctl")
+    for path in shards:
+        document = json.loads(path.read_text())
+        document["lossctl"], document["metrics"] = "0", document["metrics"][:-1]
+        for row in document["rows"]:
+            row["sharpness"] = "sharp"  # an unknown column: a per-class value must be a number
+        path.write_text(json.dumps(document))
+    one_line_error(invoke("merge", *shards), 2, "is damaged: sharpness 'sharp'")
+
+
 def test_overlapping_or_incomplete_shards_are_refused(tmp_path):
     shards = shard_reports(tmp_path, SAMPLES, 2, "-m", "psnr")
     documents = [json.loads(path.read_text()) for path in shards]
