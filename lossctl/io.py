@@ -297,16 +297,15 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
             )
         )
     pairs = _note_files_reached_twice(pairs)
+    # One row per unreadable folder, both sides' reasons in it: a row per side gave two rows of one
+    # name where both sides failed at the same relative path.
+    unreadable: dict[str, list[str]] = {}
     for side, scan in (("pred", pred_scan), ("gt", gt_scan)):
         for folder, reason in scan.unreadable:
-            pairs.append(
-                Pair(
-                    name=f"{folder}/",
-                    pred_file=None,
-                    gt_file=None,
-                    problem=f"cannot read {side} folder {folder}: {reason}; its images are not in this report",
-                )
-            )
+            unreadable.setdefault(folder, []).append(f"cannot read {side} folder {folder}: {reason}")
+    for folder, reasons in unreadable.items():
+        problem = "; ".join(reasons) + "; its images are not in this report"
+        pairs.append(Pair(name=f"{folder}/", pred_file=None, gt_file=None, problem=problem))
     if not any(pair.pred and pair.gt for pair in pairs):
         look_alikes = [
             (key, twin)

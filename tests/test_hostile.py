@@ -361,6 +361,38 @@ def test_an_unreadable_subfolder_is_an_error_row_and_the_rest_is_computed(folder
     assert check.exit_code == 3 and "Traceback" not in check.output
 
 
+def test_a_subfolder_unreadable_on_both_sides_is_one_row_with_both_reasons(tmp_path, folders, rng, monkeypatch):
+    """Two rows of one name: the report lost one (its rows are keyed by name), and the shard or
+    torchrun rank holding both was refused as damaged."""
+    pred, gt = folders
+    for name in ("top", "locked/inside"):
+        clean = random_rgb(rng, 16, 16)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    real_scandir = os.scandir
+    locked = {os.fspath(pred / "locked"), os.fspath(gt / "locked")}
+
+    def scandir(path="."):
+        if os.fspath(path) in locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = invoke("eval", pred, gt, "-m", "l1", "--format", "json")
+    assert result.exit_code == 3, result.output
+    document = json.loads(result.stdout)
+    assert [row["name"] for row in document["rows"]] == ["top", "locked/"]
+    assert document["rows"][1]["error"] == (
+        "cannot read pred folder locked: Permission denied; cannot read gt folder locked: Permission denied; "
+        "its images are not in this report"
+    )
+    assert document["counts"]["pairs"] == 2
+    assert invoke("eval", pred, gt, "-m", "l1", "--shard", "0/1", "--json", tmp_path / "s.json").exit_code == 3
+    merged = invoke("merge", tmp_path / "s.json", "--format", "json")
+    assert merged.exit_code == 3, merged.output  # was refused: "2 rows but 3 pair positions"
+    assert json.loads(merged.stdout)["rows"] == document["rows"]
+
+
 def _load_without_room_in_shared_memory(pair, with_weights):
     """A worker that finds no room in /dev/shm (as in a container with a small one)."""
     decoding.SHM_HEADROOM = 1 << 62
