@@ -339,7 +339,12 @@ HtmlLimitOption = Annotated[
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    stderr.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    if _silenced_rank:  # an error no other rank can report: this rank's own, before or after its share
+        Console(stderr=True).print(
+            f"error: {_silenced_rank}: {message}", style="red", markup=False, highlight=False, soft_wrap=True
+        )
+    else:
+        stderr.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -405,8 +410,14 @@ def _root(
         _silence_this_rank()
 
 
+_silenced_rank = ""  # "rank R of W" in a torchrun rank other than 0
+
+
 def _silence_this_rank() -> None:
-    """Under torchrun only rank 0 speaks: it reports for every rank, errors included."""
+    """Under torchrun only rank 0 speaks: it reports for every rank, errors of their shares included.
+    A rank still prints, naming itself, an error that stops it outside its share (see :func:`_fail`)."""
+    global _silenced_rank
+    _silenced_rank = f"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}"
     stderr.quiet = True
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
@@ -816,13 +827,14 @@ def eval_command(
             decoder=decoder.value,
         )  # fmt: skip
         shard = _shard(shard_text, json_path)
-        _check_output_paths({"--csv": csv_path, "--json": json_path, "--html": html_path})
         pictures = _Pictures(maps_dir, html_path, map_metric, map_scale, html_limit, html_sort, html_images)
         pictures.check(names if pictures.wanted else None, maps=_may_draw_maps(pictures, names, pred, gt))
-        _prepare_maps_dir(maps_dir, (pred, gt, weights))
-        if (files_dir := pictures.files_dir) is not None:
-            why = "the next run would read its pictures as pairs"
-            _refuse_inside_inputs(files_dir, f"--html-images files: {files_dir}", (pred, gt, weights), why)
+        if not _silenced_rank:  # under torchrun only rank 0 writes, on its own machine's disk
+            _check_output_paths({"--csv": csv_path, "--json": json_path, "--html": html_path})
+            _prepare_maps_dir(maps_dir, (pred, gt, weights))
+            if (files_dir := pictures.files_dir) is not None:
+                why = "the next run would read its pictures as pairs"
+                _refuse_inside_inputs(files_dir, f"--html-images files: {files_dir}", (pred, gt, weights), why)
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path, shard)
         _write_reports(csv_path, json_path, evaluation)
         if shard is not None and not quiet:
@@ -1011,7 +1023,8 @@ def check_command(
         convention = resolve_convention(preset, scale, y_channel, crop_border)
         overrides = [*config.params, *(param or []), *_threshold_override(threshold, names)]
         params = resolve_params(names, overrides, convention.param_defaults)
-        _check_output_paths({"--junit": junit, "--csv": csv_path, "--json": json_path})
+        if not _silenced_rank:  # under torchrun only rank 0 writes
+            _check_output_paths({"--junit": junit, "--csv": csv_path, "--json": json_path})
         request = EvalRequest(
             pred, gt, names, params, weights, device, _batch_size(batch_size), workers, precision.value, convention,
             pred_kind=pred_kind.value, ignore_index=ignore_index, max_pixels=max_pixels, decoder=decoder.value,

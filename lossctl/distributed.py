@@ -27,6 +27,9 @@ from .run import EvalRequest, Evaluation, RunInterrupted, run_evaluation
 from .sharding import Shard
 
 DEFAULT_TIMEOUT_S = 3600
+# How long a rank other than 0 waits for rank 0 at the end: a dead rank 0 makes torchrun stop the
+# job anyway, so this only bounds a rank 0 that hangs.
+OTHER_RANKS_WAIT = timedelta(days=7)
 
 
 class RankFailed(LossctlError):
@@ -98,16 +101,25 @@ def run_ranks(request: EvalRequest, launch: Launch, on_start=None) -> Evaluation
         torch.cuda.set_device(device)
     try:
         dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size, timeout=limit)
+    except ValueError as error:  # no MASTER_ADDR or MASTER_PORT: RANK and WORLD_SIZE set by hand
+        raise RankFailed(
+            f"cannot start the ranks' process group: {_first_line(error)} (torchrun sets MASTER_ADDR and "
+            "MASTER_PORT with RANK and WORLD_SIZE)"
+        ) from None
     except RuntimeError as error:  # torch's DistStoreError: a rank never joined
         raise RankFailed(
             f"not all {launch.world_size} ranks joined within {limit.total_seconds():g} s (one hung or died "
             f"while starting; LOSSCTL_TIMEOUT sets the wait): {_first_line(error)}"
         ) from None
     try:
-        objects = dist.new_group(backend="gloo", timeout=limit) if backend != "gloo" else None
+        # Rank 0 names the ranks that do not arrive within the limit; the others wait for rank 0
+        # however long its own share takes (a rank timing out first made torchrun blame it). A gloo
+        # group's waits are bounded by its own timeout, so each rank's group has the one it needs.
+        wait = limit if launch.rank == 0 else max(limit, OTHER_RANKS_WAIT)
+        objects = dist.new_group(backend="gloo", timeout=wait)
         answer = _evaluate_share(request, launch, on_start if launch.rank == 0 else None)
         try:
-            dist.monitored_barrier(group=objects, timeout=limit, wait_all_ranks=True)
+            dist.monitored_barrier(group=objects, timeout=wait, wait_all_ranks=True)
         except RuntimeError as error:
             raise RankFailed(_unfinished(error, launch.world_size, limit)) from None
         answers: list[Any] | None = [None] * launch.world_size if launch.rank == 0 else None

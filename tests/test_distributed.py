@@ -105,6 +105,35 @@ def test_a_rank_that_hangs_before_joining_is_a_one_line_error(tmp_path):
     assert not report.exists()
 
 
+def test_rank_0_finishing_its_share_after_the_timeout_is_no_failure(tmp_path):
+    """The other ranks timed out waiting for rank 0 at the end, and torchrun blamed them."""
+    report = tmp_path / "report.json"
+    ran = torchrun(
+        REPO / "tests" / "rank_fails.py", "slow_rank_0", "eval", SAMPLE_PRED, SAMPLE_GT, "--json", report, "-q",
+        env={"LOSSCTL_TIMEOUT": "2"},
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert len(json.loads(report.read_text())["rows"]) == 7
+
+
+def test_ranks_other_than_0_do_not_check_the_outputs_only_rank_0_writes(tmp_path):
+    """On another machine rank 1 found no ./out, exited 2 without a word, and stopped the job."""
+    (tmp_path / "out").mkdir()
+    ran = torchrun(
+        REPO / "tests" / "rank_fails.py", "elsewhere", "eval", SAMPLE_PRED, SAMPLE_GT, "--json", "out/report.json",
+        "-q", cwd=tmp_path,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "out" / "report.json").is_file()
+
+
+def test_an_error_of_a_rank_outside_its_share_is_printed_by_that_rank(tmp_path):
+    """Rank 0 reports the errors of every rank's share; one before it (here a bad setting) was lost."""
+    ran = torchrun(REPO / "tests" / "rank_fails.py", "refuse", "eval", SAMPLE_PRED, SAMPLE_GT, "-q")
+    assert ran.returncode != 0
+    assert "error: rank 1 of 2: LOSSCTL_TIMEOUT must be a number of seconds; got 'soon'" in lossctl_lines(ran.stderr)
+
+
 def test_the_launch_comes_from_torchruns_environment():
     assert from_environment({}) is None
     assert from_environment({"RANK": "0", "WORLD_SIZE": "1"}) is None  # one process: a plain run
