@@ -162,6 +162,11 @@ class Comparison:
     not_compared: list[tuple[str, str]] = field(default_factory=list)  # name, why (not computed in BASE)
     notes: list[str] = field(default_factory=list)
     summary: list[dict[str, Any]] = field(default_factory=list)
+    summary_pairs: int = 0  # the pairs computed in both reports, which the summary's means are over
+
+    @property
+    def means_scope(self) -> str:
+        return f"over the {self.summary_pairs} pairs computed in both reports"
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -264,16 +269,23 @@ def compare_reports(base: LoadedReport, new: LoadedReport, tolerances: dict[str,
     if len(rows):
         rows = rows.sort_values(["regression", "worse_by"], ascending=[False, False], kind="stable")
     comparison.rows = rows.reset_index(drop=True)
-    comparison.summary = _summary_changes(base, new, metrics)
+    comparison.summary, comparison.summary_pairs = _summary_changes(base, new, metrics)
     return comparison
 
 
-def _summary_changes(base: LoadedReport, new: LoadedReport, metrics: Sequence[str]) -> list[dict[str, Any]]:
+def _summary_changes(
+    base: LoadedReport, new: LoadedReport, metrics: Sequence[str]
+) -> tuple[list[dict[str, Any]], int]:
+    """The change of each metric's mean over the pairs computed in both reports, and their number:
+    means over all of each report's pairs moved with the pairs added, removed or no longer
+    computed (a bad pair removed made every mean 'better' beside a pair that got worse)."""
     from .report import summarize
 
+    computed = [frame.index[frame["status"] == "ok"] for frame in (base.frame, new.frame)]
+    both = computed[0].intersection(computed[1], sort=False)
     before, after = (
-        summarize(base.frame.reset_index(drop=True), metrics),
-        summarize(new.frame.reset_index(drop=True), metrics),
+        summarize(base.frame.loc[both].reset_index(drop=True), metrics),
+        summarize(new.frame.loc[both].reset_index(drop=True), metrics),
     )
     changes = []
     for metric in metrics:
@@ -290,7 +302,7 @@ def _summary_changes(base: LoadedReport, new: LoadedReport, metrics: Sequence[st
                 "worse_by": worse,
             }
         )
-    return changes
+    return changes, len(both)
 
 
 REGRESSION_HEADER = ["name", "metric", "base", "new", "worse by", "tolerance"]
@@ -347,7 +359,9 @@ def render_comparison(console, comparison: Comparison, limit: int = 50) -> None:
     from rich.text import Text
 
     table = Table(
-        title=f"{comparison.base.path} -> {comparison.new.path}", title_justify="left", box=box.SIMPLE_HEAD
+        title=f"{comparison.base.path} -> {comparison.new.path}: means {comparison.means_scope}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
     for index, header in enumerate(SUMMARY_HEADER):
         table.add_column(header, justify="left" if index == 0 else "right")
@@ -393,6 +407,7 @@ def comparison_json(comparison: Comparison) -> str:
         "verdict": comparison.line(),
         "regressed": bool(comparison.exit_code),
         "summary": [clean(entry) for entry in comparison.summary],
+        "summary_pairs": comparison.summary_pairs,
         "removed": comparison.removed,
         "added": comparison.added,
         "no_longer_computed": [
@@ -412,6 +427,8 @@ def comparison_markdown(comparison: Comparison, limit: int = 50) -> str:
     icon = "❌" if comparison.exit_code else "✅"
     out = [
         f"{icon} **{markdown_text(comparison.line())}**",
+        "",
+        f"Means {comparison.means_scope}:",
         "",
         *markdown_table(SUMMARY_HEADER, summary_rows(comparison)),
     ]

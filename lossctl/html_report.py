@@ -314,7 +314,7 @@ def compare_page(comparison, cards: list[Card], map_metric: str, scale, scale_mo
     ``cards`` may hold fewer), before and after side by side."""
     from .compare import REGRESSION_HEADER, SUMMARY_HEADER, other_lines, regression_rows, summary_rows
 
-    sections = [("Means", table_html(SUMMARY_HEADER, summary_rows(comparison)))]
+    sections = [(f"Means {comparison.means_scope}", table_html(SUMMARY_HEADER, summary_rows(comparison)))]
     rows = regression_rows(comparison)
     if rows:
         sections.append(("Regressions beyond tolerance, worst first", table_html(REGRESSION_HEADER, rows, 2)))

@@ -106,6 +106,27 @@ def test_removed_added_and_no_longer_computed_pairs(tmp_path, base_document):
     assert document["no_longer_computed"][0]["name"] == "blur" and document["regressed"] is True
 
 
+def test_the_means_are_over_the_pairs_computed_in_both_reports(tmp_path, base_document):
+    """A pair removed from NEW (here the worst by l1) made every mean look 'better' although the
+    only change was a pair that got worse: means over each report's own pairs mixed two sets."""
+
+    def change(rows, document):
+        worst = max(document["rows"], key=lambda row: row["l1"])["name"]
+        document["rows"] = [row for row in document["rows"] if row["name"] != worst]
+        (other,) = [row for row in document["rows"] if row["name"] != worst][:1]
+        other["l1"] *= 1.5
+
+    base = write_report(tmp_path / "base.json", base_document)
+    new = write_report(tmp_path / "new.json", base_document, change)
+    document = json.loads(invoke("compare", base, new, "--format", "json").stdout)
+    l1 = next(entry for entry in document["summary"] if entry["metric"] == "l1")
+    assert document["summary_pairs"] == 6 and l1["worse_by"] > 0
+    kept = [row for row in json.loads(new.read_text())["rows"]]
+    assert l1["new_mean"] == pytest.approx(sum(row["l1"] for row in kept) / 6)
+    assert "means over the 6 pairs computed in both reports" in invoke("compare", base, new).stdout
+    assert "Means over the 6 pairs computed in both reports:" in invoke("compare", base, new, "--format", "markdown").stdout
+
+
 def test_pairs_not_computed_in_base_are_listed_not_dropped(tmp_path, base_document):
     def broken_in_base(rows, document):
         rows["blur"].update(status="error", error="pred blur.png: truncated")
