@@ -601,6 +601,11 @@ def _may_draw_maps(pictures: _Pictures, names: Sequence[str], pred: Path, gt: Pa
     return not pairs or not all(pair.is_segmentation for pair in pairs)
 
 
+def _joined(metrics: list[str] | None) -> str | None:
+    """``-m psnr,ssim`` and ``-m psnr -m ssim`` alike (a repeated -m kept only the last)."""
+    return ",".join(metrics) if metrics else None
+
+
 def _threshold_override(threshold: float | None, names: list[str]) -> list[str]:
     """``--threshold T`` is ``--param iou.threshold=T``."""
     if threshold is None:
@@ -748,12 +753,12 @@ def eval_command(
     pred: PredArgument,
     gt: GtArgument,
     metrics: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--metrics",
             "-m",
             metavar="NAMES",
-            help="Comma-separated metric names (see [b]lossctl metrics[/b]); default: all.",
+            help="Comma-separated metric names (see [b]lossctl metrics[/b]), or -m repeated; default: all.",
             rich_help_panel="Metrics",
         ),
     ] = None,
@@ -817,13 +822,13 @@ def eval_command(
     from .run import EvalRequest
 
     with _reported_errors(debug):
-        names = parse_metric_names(metrics)
+        names = parse_metric_names(_joined(metrics))
         convention = resolve_convention(preset, scale, y_channel, crop_border)
         overrides = [*(param or []), *_threshold_override(threshold, names)]
         params = resolve_params(names, overrides, convention.param_defaults)
         request = EvalRequest(
             pred, gt, names, params, weights, device, _batch_size(batch_size), workers, precision.value, convention,
-            pred_kind=pred_kind.value, ignore_index=ignore_index, all_metrics=metrics is None, max_pixels=max_pixels,
+            pred_kind=pred_kind.value, ignore_index=ignore_index, all_metrics=not metrics, max_pixels=max_pixels,
             decoder=decoder.value,
         )  # fmt: skip
         shard = _shard(shard_text, json_path)
@@ -935,12 +940,12 @@ def check_command(
         ),
     ] = None,
     metrics: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--metrics",
             "-m",
             metavar="NAMES",
-            help="Also compute these metrics (only thresholded ones by default).",
+            help="Also compute these metrics, comma-separated or -m repeated (only thresholded ones by default).",
             rich_help_panel="Metrics",
         ),
     ] = None,
@@ -1015,7 +1020,7 @@ def check_command(
         if not config.threshold_metrics:
             source = f" (none in {found})" if found else ""
             raise LossctlError(f"no thresholds given: use --min/--max or a config file{source}")
-        extra = parse_metric_names(metrics) if metrics else []
+        extra = parse_metric_names(_joined(metrics)) if metrics else []
         wanted = set(config.threshold_metrics) | set(config.metrics) | set(extra)
         if weights is not None:
             wanted.add("weighted_tv")

@@ -208,6 +208,16 @@ def test_metric_subset_is_computed_in_registry_order():
     assert list(pd.read_csv(io.StringIO(result.stdout)).columns)[-2:] == ["l1", "ssim"]
 
 
+def test_a_repeated_metrics_option_adds_metrics(tmp_path):
+    """-m psnr -m ssim kept only ssim, without a word (-p, --min and --max are repeatable)."""
+    result = invoke("eval", *SAMPLES, "-m", "ssim", "-m", "psnr,l1", "--format", "csv")
+    assert list(pd.read_csv(io.StringIO(result.stdout)).columns)[-3:] == ["l1", "psnr", "ssim"]
+    report = tmp_path / "r.csv"
+    checked = invoke("check", *SAMPLES, "--max", "l1=1", "-m", "ssim", "-m", "psnr", "--csv", report)
+    assert checked.exit_code == 0, checked.output
+    assert list(pd.read_csv(report).columns)[-3:] == ["l1", "psnr", "ssim"]
+
+
 def test_identical_pairs_are_inf_per_image_and_left_out_of_the_mean(folders, rng):
     pred, gt = folders
     clean = random_rgb(rng)
