@@ -764,11 +764,29 @@ def iter_results(
     importing this module (see :func:`lossctl.run.run_evaluation`); it is used where this run
     decodes them in processes too (on a CPU, narrowed to the engine's window), and closed either way.
     """
+    not_for = _not_applicable_notes(config.metrics)
     with closing(_computed(pairs, config, head_start)) as results:
         for result in results:
             if result.pair.notes:
                 result.notes[:0] = result.pair.notes
+            if result.status == "ok" and (note := not_for[result.pair.is_segmentation]):
+                result.notes.append(note)
             yield result
+
+
+def _not_applicable_notes(metrics: Sequence[str]) -> dict[bool, str]:
+    """By ``is_segmentation``: why a pair's report leaves the chosen metrics of the other kind
+    empty (``-m ce`` on image pairs gave empty cells, exit 0, and no word)."""
+    image_only = [name for name in metrics if METRICS[name].segmentation is None]
+    segmentation_only = [name for name in metrics if METRICS[name].compute is None]
+    return {
+        False: f"{', '.join(segmentation_only)}: for segmentation pairs (.npy class scores), not image pairs"
+        if segmentation_only
+        else "",
+        True: f"{', '.join(image_only)}: for image pairs, not segmentation pairs (.npy class scores)"
+        if image_only
+        else "",
+    }
 
 
 def _computed(

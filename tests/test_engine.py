@@ -184,15 +184,18 @@ def test_undefined_values_are_nan_with_a_note_and_the_pair_stays_ok(folders, rng
     results = run(pred, gt)
     tiny, floating = results["tiny"], results["float"]
     assert tiny.status == "ok" and math.isnan(tiny.values["ssim"])
+    not_for_images = "ce, pixel_accuracy: for segmentation pairs (.npy class scores), not image pairs"
     assert tiny.notes == [
         "ssim: 9x8 is smaller than the 11x11 window",
         "ms_ssim: 9x8 is smaller than the 161 px that 5 scales need",
+        not_for_images,  # every metric was asked for
     ]
     assert not math.isnan(tiny.values["psnr"])
     assert floating.status == "ok" and math.isnan(floating.values["bce"])
     assert floating.notes == [
         "ms_ssim: 16x16 is smaller than the 161 px that 5 scales need",
         "bce: prediction outside [0, 1]",
+        not_for_images,
     ]
 
 

@@ -309,3 +309,18 @@ def test_16_bit_label_maps_hold_many_classes(folders, rng):
     expected = reference(logits.astype(np.float32), labels.astype(np.int64), False)
     assert row["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"])
     assert row["ce"] == pytest.approx(expected["ce"], rel=1e-5)
+
+
+def test_chosen_metrics_of_the_other_kind_are_empty_with_a_note():
+    """-m ce on image pairs (or psnr on segmentation pairs) gave empty cells, exit 0, and no word."""
+    images = evaluate(REPO / "sample_images" / "pred", REPO / "sample_images" / "gt", "-m", "l1,ce,pixel_accuracy")
+    assert images["l1"].notna().all() and images["ce"].isna().all() and images["pixel_accuracy"].isna().all()
+    assert all(
+        "ce, pixel_accuracy: for segmentation pairs (.npy class scores), not image pairs" in notes
+        for notes in images["notes"]
+    )
+    scores = evaluate(SEG_PRED, SEG_GT, "--ignore-index", "255", "-m", "psnr,iou")
+    assert scores["psnr"].isna().all() and scores["iou"].notna().all()
+    assert all("psnr: for image pairs, not segmentation pairs" in notes for notes in scores["notes"])
+    default = evaluate(SEG_PRED, SEG_GT, "--ignore-index", "255")  # only the metrics that apply: no note
+    assert not any("not segmentation pairs" in notes for notes in default["notes"])
