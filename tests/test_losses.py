@@ -499,6 +499,22 @@ def test_nan_inputs_give_nan_not_a_finite_number():
         L.bce_loss(pred, target)
 
 
+def test_dice_refuses_logits_as_bce_does():
+    """The most common segmentation mistake: logits gave DiceLoss 3.3 and a class Dice of -15."""
+    logits = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4)) * 4
+    labels = torch.randint(0, 3, (2, 8, 8), generator=torch.Generator().manual_seed(5))
+    masks = (labels == 1).float().unsqueeze(1)
+    for call in (
+        lambda: L.DiceLoss()(logits, labels),
+        lambda: L.multiclass_dice(logits, labels),
+        lambda: L.dice_coefficient(logits[:, :1], masks),
+        lambda: L.DiceLoss()(logits[:, :1], masks),
+    ):
+        with pytest.raises(ValueError, match=r"in \[0, 1\].*apply sigmoid \(or softmax\) to logits first"):
+            call()
+    assert 0 <= L.DiceLoss()(logits.softmax(dim=1), labels).item() <= 1
+
+
 def test_log_cosh_keeps_relative_precision_for_tiny_errors_in_float32():
     diff = torch.tensor([1.5e-5, 1e-3, 0.3, 5.0, 9.99, 10.0, 50.0], dtype=torch.float64)
     expected = torch.log(torch.cosh(diff))

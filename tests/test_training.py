@@ -217,6 +217,18 @@ def test_no_nan_gradients_at_edge_cases(case):
     assert torch.isfinite(loss) and torch.isfinite(leaf.grad).all()
 
 
+def test_psnr_of_identical_images_is_inf_with_a_zero_gradient():
+    """log10(1 / mse) gave 0 * inf = NaN gradients for an identical image, poisoning the batch's."""
+    _, target = images(7, shape=(2, 3, 16, 16), dtype=torch.float32)
+    leaf = target.clone().requires_grad_()
+    shifted = target.detach().clone()
+    shifted[1] = (shifted[1] + 0.01).clamp(0, 1)
+    values = L.psnr(leaf, shifted, reduction="none")
+    assert values[0].item() == math.inf and math.isfinite(values[1].item())
+    values.sum().backward()
+    assert torch.isfinite(leaf.grad).all() and not leaf.grad[0].any() and leaf.grad[1].any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_in_every_cpu_dtype(name, dtype):

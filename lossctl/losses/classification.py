@@ -33,9 +33,18 @@ def bce_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") 
     ``[0, 1]``; ``reduction='none'`` gives the element-wise losses.
     """
     pred, target = check_pair(pred, target)
-    if not ((pred >= 0) & (pred <= 1)).all():
-        raise ValueError("pred must hold probabilities in [0, 1] (and no NaN) for binary cross-entropy")
+    _check_probabilities(pred, "pred", "binary cross-entropy")
     return reduce(binary_cross_entropy_error(pred, target), reduction)
+
+
+def _check_probabilities(values: torch.Tensor, name: str, loss: str) -> None:
+    """A ValueError unless every value is in ``[0, 1]``: logits passed by mistake trained on garbage
+    (a Dice of -15) without a word."""
+    if not ((values >= 0) & (values <= 1)).all():
+        raise ValueError(
+            f"{name} must hold probabilities in [0, 1] (and no NaN) for {loss}; "
+            "apply sigmoid (or softmax) to logits first"
+        )
 
 
 def bce_with_logits_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -101,12 +110,14 @@ def dice_coefficient(
 ) -> torch.Tensor:
     """Soft Dice coefficient per image, ``(2 sum(p t) + s) / (sum(p) + sum(t) + s)`` over ``C*H*W``.
 
-    ``pred``, ``target``: ``(N, C, H, W)`` soft masks in ``[0, 1]``; ``s`` = ``smooth`` (default 0,
+    ``pred``, ``target``: ``(N, C, H, W)`` soft masks in ``[0, 1]`` (``pred`` outside it is a
+    ValueError: logits need a sigmoid first); ``s`` = ``smooth`` (default 0,
     the METRICS.md definition). Two empty masks score 1.0. ``reduction='none'`` gives ``(N,)``.
     Higher is better; ``1 - dice`` is the Dice loss.
     """
     check_non_negative(smooth, "smooth")
     pred, target = check_pair(pred, target, image=True)
+    _check_probabilities(pred, "pred", "Dice")
     intersection = per_image_sum(pred * target)
     total = per_image_sum(pred) + per_image_sum(target)
     return reduce(dice_from_sums(intersection, total, smooth), reduction)
@@ -128,6 +139,7 @@ def multiclass_dice(
     """
     check_non_negative(smooth, "smooth")
     probs = check_tensor(probs, "probs", image=True)
+    _check_probabilities(probs, "probs", "Dice")
     if labels.is_floating_point() or tuple(labels.shape) != (probs.shape[0], *probs.shape[2:]):
         raise ValueError(
             f"labels must be integer class indices of shape {(probs.shape[0], *probs.shape[2:])}; "

@@ -151,8 +151,11 @@ def rmse_from_mse(mse: torch.Tensor) -> torch.Tensor:
 
 
 def psnr_from_mse(mse: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """``10 log10(data_range^2 / mse)`` in dB; ``+inf`` where ``mse == 0``."""
-    return 10.0 * torch.log10(data_range * data_range / mse)
+    """``10 log10(data_range^2 / mse)`` in dB; ``+inf`` where ``mse == 0``, with a gradient of 0
+    there (identical images: no change improves them) where ``log10`` gave ``0 * inf = NaN``."""
+    identical = mse == 0
+    finite = torch.where(identical, torch.ones_like(mse), mse)
+    return torch.where(identical, math.inf, 10.0 * torch.log10(data_range * data_range / finite))
 
 
 def rmse(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
