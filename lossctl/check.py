@@ -147,6 +147,8 @@ def load_config(path: Path) -> CheckConfig:
     """Read thresholds from ``[tool.lossctl]`` of a pyproject.toml, or the top level of another file."""
     document = _read_toml(path)
     table, prefix = _tool_table(document).get("lossctl"), "tool.lossctl"
+    if table is None and path.name == "pyproject.toml":  # its top level is the project's, not ours
+        raise LossctlError(f"{path} has no [tool.lossctl] table of thresholds")
     if table is None:
         table, prefix = document, ""
     elif not isinstance(table, dict):

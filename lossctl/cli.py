@@ -1026,6 +1026,8 @@ def check_command(
             wanted.add("weighted_tv")
         names = [name for name in METRICS if name in wanted]
         convention = resolve_convention(preset, scale, y_channel, crop_border)
+        if config.params:  # checked on their own first, so that an error names the file
+            resolve_params(names, config.params, convention.param_defaults, f"{found}: params entry")
         overrides = [*config.params, *(param or []), *_threshold_override(threshold, names)]
         params = resolve_params(names, overrides, convention.param_defaults)
         if not _silenced_rank:  # under torchrun only rank 0 writes

@@ -483,9 +483,10 @@ def resolve_params(
     names: Sequence[str],
     overrides: Sequence[str],
     defaults: Mapping[str, Mapping[str, ParamValue]] | None = None,
+    source: str = "--param",
 ) -> dict[str, dict[str, ParamValue]]:
     """Default parameters of the metrics ``names`` (updated by a preset's ``defaults``), then the
-    ``METRIC.KEY=VALUE`` overrides."""
+    ``METRIC.KEY=VALUE`` overrides; ``source`` names where they come from in errors."""
     params = {name: METRICS[name].defaults for name in names if METRICS[name].params}
     for metric, values in (defaults or {}).items():
         if metric in params:
@@ -495,19 +496,22 @@ def resolve_params(
         metric, _, key = target.strip().partition(".")
         if not text or not key:
             raise LossctlError(
-                f"--param must look like METRIC.KEY=VALUE (e.g. charbonnier.eps=1e-4); got {override!r}"
+                f"{source} must look like METRIC.KEY=VALUE (e.g. charbonnier.eps=1e-4); got {override!r}"
             )
         if metric not in METRICS:
             raise LossctlError(
-                f"--param {override}: unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}"
+                f"{source} {override}: unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}"
             )
         known = {param.key: param for param in METRICS[metric].params}
         if key not in known:
             valid = ", ".join(f"{metric}.{k}" for k in known) or "none"
             raise LossctlError(
-                f"--param {override}: {metric} has no parameter {key!r}; its parameters: {valid}"
+                f"{source} {override}: {metric} has no parameter {key!r}; its parameters: {valid}"
             )
         if metric not in names:
-            raise LossctlError(f"--param {override}: {metric} is not among the selected metrics")
-        params[metric][key] = known[key].parse(metric, text.strip())
+            raise LossctlError(f"{source} {override}: {metric} is not among the selected metrics")
+        try:
+            params[metric][key] = known[key].parse(metric, text.strip())
+        except LossctlError as error:
+            raise LossctlError(f"{source} {override}: {error}") from None
     return params

@@ -207,6 +207,9 @@ def test_params_from_the_config_reach_the_metrics(tmp_path):
         ("[[rules]]\nmin = { psnr = 3 }\n", "rules[0].paths must name at least one glob"),
         ('[[rules]]\npaths = "a/*"\nlimit = 3\n', "unknown key 'rules[0].limit'"),
         ("[min\npsnr = 3\n", "is not valid TOML"),
+        ('metrics = ["ssim"]\nparams = ["ssim.window=0"]\n', "params entry ssim.window=0: ssim.window must be"),
+        ('params = ["charbonnier.eps=1e-4"]\n', "params entry charbonnier.eps=1e-4: charbonnier is not among"),
+        ('params = ["psnr.range=2"]\n', "params entry psnr.range=2: psnr has no parameter 'range'"),
     ],
 )
 def test_config_mistakes_exit_2_naming_the_key_and_file(tmp_path, content, fragment):
@@ -215,6 +218,13 @@ def test_config_mistakes_exit_2_naming_the_key_and_file(tmp_path, content, fragm
     assert result.exit_code == 2, result.output
     assert fragment in result.stderr and str(config) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_pyproject_given_without_a_lossctl_table_says_so(tmp_path):
+    """Its top level was read as thresholds: 'unknown key project'."""
+    config = write(tmp_path / "pyproject.toml", '[project]\nname = "x"\n')
+    result = invoke("check", *SAMPLES, "--config", config, "--min", "psnr=1")
+    assert result.exit_code == 2 and f"error: {config} has no [tool.lossctl] table of thresholds" in result.stderr
 
 
 def test_config_files_that_are_not_toml_tables_exit_2_not_as_an_internal_error(tmp_path, monkeypatch):
