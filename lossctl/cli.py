@@ -1137,6 +1137,12 @@ def _compare_pictures(comparison, quiet: bool, pictures: _Pictures) -> None:
             comparison, pictures.metric, pictures.scale_mode, pictures.limit, os.cpu_count() or 1, on_start,
             pictures.image_store(),
         )  # fmt: skip
+    if drawn.unreadable:  # in the page's notes and the terminal's: a gallery of blanks said nothing
+        comparison.notes.append(
+            f"--html: {len(drawn.unreadable)} before/after pair(s) of those that got worse could not be read "
+            f"(first: {drawn.unreadable[0]}); the reports name files as eval was given them, relative to "
+            "the folder it ran in: run compare there, or eval with absolute folders"
+        )
     page = html_report.compare_page(
         comparison, drawn.cards, pictures.metric, drawn.scale, pictures.scale_mode, drawn.worse
     )

@@ -17,7 +17,7 @@ import io
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -291,8 +291,8 @@ def eval_pictures(
             gt = display_image(loaded.gt) if loaded else None
             cards[name] = card(
                 name,
-                panel("prediction", pred, f"{name}: prediction", drawn.reason, store),
-                panel("ground truth", gt, f"{name}: ground truth", drawn.reason, store),
+                panel("prediction", pred, f"{name}: prediction", side_reason(drawn.reason, "pred"), store),
+                panel("ground truth", gt, f"{name}: ground truth", side_reason(drawn.reason, "gt"), store),
                 heat_panel(drawn, metric, store=store),
             )
 
@@ -382,11 +382,21 @@ def report_config(params: dict[str, Any] | None, metric: str, workers: int) -> E
 
 @dataclass(frozen=True)
 class ComparePictures:
-    """What :func:`compare_pictures` made: cards, the shared scale (if any), and how many got worse."""
+    """What :func:`compare_pictures` made: cards, the shared scale (if any), how many got worse, and
+    why pairs could not be drawn (a file not found: reports name files as eval was given them)."""
 
     cards: list[Card]
     scale: maps.MapScale | None
     worse: int  # pairs that got worse, of which ``cards`` shows the first ``limit``
+    unreadable: list[str] = field(default_factory=list)
+
+
+def side_reason(reason: str, side: str) -> str:
+    """Why the ``side`` ("pred" or "gt") picture of a pair is missing: the pair's reason, which
+    names the side it is about (``pred x.png: cannot read file``), said as the other side's cause."""
+    if not reason or reason.startswith(f"{side} "):
+        return reason
+    return f"not drawn: {reason}"
 
 
 def compare_pictures(
@@ -423,16 +433,20 @@ def compare_pictures(
             slots.append((name, side))
     drawn_panels: dict[tuple[str, str], tuple[Panel, Panel | None, Panel]] = {}
 
+    unreadable: list[str] = []
+
     def on_drawn(index: int, drawn: Drawn) -> None:
         name, side = slots[index]
         label = "before" if side == "base" else "after"
         loaded = drawn.loaded
+        if loaded is None and drawn.reason:
+            unreadable.append(drawn.reason)
         first = side == "base" or (name, "base") not in drawn_panels  # one ground truth a card
         drawn_panels[(name, side)] = (
             panel(f"{label}: prediction", display_image(loaded.pred) if loaded else None,
-                  f"{name}: prediction {label} ({side.upper()})", drawn.reason, store),
+                  f"{name}: prediction {label} ({side.upper()})", side_reason(drawn.reason, "pred"), store),
             panel("ground truth", display_image(loaded.gt) if loaded and first else None,
-                  f"{name}: ground truth", drawn.reason, store) if first else None,
+                  f"{name}: ground truth", side_reason(drawn.reason, "gt"), store) if first else None,
             heat_panel(drawn, metric, f"{label}: heat map", store),
         )  # fmt: skip
 
@@ -470,4 +484,4 @@ def compare_pictures(
         if name in status:
             lines.append(f"no longer computed: {status[name][0]}: {status[name][1]}")
         cards.append(Card(name, "regressed", values, panels, "", lines))
-    return ComparePictures(cards, scale, len(names))
+    return ComparePictures(cards, scale, len(names), unreadable)

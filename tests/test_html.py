@@ -353,6 +353,27 @@ def test_compare_html_says_why_a_picture_is_missing(reports, tmp_path):
     assert "pred noise.png: cannot read file: No such file or directory" in text
 
 
+def test_compare_html_says_when_the_reports_files_cannot_be_found(tmp_path, rng, monkeypatch):
+    """Reports name files as eval was given them: compared from another folder, the page was a
+    gallery of blanks, each ground truth blamed on the prediction, and nothing said so."""
+    clean = random_rgb(rng, 32, 32)
+    for folder, image in (("gt", clean), ("base", noisy(rng, clean, 2)), ("new", noisy(rng, clean, 60))):
+        (tmp_path / folder).mkdir()
+        save_image(tmp_path / folder / "a.png", image)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    for side in ("base", "new"):
+        assert invoke("eval", side, "gt", "-m", "l1", "--json", f"reports/{side}.json", "-q").exit_code == 0
+    monkeypatch.chdir(tmp_path / "reports")  # neither here nor beside the reports: base/a.png
+    result = invoke("compare", "base.json", "new.json", "--html", "c.html")
+    assert result.exit_code == 1
+    note = "note: --html: 2 before/after pair(s) of those that got worse could not be read (first: pred a.png:"
+    assert note in result.stdout and "run compare there, or eval with absolute folders" in result.stdout
+    page = (tmp_path / "reports" / "c.html").read_text(encoding="utf-8")
+    assert "not drawn: pred a.png: cannot read file" in page  # the ground truth's panel
+    assert note.removeprefix("note: ") in page
+
+
 def test_compare_html_errors(reports, tmp_path):
     base, new, _ = reports
     one_line_error(invoke("compare", base, new, "--html", tmp_path), 2, "is a folder")
