@@ -606,12 +606,15 @@ def _joined(metrics: list[str] | None) -> str | None:
     return ",".join(metrics) if metrics else None
 
 
-def _threshold_override(threshold: float | None, names: list[str]) -> list[str]:
-    """``--threshold T`` is ``--param iou.threshold=T``."""
+def _threshold_override(threshold: float | None, names: list[str], params: Sequence[str] | None) -> list[str]:
+    """``--threshold T`` is ``--param iou.threshold=T`` (giving both is a usage error: one of the
+    two was kept without a word)."""
     if threshold is None:
         return []
     if "iou" not in names:
         raise LossctlError("--threshold is used by iou, which is not among the selected metrics")
+    if any(text.partition("=")[0].strip() == "iou.threshold" for text in params or []):
+        raise LossctlError("--threshold and --param iou.threshold set the same value; give one")
     return [f"iou.threshold={threshold!r}"]
 
 
@@ -824,7 +827,7 @@ def eval_command(
     with _reported_errors(debug):
         names = parse_metric_names(_joined(metrics))
         convention = resolve_convention(preset, scale, y_channel, crop_border)
-        overrides = [*(param or []), *_threshold_override(threshold, names)]
+        overrides = [*(param or []), *_threshold_override(threshold, names, param)]
         params = resolve_params(names, overrides, convention.param_defaults)
         request = EvalRequest(
             pred, gt, names, params, weights, device, _batch_size(batch_size), workers, precision.value, convention,
@@ -1026,10 +1029,10 @@ def check_command(
             wanted.add("weighted_tv")
         names = [name for name in METRICS if name in wanted]
         convention = resolve_convention(preset, scale, y_channel, crop_border)
-        if config.params:  # checked on their own first, so that an error names the file
-            resolve_params(names, config.params, convention.param_defaults, f"{found}: params entry")
-        overrides = [*config.params, *(param or []), *_threshold_override(threshold, names)]
-        params = resolve_params(names, overrides, convention.param_defaults)
+        # The file's parameters first (an error names the file), then the command line's over them.
+        from_file = resolve_params(names, config.params, convention.param_defaults, f"{found}: params entry")
+        overrides = [*(param or []), *_threshold_override(threshold, names, param)]
+        params = resolve_params(names, overrides, from_file)
         if not _silenced_rank:  # under torchrun only rank 0 writes
             _check_output_paths({"--junit": junit, "--csv": csv_path, "--json": json_path})
         request = EvalRequest(

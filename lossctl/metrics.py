@@ -491,6 +491,7 @@ def resolve_params(
     for metric, values in (defaults or {}).items():
         if metric in params:
             params[metric].update(values)
+    given: dict[str, str] = {}
     for override in overrides:
         target, _, text = override.partition("=")
         metric, _, key = target.strip().partition(".")
@@ -510,6 +511,9 @@ def resolve_params(
             )
         if metric not in names:
             raise LossctlError(f"{source} {override}: {metric} is not among the selected metrics")
+        if (earlier := given.get(f"{metric}.{key}")) is not None:
+            raise LossctlError(f"{source} {override}: {metric}.{key} is already set ({earlier}); give it once")
+        given[f"{metric}.{key}"] = override
         try:
             params[metric][key] = known[key].parse(metric, text.strip())
         except LossctlError as error:

@@ -195,6 +195,10 @@ def test_params_from_the_config_reach_the_metrics(tmp_path):
     write(config, 'params = ["charbonnier.eps=0.5"]\n[max]\ncharbonnier = 1\n')
     assert invoke("check", *SAMPLES, "--config", config, "--json", report).exit_code == 0
     assert json.loads(report.read_text())["params"]["charbonnier"] == {"eps": 0.5}
+    # The command line's --param overrides the file's, as its --min/--max do.
+    overridden = invoke("check", *SAMPLES, "--config", config, "--json", report, "-p", "charbonnier.eps=0.25")
+    assert overridden.exit_code == 0, overridden.output
+    assert json.loads(report.read_text())["params"]["charbonnier"] == {"eps": 0.25}
 
 
 @pytest.mark.parametrize(

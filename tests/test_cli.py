@@ -190,6 +190,14 @@ def test_parameters_change_the_values():
     assert all(small[name] < default[name] for name in default)
 
 
+def test_a_parameter_set_twice_is_refused_not_silently_overwritten():
+    """-p ssim.window=7 -p ssim.window=9 kept 9, and --threshold beside -p iou.threshold kept one."""
+    twice = invoke("eval", *SAMPLES, "-m", "ssim", "-p", "ssim.window=7", "-p", "ssim.window=9")
+    one_line_error(twice, 2, "--param ssim.window=9: ssim.window is already set (ssim.window=7); give it once")
+    both = invoke("eval", *SAMPLES, "-m", "iou", "--threshold", "0.3", "-p", "iou.threshold=0.7")
+    one_line_error(both, 2, "--threshold and --param iou.threshold set the same value; give one")
+
+
 @pytest.mark.parametrize("output_format", ["csv", "json", "markdown"])
 def test_machine_formats_keep_stdout_clean(output_format):
     result = invoke("eval", *SAMPLES, "--format", output_format, "--metrics", "psnr,ssim")
