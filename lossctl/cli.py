@@ -51,7 +51,8 @@ class _OneLineUsageErrors(TyperGroup):
                 sys.exit(error.exit_code)
             context = getattr(error, "ctx", None)
             hint = f" (see '{context.command_path} --help')" if context is not None else ""
-            message = " ".join(error.format_message().split())
+            # Typer 0.29 validates choices through pydantic, whose "Value error, " leaks into the text.
+            message = " ".join(error.format_message().split()).replace(": Value error, ", ": ")
             sys.exit(_fail(f"{message}{hint}", error.exit_code).exit_code)
         except typer.Abort:
             sys.exit(_fail("aborted", EXIT_INTERNAL).exit_code)

@@ -44,6 +44,8 @@ def _from_json_number(value: Any) -> Any:
 
 def load_report(path: Path) -> LoadedReport:
     """Read a report written by ``lossctl eval --csv`` or ``--json``."""
+    if path.is_dir():
+        raise LossctlError(f"{path} is a folder, not a report (give the --csv or --json file eval wrote)")
     if not path.is_file():
         raise LossctlError(f"report not found: {path}")
     try:

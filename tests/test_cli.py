@@ -332,7 +332,7 @@ def test_invalid_choice_is_a_usage_error():
     ("args", "fragment"),
     [
         (("eval", *SAMPLES, "--workers", "abc"), "'--workers'"),
-        (("eval", *SAMPLES, "--format", "xml"), "'--format'"),
+        (("eval", *SAMPLES, "--format", "xml"), "Invalid value for '--format': 'xml' is not one of 'table',"),
         (("eval", *SAMPLES, "--bogus"), "--bogus"),
         (("eval", SAMPLES[0]), "'GT'"),
         (("eval", *SAMPLES, "extra"), "extra"),

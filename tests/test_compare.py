@@ -256,6 +256,7 @@ def test_csv_reports_are_compared_on_the_columns_they_share(tmp_path, base_docum
     "args, fragment",
     [
         (["missing.json", "missing.json"], "report not found"),
+        ([".", "base.json"], ". is a folder, not a report (give the --csv or --json file eval wrote)"),
         (["base.json", "base.json", "--tolerance", "psnr"], "--tolerance must look like METRIC=VALUE"),
         (["base.json", "base.json", "--tolerance", "psnr=-1"], "must be a finite number >= 0"),
         (["base.json", "base.json", "--rel-tolerance", "nope=1"], "unknown metric 'nope'"),
