@@ -870,7 +870,18 @@ def _show(evaluation, output_format: OutputFormat, per_image: bool | None) -> in
         else:
             sys.stdout.write(report.to_markdown(frame, summary, info, show_per_image))
     counts = report.status_counts(frame)
-    return EXIT_OK if counts["ok"] == counts["pairs"] else EXIT_PAIRS_FAILED
+    if counts["ok"] == counts["pairs"]:
+        return EXIT_OK
+    if output_format != OutputFormat.table:  # the table lists them; a CI log of a CSV said nothing
+        stderr.print(
+            f"note: {counts['pairs'] - counts['ok']} of {counts['pairs']} pairs were not computed "
+            f"({counts['error']} error, {counts['unmatched']} unmatched): see the report's status and "
+            "error columns (exit code 3)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    return EXIT_PAIRS_FAILED
 
 
 def _shard(text: str | None, json_path: Path | None):

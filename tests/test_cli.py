@@ -268,6 +268,17 @@ def test_an_infinite_mse_gives_a_pooled_psnr_of_minus_inf_not_an_internal_error(
     assert "2 pair(s) with psnr = -inf or inf left out" in table and "1 pair(s) with mse = inf" in table
 
 
+@pytest.mark.parametrize("output_format", ["csv", "json", "markdown"])
+def test_machine_formats_with_failed_pairs_say_so_on_stderr(mixed, output_format):
+    """Exit 3 with a report on stdout and nothing in a CI log to say why."""
+    result = invoke("eval", *mixed, "--format", output_format, "-q")
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "note: 3 of 5 pairs were not computed (2 error, 1 unmatched): see the report's status and error "
+        "columns (exit code 3)\n"
+    )
+
+
 def test_failed_pairs_exit_3_and_are_listed(mixed):
     result = invoke("eval", *mixed)
     assert result.exit_code == 3
