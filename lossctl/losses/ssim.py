@@ -371,8 +371,9 @@ def matlab_downsample(images: torch.Tensor) -> torch.Tensor:
     """The downsampling of the original ``ssim.m``: a ``f x f`` mean filter with symmetric padding
     ('same'), then every ``f``-th pixel from the first, ``f = max(1, round(min(H, W) / 256))``.
 
-    For even ``f`` this is ``f x f`` block averaging (``avg_pool2d``, as piq and pyiqa do); for odd
-    ``f`` MATLAB's window is centred on the kept pixel.
+    MATLAB's window starts ``floor((f + 1) / 2) - 1`` pixels before the kept one: for ``f = 2`` this
+    is 2x2 block averaging (``avg_pool2d``, which piq does for every ``f``); for larger ``f`` the
+    windows are shifted from the blocks (0.27 apart at ``f = 4`` on random pixels).
     """
     images = check_tensor(images, "images", image=True)
     factor = matlab_downsample_factor(*images.shape[-2:])
