@@ -1021,6 +1021,8 @@ def check_command(
     from .run import EvalRequest
 
     with _reported_errors(debug):
+        if pred.exists() and gt.exists() and pred.resolve() == gt.resolve():  # a CI variable's typo
+            raise LossctlError(f"PRED and GT are the same folder ({pred}): every pair would pass, checking nothing")
         if config_path is not None and not config_path.is_file():
             raise LossctlError(f"config file not found: {config_path}")
         found = config_path or check.find_config(Path.cwd())

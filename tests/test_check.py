@@ -325,3 +325,11 @@ def test_help_names_the_config_table():
     """The epilogue is rich markup: an unescaped [tool.lossctl] was taken for a tag and vanished."""
     result = invoke("check", "--help")
     assert result.exit_code == 0 and "[tool.lossctl] in pyproject.toml" in " ".join(result.stdout.split())
+
+
+def test_the_same_folder_as_pred_and_gt_is_refused(tmp_path):
+    """Every pair identical: PSNR inf, SSIM 1, a green check of nothing (a CI variable's typo)."""
+    (tmp_path / "link").symlink_to(SAMPLE_GT, target_is_directory=True)
+    for gt in (SAMPLE_GT, tmp_path / "link"):
+        result = invoke("check", SAMPLE_GT, gt, "--min", "psnr=30")
+        assert result.exit_code == 2 and "are the same folder" in result.stderr, result.output
