@@ -196,7 +196,8 @@ class FolderScan:
 
 
 def find_images(root: Path) -> FolderScan:
-    """Walk ``root`` (following symbolic links, each real folder once) for its images.
+    """Walk ``root`` (following symbolic links, each real folder once) for its images; hidden files
+    and folders (names starting with ``.``) are skipped, as files that are not images are.
 
     A subfolder that cannot be read is recorded, not fatal; ``root`` itself unreadable raises
     :class:`LossctlError`.
@@ -217,13 +218,17 @@ def find_images(root: Path) -> FolderScan:
             subdirectories.clear()
             continue
         visited.add(real)
-        subdirectories.sort()
+        # Hidden entries (.ipynb_checkpoints/, macOS's ._x.png, .git/) are not the user's images:
+        # paired, they made unmatched rows and exit 3. They are skipped, hidden folders unwalked.
+        hidden = [name for name in subdirectories if name.startswith(".")]
+        skipped.extend(os.path.join(directory, name) for name in sorted(hidden))
+        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
         prefix = os.path.relpath(directory, root).replace(os.sep, "/")
         prefix = "" if prefix == "." else prefix + "/"
         for file_name in sorted(files):
             stem, extension = os.path.splitext(file_name)
             path = os.path.join(directory, file_name)
-            if extension.lower() not in INPUT_EXTENSIONS:
+            if file_name.startswith(".") or extension.lower() not in INPUT_EXTENSIONS:
                 skipped.append(path)
                 continue
             images.setdefault(prefix + stem, []).append(path)

@@ -36,6 +36,21 @@ def test_pairs_match_by_relative_path_without_extension(folders, rng):
     assert [path.name for path in pairing.skipped] == ["notes.txt"]
 
 
+def test_hidden_files_and_folders_are_skipped_and_counted(folders, rng):
+    """Notebooks' .ipynb_checkpoints/ and macOS's ._x.png made unmatched rows and exit 3 in CI."""
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(pred / "x.png", clean)
+    save_image(gt / "x.png", clean)
+    save_image(pred / ".ipynb_checkpoints" / "x-checkpoint.png", clean)
+    save_image(pred / "sub" / "._x.png", clean)
+    save_image(gt / "sub" / "y.png", clean)
+    save_image(pred / "sub" / "y.png", clean)
+    pairing = pair_folders(pred, gt)
+    assert [(pair.name, pair.status) for pair in pairing.pairs] == [("sub/y", "pending"), ("x", "pending")]
+    assert sorted(path.name for path in pairing.skipped) == ["._x.png", ".ipynb_checkpoints"]
+
+
 def test_unmatched_files_on_either_side_are_reported_not_dropped(folders, rng):
     pred, gt = folders
     save_image(pred / "both.png", random_rgb(rng))
