@@ -65,6 +65,8 @@ def read_shard(path: Path) -> ShardReport:
     """Read and check the form of one shard report; a LossctlError naming the file otherwise."""
     if not path.is_file():
         raise LossctlError(f"shard report not found: {path}")
+    if path.name.endswith(".partial"):  # read as a shard it was 'damaged: 4 rows but 40 pair positions'
+        raise LossctlError(f"{path} is the partial report of an interrupted shard run: run that shard again")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:

@@ -131,6 +131,13 @@ def test_a_shard_record_with_an_impossible_number_is_damaged(tmp_path, index):
     one_line_error(invoke("merge", shard), 2, f"is damaged: shard {index}/2 is not a shard number")
 
 
+def test_an_interrupted_shards_partial_report_is_named_as_such(tmp_path):
+    shard = shard_reports(tmp_path, SAMPLES, 2, "-m", "psnr")[0]
+    partial = tmp_path / f"{shard.name}.partial"
+    partial.write_text(shard.read_text())
+    one_line_error(invoke("merge", partial), 2, "is the partial report of an interrupted shard run")
+
+
 def test_a_shard_given_twice_is_named(tmp_path):
     shards = shard_reports(tmp_path, SAMPLES, 2, "-m", "psnr")
     copy = tmp_path / "copy.json"
