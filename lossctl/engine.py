@@ -777,16 +777,14 @@ def iter_results(
 def _not_applicable_notes(metrics: Sequence[str]) -> dict[bool, str]:
     """By ``is_segmentation``: why a pair's report leaves the chosen metrics of the other kind
     empty (``-m ce`` on image pairs gave empty cells, exit 0, and no word)."""
-    image_only = [name for name in metrics if METRICS[name].segmentation is None]
-    segmentation_only = [name for name in metrics if METRICS[name].compute is None]
-    return {
-        False: f"{', '.join(segmentation_only)}: for segmentation pairs (.npy class scores), not image pairs"
-        if segmentation_only
-        else "",
-        True: f"{', '.join(image_only)}: for image pairs, not segmentation pairs (.npy class scores)"
-        if image_only
-        else "",
-    }
+    segmentation_only = ", ".join(name for name in metrics if METRICS[name].compute is None)
+    image_only = ", ".join(name for name in metrics if METRICS[name].segmentation is None)
+    notes = {False: "", True: ""}
+    if segmentation_only:
+        notes[False] = f"{segmentation_only}: for segmentation pairs (.npy class scores), not image pairs"
+    if image_only:
+        notes[True] = f"{image_only}: for image pairs, not segmentation pairs (.npy class scores)"
+    return notes
 
 
 def _computed(
