@@ -373,6 +373,19 @@ def test_reductions_of_image_level_metrics():
         (lambda: L.tv_loss(torch.zeros(1, 3, 0, 8)), "images have no pixels"),
         (lambda: L.edge_aware_tv_loss(torch.zeros(1, 3, 0, 8), torch.zeros(1, 3, 0, 8)), "no pixels"),
         (lambda: L.psnr(torch.zeros(1, 3, 8, 0), torch.zeros(1, 3, 8, 0)), "no pixels"),
+        # Infinite settings gave inf or NaN losses; a target outside [0, 1] a Dice of 1.99.
+        (lambda: L.charbonnier_loss(IMAGE, IMAGE, eps=math.inf), "eps must be finite; got inf"),
+        (lambda: L.psnr(IMAGE, IMAGE, data_range=math.inf), "data_range must be finite"),
+        (lambda: L.dice_loss(PROBS, LABELS, smooth=math.inf), "smooth must be finite"),
+        (lambda: L.huber_loss(IMAGE, IMAGE, delta="1"), "delta must be a number; got str"),
+        (lambda: L.bce_loss(torch.full((2,), 0.5), torch.tensor([0.0, 255.0])), "target must hold probabilities"),
+        (lambda: L.dice_coefficient(IMAGE, IMAGE * 255), "scale a 0/255 mask to 0/1"),
+        # The wrong type of setting was a TypeError, AttributeError or RuntimeError from inside.
+        (lambda: L.ssim(IMAGE, IMAGE, window_size=7.0), "window_size must be a positive odd integer; got 7.0"),
+        (lambda: L.ms_ssim(BIG, BIG, weights=torch.ones(5)), "weights must be a tuple of numbers"),
+        (lambda: L.ms_ssim(BIG, BIG, weights=(NAN,) * 5), "weights must be finite numbers"),
+        (lambda: L.binary_iou(IMAGE, IMAGE, threshold=NAN), "threshold must be >= 0; got nan"),
+        (lambda: L.multiclass_dice(PROBS, [0, 1]), "labels must be a torch.Tensor"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_problem(call, message):
@@ -497,6 +510,58 @@ def test_nan_inputs_give_nan_not_a_finite_number():
         assert torch.isnan(value)
     with pytest.raises(ValueError, match="NaN"):
         L.bce_loss(pred, target)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: L.CharbonnierLoss(eps=-1), "eps must be >= 0"),
+        (lambda: L.HuberLoss(delta=0), "delta must be > 0"),
+        (lambda: L.QuantileLoss(q=2), "q must be in"),
+        (lambda: L.PSNRLoss(data_range=0), "data_range must be > 0"),
+        (lambda: L.DiceLoss(smooth=-1), "smooth must be >= 0"),
+        (lambda: L.SmoothL1Loss(beta=math.nan), "beta must be >= 0"),
+    ],
+)
+def test_modules_check_their_settings_when_made(make, message):
+    """They were checked at the first forward only (SSIMLoss alone checked when made)."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_module_repr_shows_the_settings():
+    assert repr(L.CharbonnierLoss(eps=0.1)) == "CharbonnierLoss(eps=0.1, reduction='mean')"
+    assert "window_size=7" in repr(L.SSIMLoss(window_size=7)) and "downsample=False" in repr(L.SSIMLoss())
+    assert repr(L.L1Loss(reduction="sum")) == "L1Loss(reduction='sum')"
+
+
+def test_bce_keeps_float32_precision_for_confident_negatives():
+    """log(1 - p) rounded a small p away in float32 (p = 1e-6: 1.3% off); log1p(-p), as torch.nn's
+    BCELoss takes it, keeps METRICS.md's 1e-5."""
+    pred = torch.tensor([1e-7, 1e-6, 1e-5, 0.3, 1 - 1e-6], dtype=torch.float64).float().double()
+    target = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    reference = L.bce_loss(pred, target, reduction="none")  # of the inputs as float32 holds them
+    for requires_grad in (False, True):
+        single = L.bce_loss(pred.float().requires_grad_(requires_grad), target.float(), reduction="none")
+        torch.testing.assert_close(single.double(), reference, rtol=1e-5, atol=0)
+    expected = torch.nn.functional.binary_cross_entropy(pred.float(), target.float(), reduction="none")
+    torch.testing.assert_close(L.bce_loss(pred.float(), target.float(), reduction="none"), expected)
+
+
+def test_cross_entropy_ignores_a_pixel_whose_log_probability_is_minus_inf():
+    """An ignored pixel's -inf times 0 was NaN (log of a one-hot prediction, as the docstring suggests)."""
+    one_hot = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # (1, 2, 1, 2): class 0, then class 1
+    target = torch.tensor([[[255, 1]]])
+    for reduction in ("none", "mean", "sum"):
+        ours = L.cross_entropy_loss(one_hot.log(), target, reduction=reduction, ignore_index=255)
+        theirs = torch.nn.functional.cross_entropy(one_hot.log(), target, reduction=reduction, ignore_index=255)
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_charbonnier_eps_that_rounds_to_zero_keeps_a_finite_gradient():
+    pred = torch.tensor([0.5, 0.25], requires_grad=True)
+    L.charbonnier_loss(pred, torch.tensor([0.5, 0.75]), eps=1e-46).backward()  # 0 in float32
+    assert torch.isfinite(pred.grad).all() and pred.grad[0] == 0
 
 
 def test_dice_refuses_logits_as_bce_does():

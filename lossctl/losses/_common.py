@@ -6,6 +6,8 @@ sums over an image overflow or lose most of their digits in 16-bit floats. The r
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -17,15 +19,25 @@ def check_reduction(reduction: str) -> None:
 
 
 def check_positive(value: float, name: str) -> None:
-    """Raise unless ``value > 0``; NaN fails too (every comparison with NaN is false)."""
+    """Raise unless ``value`` is a finite number > 0; NaN fails too (every comparison with NaN is
+    false), and so does inf (an inf eps or data range gave inf or NaN losses)."""
+    _check_number(value, name)
     if not value > 0:
         raise ValueError(f"{name} must be > 0; got {value}")
 
 
 def check_non_negative(value: float, name: str) -> None:
-    """Raise unless ``value >= 0``; NaN fails too."""
+    """Raise unless ``value`` is a finite number >= 0; NaN and inf fail too."""
+    _check_number(value, name)
     if not value >= 0:
         raise ValueError(f"{name} must be >= 0; got {value}")
+
+
+def _check_number(value: object, name: str) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number; got {type(value).__name__}")
+    if math.isinf(value):
+        raise ValueError(f"{name} must be finite; got {value}")
 
 
 def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:

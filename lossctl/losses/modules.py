@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_reduction
+from ._common import check_non_negative, check_positive, check_reduction
 from .classification import bce_loss, bce_with_logits_loss, cross_entropy_loss, dice_loss
 from .pixel import (
     charbonnier_loss,
+    check_quantile,
     huber_loss,
     l1_loss,
     log_cosh_loss,
@@ -23,13 +24,24 @@ from .tv import tv_loss, weighted_tv_loss
 
 
 class _Loss(nn.Module):
+    """A loss module: its settings are checked when it is made (not at its first forward, as a bad
+    one used to be), and shown by ``repr``."""
+
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
         self.reduction = reduction
+        self._shown: tuple[str, ...] = ()
+
+    def _settings_shown(self, **settings: object) -> None:
+        """Keep ``settings`` as attributes, listed by :meth:`extra_repr` after those kept before."""
+        for name, value in settings.items():
+            setattr(self, name, value)
+        self._shown = (*self._shown, *settings)
 
     def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
+        shown = [f"{name}={getattr(self, name)!r}" for name in self._shown]
+        return ", ".join([*shown, f"reduction={self.reduction!r}"])
 
 
 class L1Loss(_Loss):
@@ -58,7 +70,8 @@ class CharbonnierLoss(_Loss):
 
     def __init__(self, eps: float = 1e-3, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.eps = eps
+        check_non_negative(eps, "eps")
+        self._settings_shown(eps=eps)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return charbonnier_loss(pred, target, self.eps, self.reduction)
@@ -69,7 +82,8 @@ class SmoothL1Loss(_Loss):
 
     def __init__(self, beta: float = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.beta = beta
+        check_non_negative(beta, "beta")
+        self._settings_shown(beta=beta)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return smooth_l1_loss(pred, target, self.beta, self.reduction)
@@ -80,7 +94,8 @@ class HuberLoss(_Loss):
 
     def __init__(self, delta: float = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.delta = delta
+        check_positive(delta, "delta")
+        self._settings_shown(delta=delta)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return huber_loss(pred, target, self.delta, self.reduction)
@@ -98,7 +113,8 @@ class QuantileLoss(_Loss):
 
     def __init__(self, q: float = 0.5, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.q = q
+        check_quantile(q)
+        self._settings_shown(q=q)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return quantile_loss(pred, target, self.q, self.reduction)
@@ -123,7 +139,7 @@ class CrossEntropyLoss(_Loss):
 
     def __init__(self, ignore_index: int = -100, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.ignore_index = ignore_index
+        self._settings_shown(ignore_index=ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cross_entropy_loss(logits, target, self.ignore_index, self.reduction)
@@ -134,7 +150,8 @@ class DiceLoss(_Loss):
 
     def __init__(self, smooth: float = 0.0, reduction: str = "mean", ignore_index: int | None = None) -> None:
         super().__init__(reduction)
-        self.smooth, self.ignore_index = smooth, ignore_index
+        check_non_negative(smooth, "smooth")
+        self._settings_shown(smooth=smooth, ignore_index=ignore_index)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return dice_loss(pred, target, self.smooth, self.reduction, self.ignore_index)
@@ -145,7 +162,7 @@ class TVLoss(_Loss):
 
     def __init__(self, isotropic: bool = False, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.isotropic = isotropic
+        self._settings_shown(isotropic=isotropic)
 
     def forward(self, pred: torch.Tensor) -> torch.Tensor:
         return tv_loss(pred, self.isotropic, self.reduction)
@@ -167,7 +184,9 @@ class PSNRLoss(_Loss):
         self, data_range: float = 1.0, eps: float = 1e-8, y_channel: bool = False, reduction: str = "mean"
     ) -> None:
         super().__init__(reduction)
-        self.data_range, self.eps, self.y_channel = data_range, eps, y_channel
+        check_positive(data_range, "data_range")
+        check_non_negative(eps, "eps")
+        self._settings_shown(data_range=data_range, eps=eps, y_channel=y_channel)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return psnr_loss(pred, target, self.data_range, self.eps, self.y_channel, self.reduction)
@@ -187,13 +206,7 @@ class _SSIMSettings(_Loss):
     ) -> None:
         super().__init__(reduction)
         check_ssim_settings(window_size, sigma, data_range, k1, k2)
-        self.data_range, self.window_size, self.sigma, self.k1, self.k2 = (
-            data_range,
-            window_size,
-            sigma,
-            k1,
-            k2,
-        )
+        self._settings_shown(data_range=data_range, window_size=window_size, sigma=sigma, k1=k1, k2=k2)
 
     def _settings(self) -> dict[str, float | int | str]:
         """The keyword arguments :func:`ssim_loss` and :func:`ms_ssim_loss` share."""
@@ -221,7 +234,7 @@ class SSIMLoss(_SSIMSettings):
         downsample: bool = False,
     ) -> None:
         super().__init__(data_range, window_size, sigma, k1, k2, reduction)
-        self.downsample = downsample
+        self._settings_shown(downsample=downsample)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return ssim_loss(pred, target, downsample=self.downsample, **self._settings())
@@ -242,7 +255,7 @@ class MSSSIMLoss(_SSIMSettings):
     ) -> None:
         super().__init__(data_range, window_size, sigma, k1, k2, reduction)
         check_ms_ssim_weights(weights)
-        self.weights = tuple(weights)
+        self._settings_shown(weights=tuple(weights))
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return ms_ssim_loss(pred, target, weights=self.weights, **self._settings())

@@ -32,7 +32,8 @@ def squared_error(diff: torch.Tensor) -> torch.Tensor:
 
 def charbonnier_error(diff: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """``sqrt(d^2 + eps^2)``: a differentiable L1 (Charbonnier penalty)."""
-    if eps == 0:
+    # An eps that rounds to 0 in diff's dtype (1e-46 in float32) is 0: hypot's gradient at d = 0 is NaN.
+    if eps == 0 or float(torch.tensor(eps, dtype=diff.dtype)) == 0:
         return safe_sqrt(diff * diff)  # |d|, with gradient 0 rather than NaN at d = 0
     # new_full: filled on the device; new_tensor copies from the host and makes it wait for the GPU
     return torch.hypot(diff, diff.new_full((), eps))  # one fused pass; never overflows d^2
@@ -81,10 +82,14 @@ def log_cosh_error(diff: torch.Tensor) -> torch.Tensor:
     return torch.where(small, near, far)
 
 
-def quantile_error(diff: torch.Tensor, q: float = 0.5) -> torch.Tensor:
-    """Pinball error ``max(q e, (q - 1) e)`` with ``e = target - pred = -diff``."""
+def check_quantile(q: float) -> None:
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"q must be in [0, 1]; got {q}")
+
+
+def quantile_error(diff: torch.Tensor, q: float = 0.5) -> torch.Tensor:
+    """Pinball error ``max(q e, (q - 1) e)`` with ``e = target - pred = -diff``."""
+    check_quantile(q)
     return torch.maximum(diff * -q, diff * (1.0 - q))  # e = -diff, written without negating diff
 
 

@@ -88,8 +88,8 @@ def check_ssim_settings(
 ) -> None:
     """Raise a ValueError for settings SSIM is not defined with (NaN among them): ``C1`` and ``C2``
     square ``k data_range``, so a negative range or constant would silently act as a positive one."""
-    if window_size < 1 or window_size % 2 == 0:
-        raise ValueError(f"window_size must be a positive odd integer; got {window_size}")
+    if not isinstance(window_size, int) or isinstance(window_size, bool) or window_size < 1 or window_size % 2 == 0:
+        raise ValueError(f"window_size must be a positive odd integer; got {window_size!r}")
     check_positive(sigma, "sigma")
     if sigma * sigma == 0:
         raise ValueError(f"sigma is too small: its square underflows to 0; got {sigma}")
@@ -494,8 +494,12 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 def check_ms_ssim_weights(weights: tuple[float, ...]) -> None:
     """Raise unless there is a weight per scale, at least one (their values are pytorch-msssim's
     to choose: it checks none)."""
+    if isinstance(weights, torch.Tensor) or not isinstance(weights, tuple | list):
+        raise ValueError(f"weights must be a tuple of numbers, one per scale; got {type(weights).__name__}")
     if not weights:
         raise ValueError("weights must hold one weight per scale; got none")
+    if not all(isinstance(weight, int | float) and math.isfinite(weight) for weight in weights):
+        raise ValueError(f"weights must be finite numbers; got {weights}")
 
 
 def ms_ssim_min_size(window_size: int = 11, scales: int = len(MS_SSIM_WEIGHTS)) -> int:
