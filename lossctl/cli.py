@@ -823,9 +823,9 @@ def eval_command(
     debug: DebugOption = False,
 ) -> None:
     """Compute every loss and quality metric for each prediction / ground-truth pair."""
-    from .run import EvalRequest
+    with _reported_errors(debug):  # before importing run (and pandas): Ctrl-C there ended silently
+        from .run import EvalRequest
 
-    with _reported_errors(debug):
         names = parse_metric_names(_joined(metrics))
         convention = resolve_convention(preset, scale, y_channel, crop_border)
         overrides = [*(param or []), *_threshold_override(threshold, names, param)]
@@ -1017,10 +1017,10 @@ def check_command(
     debug: DebugOption = False,
 ) -> None:
     """Pass or fail image outputs against metric thresholds: a gate for CI."""
-    from . import check
-    from .run import EvalRequest
+    with _reported_errors(debug):  # before the imports (pandas): Ctrl-C there ended silently
+        from . import check
+        from .run import EvalRequest
 
-    with _reported_errors(debug):
         if pred.exists() and gt.exists() and pred.resolve() == gt.resolve():  # a CI variable's typo
             raise LossctlError(f"PRED and GT are the same folder ({pred}): every pair would pass, checking nothing")
         if config_path is not None and not config_path.is_file():
@@ -1112,9 +1112,9 @@ def compare_command(
     debug: DebugOption = False,
 ) -> None:
     """Compare two reports: per-image, direction-aware regressions, worst first."""
-    from . import compare
+    with _reported_errors(debug):  # before importing compare (and pandas), as eval does
+        from . import compare
 
-    with _reported_errors(debug):
         tolerances = compare.parse_tolerances(tolerance or [], rel_tolerance or [])
         _check_output_paths({"--html": html_path}, inputs=(base, new))
         pictures = _Pictures(None, html_path, map_metric, map_scale, html_limit, images=html_images)
@@ -1200,9 +1200,9 @@ def merge_command(
     debug: DebugOption = False,
 ) -> None:
     """Join shard reports into the report a single run would have written; check they cover every pair once."""
-    from . import merge
+    with _reported_errors(debug):  # before importing merge (and pandas), as eval does
+        from . import merge
 
-    with _reported_errors(debug):
         _check_output_paths({"--output": output}, inputs=shards)
         evaluation = merge.merge_files(shards)
         csv_output = output is not None and output.suffix.lower() == ".csv"

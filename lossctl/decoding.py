@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
@@ -32,7 +32,7 @@ import numpy as np
 from .errors import ImageReadError, LossctlError
 from .io import LoadedPair, LoadedSegmentation, Pair, load_pair, score_header, set_max_pixels
 from .sharding import pair_pixels
-from .signals import handled
+from .signals import handled, interrupts_deferred
 
 DECODERS = ("auto", "threads", "processes")
 
@@ -239,7 +239,7 @@ class _Decoders:
 
     def __init__(self, workers: int, processes: bool, max_pixels: int | None):
         self.workers, self.processes, self.max_pixels = workers, processes, max_pixels
-        self.pool = self._new_pool(workers)
+        self.pool, self._submitted = self._new_pool(workers), 0  # submitted: to this pool, while it starts
 
     def _new_pool(self, workers: int) -> Executor:
         if not self.processes:
@@ -251,13 +251,22 @@ class _Decoders:
             context = multiprocessing.get_context("spawn")
         return ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(self.max_pixels,))
 
+    @property
+    def starting(self) -> bool:
+        """Whether a submit may still start a worker process (one per submit, up to ``workers``):
+        Ctrl-C or SIGTERM cutting that short left a pool that could not be shut down (an internal
+        error instead of 'interrupted') and a half-started worker's traceback, so the caller holds
+        them meanwhile (:func:`lossctl.signals.interrupts_deferred`)."""
+        return self.processes and self._submitted < self.workers
+
     def submit(self, pair: Pair, with_weights: bool) -> Future:
         work = _load_in_process if self.processes else decode_pair
+        self._submitted += 1
         try:
             return self.pool.submit(work, pair, with_weights)
         except BrokenProcessPool:
             self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._new_pool(self.workers)
+            self.pool, self._submitted = self._new_pool(self.workers), 1
             return self.pool.submit(work, pair, with_weights)
 
     def result(self, future: Future, pair: Pair, with_weights: bool) -> Decoded:
@@ -270,7 +279,9 @@ class _Decoders:
     def _alone(self, pair: Pair, with_weights: bool) -> Decoded:
         pool = self._new_pool(1)
         try:
-            return pool.submit(_load_in_process, pair, with_weights).result()
+            with interrupts_deferred():
+                future = pool.submit(_load_in_process, pair, with_weights)
+            return future.result()
         except BrokenProcessPool:
             return DecodeFailure(
                 pair, "the decoding process died on this pair (a decoder crash or out of memory)"
@@ -331,10 +342,13 @@ class DecodeAhead:
 
     def _submit_up_to_prefetch(self) -> None:
         while len(self._in_flight) < self.prefetch and (pair := next(self._pairs, None)) is not None:
-            future = self._decoders.submit(pair, self.with_weights)
-            if self.processes:
-                future.add_done_callback(self._on_decoded)
-            self._in_flight.append((future, pair))
+            # While a worker may be starting, an interrupt waits until the decode is in flight (and
+            # so freed by close()); delivered inside submit, its shared block leaked.
+            with interrupts_deferred() if self._decoders.starting else nullcontext():
+                future = self._decoders.submit(pair, self.with_weights)
+                if self.processes:
+                    future.add_done_callback(self._on_decoded)
+                self._in_flight.append((future, pair))
 
     def _on_decoded(self, future: Future) -> None:
         """A decode finished (in the pool's thread): have a taker thread copy its pixels out, unless

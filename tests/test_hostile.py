@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from lossctl import decoding, engine
 from lossctl.cli import app
+from lossctl.io import pair_folders
 
 from .conftest import noisy, random_rgb, save_image
 from .hostile_folders import build_hostile_folders
@@ -184,6 +185,55 @@ def test_a_real_ctrl_c_while_processes_decode_ahead_exits_cleanly(tmp_path, fold
     assert process.returncode == 130, stderr
     assert stderr.startswith("error: interrupted") and len(stderr.strip().splitlines()) == 1, stderr
     assert not blocks() - before
+
+
+def test_an_interrupt_while_decoding_processes_start_stops_them_cleanly(folders, rng, monkeypatch):
+    """SIGINT delivered while the first decode started the process pool (0.4 s into a run): the pool
+    could not be shut down ('internal error: RuntimeError: cannot join thread before it is started'),
+    a half-started worker printed a traceback, and the decode in hand leaked its shared block."""
+    from concurrent.futures import process
+
+    pred, gt = folders
+    for index in range(4):
+        clean = random_rgb(rng, 32, 32)
+        save_image(pred / f"{index}.png", noisy(rng, clean))
+        save_image(gt / f"{index}.png", clean)
+    pairs = pair_folders(pred, gt).pairs
+    real_start = process._ExecutorManagerThread.start
+
+    def interrupted_start(self):
+        os.kill(os.getpid(), signal.SIGINT)  # a real signal, as the pool starts its manager thread
+        return real_start(self)
+
+    def blocks() -> set[str]:
+        return {path.name for path in Path("/dev/shm").glob("psm_*")}
+
+    before = blocks()
+    monkeypatch.setattr(process._ExecutorManagerThread, "start", interrupted_start)
+    made = []
+    init = decoding.DecodeAhead.__init__
+    monkeypatch.setattr(
+        decoding.DecodeAhead, "__init__", lambda self, *a, **k: (made.append(self), init(self, *a, **k))[1]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        decoding.DecodeAhead(pairs, False, workers=2, prefetch=4, processes=True)
+    (ahead,) = made
+    assert ahead._closed and len(ahead._in_flight) == 0
+    ahead._decoders.pool.shutdown(wait=True)  # shut down already: a no-op that must not raise
+    assert not blocks() - before
+
+
+def test_interrupts_are_held_until_the_block_ends_then_delivered():
+    from lossctl.signals import interrupts_deferred
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # a handler would run here, at the next bytecode
+            reached.append("end of block")
+    assert reached == ["end of block"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_names_that_differ_only_in_case_are_pointed_out(folders, rng):
