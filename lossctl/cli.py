@@ -657,6 +657,20 @@ def _partial_path(path: Path | None) -> Path | None:
     return Path(f"{path}.partial")
 
 
+def _write_complete_reports(csv_path: Path | None, json_path: Path | None, evaluation) -> None:
+    """:func:`_write_reports` of a finished run, and the ``FILE.partial`` reports an interrupted run
+    left before it removed: beside the complete report they only misled."""
+    from . import report
+
+    _write_reports(csv_path, json_path, evaluation)
+    for path in (csv_path, json_path):
+        if (partial := _partial_path(path)) is None or partial == path:  # none, or a stream
+            continue
+        for stale in (partial, report.sidecar_path(partial)):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+
+
 def _write_reports(csv_path: Path | None, json_path: Path | None, evaluation) -> None:
     """``--csv`` (with its ``.meta.json`` sidecar of parameters and summary, unless the CSV goes to a
     stream such as ``/dev/stdout``, where a sidecar beside it has no place) and ``--json``."""
@@ -845,7 +859,7 @@ def eval_command(
                 why = "the next run would read its pictures as pairs"
                 _refuse_inside_inputs(files_dir, f"--html-images files: {files_dir}", (pred, gt, weights), why)
         evaluation = _evaluate_or_keep_partial(request, quiet, csv_path, json_path, shard)
-        _write_reports(csv_path, json_path, evaluation)
+        _write_complete_reports(csv_path, json_path, evaluation)
         if shard is not None and not quiet:
             _say_shard(evaluation.info.shard, len(evaluation.frame))
         if pictures.wanted:
@@ -1057,7 +1071,7 @@ def check_command(
 
         verdict = check.check_frame(evaluation.frame, config)
         _write(junit, lambda stream: stream.write(check.to_junit(verdict, evaluation.frame)))
-        _write_reports(csv_path, json_path, evaluation)
+        _write_complete_reports(csv_path, json_path, evaluation)
         with _stdout_reader_may_leave():
             if github:
                 for line in check.github_annotations(verdict):

@@ -163,6 +163,16 @@ def test_two_outputs_never_name_the_same_file_nor_an_input(tmp_path, folders, rn
     assert sorted(path.name for path in pred.iterdir()) == ["x.png"]
 
 
+def test_a_complete_run_removes_the_partial_reports_an_interrupted_one_left(tmp_path):
+    """A stale r.csv.partial beside a complete r.csv only misled."""
+    stale = [tmp_path / name for name in ("r.csv.partial", "r.csv.partial.meta.json", "r.json.partial")]
+    for path in [*stale, tmp_path / "other.csv.partial"]:
+        path.write_text("rows of an earlier, interrupted run")
+    result = invoke("eval", *SAMPLES, "-m", "l1", "--csv", tmp_path / "r.csv", "--json", tmp_path / "r.json", "-q")
+    assert result.exit_code == 0, result.output
+    assert not any(path.exists() for path in stale) and (tmp_path / "other.csv.partial").exists()
+
+
 def test_reports_are_written_through_symbolic_links(tmp_path):
     real = tmp_path / "real.csv"
     real.write_text("old")
