@@ -263,6 +263,8 @@ class Verdict:
     missing: list[tuple[str, str, str, str]] = field(default_factory=list)  # name, status, reason, file
     allow_missing: bool = False
     mode: str = "each"
+    computed: int = 0  # the pairs computed (status ok), which the thresholds were applied to
+    unmatched_rules: list[str] = field(default_factory=list)  # path rules no pair's name matched
 
     @property
     def failures_by_name(self) -> dict[str, list[Failure]]:
@@ -287,7 +289,7 @@ class Verdict:
     def line(self) -> str:
         failed = len(self.failed_pairs)
         if self.mode == "mean" and self.failures:
-            return f"FAIL: {len(self.failures)} mean threshold(s) failed over {self.pairs} pairs"
+            return f"FAIL: {len(self.failures)} mean threshold(s) failed over {self.computed} computed pairs"
         if self.exit_code == 0:
             skipped = f" ({len(self.missing)} missing or unreadable, allowed)" if self.missing else ""
             return f"PASS: {self.pairs} pairs, 0 failed{skipped}"
@@ -296,8 +298,12 @@ class Verdict:
 
 def check_frame(frame: pd.DataFrame, config: CheckConfig) -> Verdict:
     """Apply ``config``'s rules to a results frame (``results.ResultTable.frame``)."""
-    verdict = Verdict(pairs=len(frame), allow_missing=config.allow_missing, mode=config.mode)
     ok = frame[frame["status"] == "ok"]
+    verdict = Verdict(pairs=len(frame), allow_missing=config.allow_missing, mode=config.mode, computed=len(ok))
+    # A rule whose globs match no pair at all never applies: most likely a typo, which passed quietly.
+    verdict.unmatched_rules = [
+        rule.label for rule in config.rules if rule.patterns and not any(map(rule.matches, frame["name"]))
+    ]
     for row in frame[frame["status"] != "ok"].itertuples(index=False):
         verdict.missing.append((row.name, row.status, row.error, row.pred or row.gt))
     if config.mode == "each":
@@ -355,6 +361,10 @@ def failure_rows(verdict: Verdict) -> list[list[str]]:
 def missing_lines(verdict: Verdict) -> list[str]:
     state = "allowed" if verdict.allow_missing else "fails the check"
     return [f"{name}: {status}: {reason} ({state})" for name, status, reason, _ in verdict.missing]
+
+
+def rule_notes(verdict: Verdict) -> list[str]:
+    return [f"note: rule paths {label} match no pair, so its thresholds checked nothing" for label in verdict.unmatched_rules]
 
 
 def to_junit(verdict: Verdict, frame: pd.DataFrame) -> str:
@@ -435,6 +445,8 @@ def render_check(console, verdict: Verdict) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    for line in rule_notes(verdict):
+        console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
     console.print(
         verdict.line(),
         style="bold green" if verdict.exit_code == 0 else "bold red",
@@ -450,6 +462,6 @@ def check_markdown(verdict: Verdict) -> str:
     out = [f"{icon} **{markdown_text(verdict.line())}**"]
     if rows := failure_rows(verdict):
         out += ["", *markdown_table(FAILURE_HEADER, rows)]
-    if lines := missing_lines(verdict):
+    if lines := [*missing_lines(verdict), *rule_notes(verdict)]:
         out += ["", *(f"- {markdown_text(line)}" for line in lines)]
     return "\n".join(out) + "\n"

@@ -1037,7 +1037,7 @@ def check_command(
 
         if pred.exists() and gt.exists() and pred.resolve() == gt.resolve():  # a CI variable's typo
             raise LossctlError(f"PRED and GT are the same folder ({pred}): every pair would pass, checking nothing")
-        if config_path is not None and not config_path.is_file():
+        if config_path is not None and (not config_path.exists() or config_path.is_dir()):  # a pipe will do
             raise LossctlError(f"config file not found: {config_path}")
         found = config_path or check.find_config(Path.cwd())
         config = check.load_config(found) if found else check.CheckConfig()

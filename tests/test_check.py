@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from xml.etree import ElementTree
 
 import numpy as np
@@ -333,3 +334,36 @@ def test_the_same_folder_as_pred_and_gt_is_refused(tmp_path):
     for gt in (SAMPLE_GT, tmp_path / "link"):
         result = invoke("check", SAMPLE_GT, gt, "--min", "psnr=30")
         assert result.exit_code == 2 and "are the same folder" in result.stderr, result.output
+
+
+def test_a_rule_whose_paths_match_no_pair_is_pointed_out(tmp_path):
+    """A typo in a rule's glob made its thresholds check nothing, and the gate passed quietly."""
+    config = write(tmp_path / "lossctl.toml", '[min]\npsnr = 1\n[[rules]]\npaths = "blurr*"\nmin = { psnr = 99 }\n')
+    result = invoke("check", *SAMPLES, "--config", config)
+    assert result.exit_code == 0, result.output
+    assert "note: rule paths blurr* match no pair, so its thresholds checked nothing" in result.stdout
+    markdown = invoke("check", *SAMPLES, "--config", config, "--format", "markdown")
+    assert "- note: rule paths blurr\\* match no pair" in markdown.stdout
+
+
+def test_mean_mode_counts_the_computed_pairs(folders, rng):
+    pred, gt = folders
+    for name in ("a", "b"):
+        clean = random_rgb(rng)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    save_image(gt / "lonely.png", random_rgb(rng))
+    result = invoke("check", pred, gt, "--mean", "--min", "psnr=99", "--allow-missing")
+    assert result.exit_code == 1 and "FAIL: 1 mean threshold(s) failed over 2 computed pairs" in result.stdout
+
+
+def test_a_config_can_come_through_a_pipe(tmp_path):
+    """--config <(...) gave 'config file not found: /dev/fd/63'."""
+    read, write_end = os.pipe()
+    os.write(write_end, b"[min]\npsnr = 1\n")
+    os.close(write_end)
+    try:
+        result = invoke("check", *SAMPLES, "--config", f"/dev/fd/{read}")
+    finally:
+        os.close(read)
+    assert result.exit_code == 0, result.output
