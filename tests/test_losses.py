@@ -529,6 +529,14 @@ def test_modules_check_their_settings_when_made(make, message):
         make()
 
 
+def test_numpy_scalars_are_numbers_for_settings():
+    """A data range from an array's max is a NumPy scalar: refusing it as 'not a number' would be wrong."""
+    import numpy as np
+
+    assert L.psnr(IMAGE, IMAGE * 0.5, data_range=np.float32(1.0)) == L.psnr(IMAGE, IMAGE * 0.5)
+    assert L.ssim(IMAGE, IMAGE * 0.5, window_size=np.int64(11)) == L.ssim(IMAGE, IMAGE * 0.5)
+
+
 def test_module_repr_shows_the_settings():
     assert repr(L.CharbonnierLoss(eps=0.1)) == "CharbonnierLoss(eps=0.1, reduction='mean')"
     assert "window_size=7" in repr(L.SSIMLoss(window_size=7)) and "downsample=False" in repr(L.SSIMLoss())

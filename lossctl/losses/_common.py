@@ -7,6 +7,7 @@ sums over an image overflow or lose most of their digits in 16-bit floats. The r
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -34,7 +35,8 @@ def check_non_negative(value: float, name: str) -> None:
 
 
 def _check_number(value: object, name: str) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    # numbers.Real takes NumPy's scalars too (a data range from an array's max is one).
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number; got {type(value).__name__}")
     if math.isinf(value):
         raise ValueError(f"{name} must be finite; got {value}")

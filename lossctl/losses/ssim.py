@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -88,7 +89,8 @@ def check_ssim_settings(
 ) -> None:
     """Raise a ValueError for settings SSIM is not defined with (NaN among them): ``C1`` and ``C2``
     square ``k data_range``, so a negative range or constant would silently act as a positive one."""
-    if not isinstance(window_size, int) or isinstance(window_size, bool) or window_size < 1 or window_size % 2 == 0:
+    integer = isinstance(window_size, numbers.Integral) and not isinstance(window_size, bool)
+    if not integer or window_size < 1 or window_size % 2 == 0:
         raise ValueError(f"window_size must be a positive odd integer; got {window_size!r}")
     check_positive(sigma, "sigma")
     if sigma * sigma == 0:
@@ -498,7 +500,7 @@ def check_ms_ssim_weights(weights: tuple[float, ...]) -> None:
         raise ValueError(f"weights must be a tuple of numbers, one per scale; got {type(weights).__name__}")
     if not weights:
         raise ValueError("weights must hold one weight per scale; got none")
-    if not all(isinstance(weight, int | float) and math.isfinite(weight) for weight in weights):
+    if not all(isinstance(weight, numbers.Real) and math.isfinite(weight) for weight in weights):
         raise ValueError(f"weights must be finite numbers; got {weights}")
 
 
