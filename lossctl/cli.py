@@ -482,11 +482,23 @@ def _check_output_path(path: Path | None, option: str) -> None:
         raise LossctlError(f"{option} {path}: folder {path.parent} does not exist")
 
 
-def _check_output_paths(outputs: dict[str, Path | None], inputs: Sequence[Path] = ()) -> None:
+def _check_output_paths(
+    outputs: dict[str, Path | None], inputs: Sequence[Path] = (), folders: dict[str, Path | None] | None = None
+) -> None:
     """:func:`_check_output_path` of each ``{option: path}``, and that no two name the same file, nor
-    an input report: one would silently replace the other (``--csv r.csv --html r.csv``). A device or
-    a pipe (``/dev/stdout``) is written into, not replaced, and may take several."""
+    an input report (or a CSV's ``.meta.json`` sidecar, which is written and read beside it), nor an
+    output folder (``--maps``): one would silently replace the other (``--csv r.csv --html r.csv``).
+    A device or a pipe (``/dev/stdout``) is written into, not replaced, and may take several."""
+    from .report import sidecar_path
+
+    outputs = dict(outputs)
+    if (csv_path := outputs.get("--csv")) is not None and not (csv_path.exists() and not csv_path.is_file()):
+        outputs["--csv's sidecar"] = sidecar_path(csv_path)
+    inputs = [*inputs, *(sidecar_path(path) for path in inputs if path.suffix.lower() == ".csv")]
     named = {os.path.realpath(path): "input report" for path in inputs}
+    for option, folder in (folders or {}).items():
+        if folder is not None:
+            named.setdefault(os.path.realpath(folder), option)
     for option, path in outputs.items():
         _check_output_path(path, option)
         if path is None or (path.exists() and not path.is_file()):
@@ -494,6 +506,8 @@ def _check_output_paths(outputs: dict[str, Path | None], inputs: Sequence[Path] 
         same = named.setdefault(os.path.realpath(path), option)
         if same == "input report":
             raise LossctlError(f"{option} {path} is an input report: writing it would replace what was read")
+        if same.startswith("--maps"):
+            raise LossctlError(f"{option} {path} is the {same} folder; give each output its own name")
         if same != option:
             raise LossctlError(f"{same} and {option} name the same file {path}; give each report its own")
 
@@ -853,7 +867,9 @@ def eval_command(
         pictures = _Pictures(maps_dir, html_path, map_metric, map_scale, html_limit, html_sort, html_images)
         pictures.check(names if pictures.wanted else None, maps=_may_draw_maps(pictures, names, pred, gt))
         if not _silenced_rank:  # under torchrun only rank 0 writes, on its own machine's disk
-            _check_output_paths({"--csv": csv_path, "--json": json_path, "--html": html_path})
+            _check_output_paths(
+                {"--csv": csv_path, "--json": json_path, "--html": html_path}, folders={"--maps": maps_dir}
+            )
             _prepare_maps_dir(maps_dir, (pred, gt, weights))
             if (files_dir := pictures.files_dir) is not None:
                 why = "the next run would read its pictures as pairs"
@@ -1151,6 +1167,9 @@ def compare_command(
                 compare.render_comparison(_StdoutConsole(), comparison)
             elif output_format == OutputFormat.csv:
                 sys.stdout.write(compare.comparison_csv(comparison))
+                # The CSV holds the pairs compared only: what else decided the verdict goes to stderr.
+                for line in [*compare.other_lines(comparison), comparison.line()]:
+                    stderr.print(line, markup=False, highlight=False, soft_wrap=True)
             elif output_format == OutputFormat.json:
                 sys.stdout.write(compare.comparison_json(comparison))
             else:

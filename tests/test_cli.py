@@ -161,6 +161,12 @@ def test_two_outputs_never_name_the_same_file_nor_an_input(tmp_path, folders, rn
     inside = invoke("eval", pred, gt, "--html", pred / "page.html", "--html-images", "files")
     one_line_error(inside, 2, "page_files is the input folder")
     assert sorted(path.name for path in pred.iterdir()) == ["x.png"]
+    # The CSV's sidecar is written too, and --maps is a folder: neither may be another output.
+    sidecar = invoke("eval", *SAMPLES, "-m", "l1", "--csv", report, "--html", f"{report}.meta.json")
+    one_line_error(sidecar, 2, "--html and --csv's sidecar name the same file")
+    folder = invoke("eval", *SAMPLES, "-m", "l1", "--json", tmp_path / "m.json", "--maps", tmp_path / "m.json")
+    one_line_error(folder, 2, "is the --maps folder; give each output its own name")
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_a_complete_run_removes_the_partial_reports_an_interrupted_one_left(tmp_path):

@@ -103,6 +103,9 @@ def test_removed_added_and_no_longer_computed_pairs(tmp_path, base_document):
     assert "no longer computed: blur: error: pred blur.png" in result.stdout
     document = json.loads(invoke("compare", base, new, "--format", "json").stdout)
     assert document["removed"] == ["noise"] and document["added"] == ["brand_new"]
+    as_csv = invoke("compare", base, new, "--format", "csv")  # its rows are the pairs compared only
+    assert as_csv.exit_code == 1 and "removed: noise (in BASE, not in NEW)" in as_csv.stderr
+    assert as_csv.stderr.strip().splitlines()[-1].startswith("REGRESSED:")
     assert document["no_longer_computed"][0]["name"] == "blur" and document["regressed"] is True
 
 
