@@ -152,9 +152,9 @@ def _ssim_maps(
 
     The luminance ``1 - 2 mu_d^2 / D`` is off by about float32's rounding, absolute, wherever it is
     near 0 (means far apart: a black prediction of a bright image), so a small SSIM lost its
-    relative precision (all-white against all-black, 1e-4: 2.7e-4 relative). On a CPU the planes
-    whose luminance rounding the estimate puts over the budget are computed wholly in float64; on a
-    GPU that is left as it is (about 1e-7 absolute), as the check would make the host wait.
+    relative precision (all-white against all-black, 1e-4: 2.7e-4 relative). The float64 maps made
+    for the variances make it from float64 means too: on a GPU always, on a CPU for the planes whose
+    rounding the estimate, luminance included, puts over the budget.
     """
     maps_of = functools.partial(
         _ssim_maps_of, data_range=data_range, taps=taps, k1=k1, k2=k2, with_luminance=with_luminance
@@ -166,21 +166,12 @@ def _ssim_maps(
     luminance, contrast_structure, (variance_rounding, luminance_rounding) = maps_of(
         x, y, centres, with_rounding=True
     )
-    totals, whole = variance_rounding > FLOAT32_ROUNDING_BUDGET, None
-    if luminance_rounding is not None:
-        whole = luminance_rounding > FLOAT32_ROUNDING_BUDGET
-        totals = (variance_rounding + luminance_rounding > FLOAT32_ROUNDING_BUDGET) & ~whole
-    for risky, in_float64 in ((totals, False), (whole, True)):
-        if risky is None or not (risky := risky.nonzero().flatten()).numel():
-            continue
-        redone_centres = tuple(centre[risky] for centre in centres)
-        if in_float64:
-            redone = maps_of(x[risky].double(), y[risky].double(), tuple(c.double() for c in redone_centres))
-        else:
-            redone = maps_of(x[risky], y[risky], redone_centres, wide_totals=True)
-        contrast_structure = contrast_structure.index_put((risky,), redone[1].to(x.dtype))
+    rounding = variance_rounding if luminance_rounding is None else variance_rounding + luminance_rounding
+    if (risky := (rounding > FLOAT32_ROUNDING_BUDGET).nonzero().flatten()).numel():
+        redone = maps_of(x[risky], y[risky], tuple(centre[risky] for centre in centres), wide_totals=True)
+        contrast_structure = contrast_structure.index_put((risky,), redone[1])
         if luminance is not None:
-            luminance = luminance.index_put((risky,), redone[0].to(x.dtype))
+            luminance = luminance.index_put((risky,), redone[0])
     return luminance, contrast_structure
 
 
@@ -222,8 +213,9 @@ def _ssim_maps_of(
     wide_totals: bool = False,
     with_rounding: bool = False,
 ):
-    """:func:`_ssim_maps` in ``x``'s precision, the maps of ``s`` filtered in float64 if
-    ``wide_totals``; with :func:`_float32_rounding` as a third result if ``with_rounding``.
+    """:func:`_ssim_maps` in ``x``'s precision; if ``wide_totals``, the maps of ``s`` and the mean of
+    ``d`` filtered in float64 and the luminance made in float64; with the rounding estimates (of the
+    variances, :func:`_float32_rounding`, and of the luminance) as a third result if ``with_rounding``.
 
     SSIM needs only ``mu_x mu_y``, ``mu_x^2 + mu_y^2``, ``sigma_xy`` and ``sigma_x^2 + sigma_y^2``,
     and each is a sum or difference of the local means and variances of ``s = x + y`` and
@@ -248,11 +240,16 @@ def _ssim_maps_of(
         total = total.double()
     difference = torch.sub(x, y).sub_(difference_centre)
     mean_total = _gaussian_filter_valid(total, taps)
-    mean_difference = _gaussian_filter_valid(difference, taps)
+    # wide_totals makes the luminance in float64 too (from float64 means): 1 - 2 mu_d^2 / D is off
+    # by float32's rounding absolutely, which a small SSIM (means far apart) cannot afford.
+    wide_mean_difference = _gaussian_filter_valid(
+        difference.double() if wide_totals and with_luminance else difference, taps
+    )
+    mean_difference = wide_mean_difference.to(x.dtype)
     # var_s + 2 C2 and var_d
     var_total = _gaussian_filter_valid(torch.addcmul(one.to(total.dtype) * (2 * c2), total, total), taps)
     var_total = var_total.addcmul_(mean_total, mean_total, value=-1).to(x.dtype)
-    mean_total = mean_total.to(x.dtype)
+    wide_mean_total, mean_total = mean_total, mean_total.to(x.dtype)
     var_difference = _gaussian_filter_valid(difference * difference, taps)
     var_difference.addcmul_(mean_difference, mean_difference, value=-1)
     del total, difference
@@ -263,10 +260,12 @@ def _ssim_maps_of(
     del var_total, var_difference
     luminance = None
     if with_luminance:
-        mean_difference_squared = (mean_difference + difference_centre).square()
-        uncentred_total = mean_total + total_centre
+        mean_difference_squared = (wide_mean_difference + difference_centre).square()
+        uncentred_total = wide_mean_total + total_centre
         denominator = torch.addcmul(mean_difference_squared, uncentred_total, uncentred_total).add_(2 * c1)
-        luminance = torch.addcdiv(one, mean_difference_squared, denominator, value=-2)
+        luminance = torch.addcdiv(
+            one.to(denominator.dtype), mean_difference_squared, denominator, value=-2
+        ).to(x.dtype)
     if rounding is None:
         return luminance, contrast_structure
     # Relative to the mean of SSIM's map where it is made, else of its contrast-structure term.
