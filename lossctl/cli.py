@@ -340,12 +340,10 @@ HtmlLimitOption = Annotated[
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    if _silenced_rank:  # an error no other rank can report: this rank's own, before or after its share
-        Console(stderr=True).print(
-            f"error: {_silenced_rank}: {message}", style="red", markup=False, highlight=False, soft_wrap=True
-        )
-    else:
-        stderr.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    # A silenced rank still prints, with its name, an error no other rank can report: its own,
+    # before or after its share (its quiet stderr console would drop it).
+    console, prefix = (Console(stderr=True), f"{_silenced_rank}: ") if _silenced_rank else (stderr, "")
+    console.print(f"error: {prefix}{message}", style="red", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -489,10 +487,11 @@ def _check_output_paths(
     an input report (or a CSV's ``.meta.json`` sidecar, which is written and read beside it), nor an
     output folder (``--maps``): one would silently replace the other (``--csv r.csv --html r.csv``).
     A device or a pipe (``/dev/stdout``) is written into, not replaced, and may take several."""
+    from .atomic import is_stream
     from .report import sidecar_path
 
     outputs = dict(outputs)
-    if (csv_path := outputs.get("--csv")) is not None and not (csv_path.exists() and not csv_path.is_file()):
+    if (csv_path := outputs.get("--csv")) is not None and not is_stream(csv_path):
         outputs["--csv's sidecar"] = sidecar_path(csv_path)
     inputs = [*inputs, *(sidecar_path(path) for path in inputs if path.suffix.lower() == ".csv")]
     named = {os.path.realpath(path): "input report" for path in inputs}
@@ -500,8 +499,8 @@ def _check_output_paths(
         if folder is not None:
             named.setdefault(os.path.realpath(folder), option)
     for option, path in outputs.items():
-        _check_output_path(path, option)
-        if path is None or (path.exists() and not path.is_file()):
+        _check_output_path(path, option)  # a folder is refused there
+        if path is None or is_stream(path):
             continue
         same = named.setdefault(os.path.realpath(path), option)
         if same == "input report":
