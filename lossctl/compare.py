@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from .report import (
     to_csv,
     unquote_spreadsheet_safe,
 )
+from .results import per_class_metric
 
 
 @dataclass(frozen=True)
@@ -85,13 +85,8 @@ def load_report(path: Path) -> LoadedReport:
         raise LossctlError(
             f"{path} has duplicate pair names: {', '.join(frame['name'][frame['name'].duplicated()][:3])}"
         )
-    per_class = sorted(
-        {match["metric"] for column in frame.columns if (match := PER_CLASS_COLUMN.fullmatch(str(column)))}
-    )
+    per_class = sorted({metric for column in frame.columns if (metric := per_class_metric(str(column)))})
     return LoadedReport(path, frame.set_index("name", drop=False), metrics, params, per_class)
-
-
-PER_CLASS_COLUMN = re.compile(r"(?P<metric>.+)_class_\d+")
 
 
 def _sidecar_params(sidecar: Path) -> Any:

@@ -99,6 +99,12 @@ def _text(values: Iterable[str]) -> np.ndarray:
     return np.array(list(values), dtype=object)
 
 
+def per_class_metric(name: str) -> str | None:
+    """The metric of a ``METRIC_class_K`` column name, or None for any other name."""
+    metric, _, number = name.rpartition("_class_")
+    return metric if metric and number.isdecimal() else None
+
+
 def sorted_per_class(names: Iterable[str]) -> list[str]:
     """``METRIC_class_K`` column names by metric, then class number."""
 
