@@ -100,8 +100,12 @@ def test_ignore_index_and_the_bundled_samples():
     labels = np.asarray(Image.open(SEG_GT / "scene_probs.png"))  # a palette PNG, read as indices
     assert set(np.unique(labels)) == {0, 1, 2, 3, 255}
     expected = reference(np.load(SEG_PRED / "scene_probs.npy"), labels, True, ignore=255)
-    assert rows.loc["scene_probs", "ce"] == pytest.approx(expected["ce"], rel=1e-5)
-    assert rows.loc["scene_probs", "iou"] == pytest.approx(expected["iou"], rel=1e-5)
+    row = rows.loc["scene_probs"]
+    for metric in ("ce", "dice", "iou", "pixel_accuracy"):  # ignored pixels count in none of them
+        assert row[metric] == pytest.approx(expected[metric], rel=1e-5), metric
+    for k in range(4):
+        assert row[f"dice_class_{k}"] == pytest.approx(expected["dice_k"][k], rel=1e-5, nan_ok=True)
+        assert row[f"iou_class_{k}"] == pytest.approx(expected["iou_k"][k], rel=1e-5, nan_ok=True)
     without = evaluate(SEG_PRED, SEG_GT, code=3)
     assert without.loc["scene_probs", "error"] == "label 255 is not a class of the 4-class prediction (0..3)"
     assert without.loc["scene_logits", "status"] == "ok"
@@ -273,6 +277,11 @@ def test_binary_masks_report_bce_dice_and_iou_at_a_threshold(folders, rng):
         hard = p >= threshold
         assert row["iou"] == pytest.approx((hard & mask).sum() / (hard | mask).sum(), rel=1e-6)
     assert row["dice"] == pytest.approx(2 * (p * mask).sum() / (p.sum() + mask.sum()), rel=1e-5)
+    # torch.nn.BCELoss: -(g log p + (1 - g) log(1 - p)), each log clamped at -100 (p is 0 or 1 at places)
+    with np.errstate(divide="ignore"):
+        log_p, log_not_p = np.maximum(np.log(p), -100), np.maximum(np.log1p(-p), -100)
+    bce = -(mask * log_p + (1 - mask) * log_not_p).mean()
+    assert row["bce"] == pytest.approx(bce, rel=1e-5)
     result = invoke("eval", pred, gt, "-m", "psnr", "--threshold", "0.5")
     assert result.exit_code == 2 and "--threshold is used by iou" in result.stderr
 
