@@ -48,6 +48,16 @@ def save_image(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
     return path
 
 
+def one_line_error(result, code: int, fragment: str) -> None:
+    """A command's error as the CLI promises it: exit ``code``, one ``error: ...`` line on stderr
+    naming ``fragment``, no traceback."""
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
 def random_rgb(rng: np.random.Generator, height: int = 32, width: int = 40) -> np.ndarray:
     return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 

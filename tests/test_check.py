@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from lossctl.check import CheckConfig, Limit, Rule, check_frame, glob_regex, limits_for
 from lossctl.cli import app
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, one_line_error, random_rgb, save_image
 
 runner = CliRunner()
 SAMPLES = [str(SAMPLE_PRED), str(SAMPLE_GT)]
@@ -289,8 +289,7 @@ def test_pyproject_key_names_carry_the_tool_prefix(tmp_path):
 )
 def test_usage_errors_exit_2(args, fragment, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no config file above
-    result = invoke("check", *SAMPLES, *args)
-    assert result.exit_code == 2 and fragment in result.stderr, result.output
+    one_line_error(invoke("check", *SAMPLES, *args), 2, fragment)
 
 
 def test_glob_rules():

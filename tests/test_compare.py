@@ -16,7 +16,16 @@ from lossctl.cli import app
 from lossctl.compare import worsening
 from lossctl.report import spreadsheet_safe, unquote_spreadsheet_safe
 
-from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, pair_with_unit_weights, random_rgb, save_image
+from .conftest import (
+    REPO,
+    SAMPLE_GT,
+    SAMPLE_PRED,
+    noisy,
+    one_line_error,
+    pair_with_unit_weights,
+    random_rgb,
+    save_image,
+)
 
 runner = CliRunner()
 
@@ -274,8 +283,7 @@ def test_usage_errors_exit_2(tmp_path, base_document, monkeypatch, args, fragmen
     (tmp_path / "bad.json").write_text("[1, 2]")
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     (tmp_path / "psnr_only.csv").write_text("name,status,psnr\nblur,ok,28\n")
-    result = invoke("compare", *args)
-    assert result.exit_code == 2 and fragment in result.stderr, result.output
+    one_line_error(invoke("compare", *args), 2, fragment)
 
 
 def test_markdown_output(tmp_path, base_document):

@@ -14,9 +14,8 @@ from typer.testing import CliRunner
 from lossctl.cli import app
 from lossctl.report import sidecar_path
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, one_line_error, random_rgb, save_image
 from .hostile_folders import build_hostile_folders
-from .test_cli import one_line_error
 
 runner = CliRunner()
 SAMPLES = [SAMPLE_PRED, SAMPLE_GT]
