@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from lossctl import losses as L
 from lossctl.cli import app
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, random_rgb, save_image
+from .conftest import SAMPLE_GT, SAMPLE_PRED, one_line_error, random_rgb, save_image
+from .test_losses import skimage_ssim
 
 runner = CliRunner()
 RGB_SAMPLES = ["blur", "jpeg_artifacts", "noise", "upscale_x4"]
@@ -145,8 +146,7 @@ def test_compare_refuses_reports_with_different_conventions(tmp_path):
     ],
 )
 def test_convention_usage_errors(args, fragment):
-    result = invoke("eval", SAMPLE_PRED, SAMPLE_GT, *args)
-    assert result.exit_code == 2 and fragment in result.stderr, result.output
+    one_line_error(invoke("eval", SAMPLE_PRED, SAMPLE_GT, *args), 2, fragment)
 
 
 def test_crop_larger_than_the_image_is_a_pair_error(folders, rng):
@@ -184,6 +184,25 @@ def test_matlab_downsampling_matches_ssim_m(shape):
     np.testing.assert_allclose(got, matlab_ssim_downsample_reference(image), rtol=1e-12, atol=1e-14)
 
 
+def test_the_matlab_preset_in_eval_is_ssim_m_s_downsampling(folders, rng):
+    """`eval --preset matlab` on a pair large enough to be downsampled (400 px: f = 2): SSIM equals
+    scikit-image's SSIM of the images as ssim.m downsamples them, and the other metrics are those
+    of the plain images (the bundled samples are 256 px, where ssim.m does not downsample)."""
+    pred, gt = folders
+    smooth = cv2.GaussianBlur(rng.random((400, 416, 3)), (0, 0), 6)  # downsampling averages noise away
+    clean = np.round(255 * (smooth - smooth.min()) / (smooth.max() - smooth.min())).astype(np.uint8)
+    save_image(gt / "x.png", clean)
+    save_image(pred / "x.png", np.clip(clean.astype(np.int64) + rng.integers(-30, 31, clean.shape), 0, 255).astype(np.uint8))
+    matlab = csv_rows(pred, gt, "--preset", "matlab", "-m", "psnr,ssim").loc["x"]
+    plain = csv_rows(pred, gt, "-m", "psnr,ssim").loc["x"]
+    p, g = (np.asarray(Image.open(folder / "x.png"), dtype=np.float64).transpose(2, 0, 1) / 255 for folder in (pred, gt))
+    p, g = (np.stack([matlab_ssim_downsample_reference(plane) for plane in image]) for image in (p, g))
+    assert p.shape == (3, 200, 208)
+    assert matlab["ssim"] == pytest.approx(skimage_ssim(p, g), rel=1e-5)
+    assert matlab["ssim"] > plain["ssim"] + 0.05
+    assert matlab["psnr"] == plain["psnr"]
+
+
 def test_matlab_preset_downsamples_ssim_only():
     generator = torch.Generator().manual_seed(1)
     target = torch.rand(1, 3, 600, 520, generator=generator, dtype=torch.float64)
@@ -199,6 +218,22 @@ def test_ms_ssim_matches_pytorch_msssim_on_random_images(shape):
     target = torch.rand(shape, generator=generator, dtype=torch.float64)
     pred = (target + 0.1 * torch.randn(shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
     expected = pytorch_msssim.ms_ssim(pred, target, data_range=1, size_average=False)
+    torch.testing.assert_close(L.ms_ssim(pred, target, reduction="none"), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        L.ms_ssim(pred.float(), target.float(), reduction="none").double(), expected, rtol=1e-5, atol=0
+    )
+
+
+def test_ms_ssim_clips_negative_terms_as_pytorch_msssim_does():
+    """A channel whose prediction is anticorrelated with its target has negative contrast-structure
+    terms, which MS-SSIM's ReLU sets to 0 before raising them to the scale weights (a negative base
+    would give NaN); the other channel keeps a positive MS-SSIM."""
+    generator = torch.Generator().manual_seed(3)
+    target = torch.rand(2, 2, 192, 200, generator=generator, dtype=torch.float64)
+    pred = (target + 0.1 * torch.randn(target.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    pred[:, 0] = 1 - target[:, 0]
+    expected = pytorch_msssim.ms_ssim(pred, target, data_range=1, size_average=False)
+    assert (expected > 0.3).all()  # the correlated channel's half of the mean
     torch.testing.assert_close(L.ms_ssim(pred, target, reduction="none"), expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(
         L.ms_ssim(pred.float(), target.float(), reduction="none").double(), expected, rtol=1e-5, atol=0
