@@ -25,7 +25,16 @@ from typer.testing import CliRunner
 from lossctl.cli import _LazyProgress, _partial_path, app
 from lossctl.metrics import METRICS
 
-from .conftest import REPO, SAMPLE_GT, SAMPLE_PRED, noisy, pair_with_unit_weights, random_rgb, save_image
+from .conftest import (
+    REPO,
+    SAMPLE_GT,
+    SAMPLE_PRED,
+    noisy,
+    one_line_error,
+    pair_with_unit_weights,
+    random_rgb,
+    save_image,
+)
 
 runner = CliRunner()
 SAMPLES = [str(SAMPLE_PRED), str(SAMPLE_GT)]
@@ -35,14 +44,6 @@ IMAGE_METRICS = [name for name, metric in METRICS.items() if metric.compute is n
 
 def invoke(*args: str):
     return runner.invoke(app, [str(arg) for arg in args])
-
-
-def one_line_error(result, code: int, fragment: str) -> None:
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert fragment in lines[0]
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture
@@ -247,14 +248,22 @@ def test_identical_pairs_are_inf_per_image_and_left_out_of_the_mean(folders, rng
     clean = random_rgb(rng)
     save_image(pred / "same.png", clean)
     save_image(gt / "same.png", clean)
-    save_image(pred / "other.png", noisy(rng, clean))
+    other = noisy(rng, clean)
+    save_image(pred / "other.png", other)
     save_image(gt / "other.png", clean)
-    document = json.loads(invoke("eval", pred, gt, "-m", "psnr", "--format", "json").stdout)
+    document = json.loads(invoke("eval", pred, gt, "-m", "psnr,ms_ssim", "--format", "json").stdout)
     rows = {row["name"]: row["psnr"] for row in document["rows"]}
     assert rows["same"] == "inf"
     summary = document["summary"]["psnr"]
-    assert summary["infinite"] == 1 and summary["count"] == 2
+    assert summary["infinite"] == 1 and summary["count"] == 2 and summary["nan"] == 0
     assert summary["mean"] == pytest.approx(rows["other"]) and summary["std"] == 0
+    assert summary["median"] == summary["max"] == "inf" and summary["min"] == pytest.approx(rows["other"])
+    # The pooled PSNR keeps the identical pair's MSE of 0: 10 log10(1 / mean(mse)) over both pairs.
+    mse_other = np.mean(((other.astype(np.float64) - clean) / 255) ** 2)
+    assert summary["pooled"] == pytest.approx(10 * math.log10(1 / ((0 + mse_other) / 2)), abs=1e-4)
+    # 32x40 is under MS-SSIM's 161 px: NaN for both pairs, counted as such, no mean.
+    ms_ssim = document["summary"]["ms_ssim"]
+    assert ms_ssim["nan"] == 2 and ms_ssim["count"] == 0 and ms_ssim["mean"] is None
     csv_text = invoke("eval", pred, gt, "-m", "psnr", "--format", "csv").stdout
     assert ",inf" in csv_text
     table = invoke("eval", pred, gt, "-m", "psnr").stdout
@@ -385,8 +394,29 @@ def test_metrics_command_lists_every_metric_with_direction_and_defaults():
         assert name in table.stdout
     listing = json.loads(invoke("metrics", "--format", "json").stdout)
     assert [entry["name"] for entry in listing] == list(METRICS)
-    assert {entry["name"]: entry["params"] for entry in listing}["charbonnier"] == {"eps": 0.001}
-    assert {entry["name"]: entry["better"] for entry in listing}["psnr"] == "higher"
+    # Every default and direction as METRICS.md's table gives it (iou, ce and pixel_accuracy: lossctl's).
+    ssim = {"window": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03}
+    contract = {
+        "l1": ("lower", {}),
+        "mse": ("lower", {}),
+        "rmse": ("lower", {}),
+        "psnr": ("higher", {}),
+        "ssim": ("higher", {**ssim, "downsample": 0}),
+        "ms_ssim": ("higher", ssim),
+        "charbonnier": ("lower", {"eps": 1e-3}),
+        "smooth_l1": ("lower", {"beta": 1.0}),
+        "huber": ("lower", {"delta": 1.0}),
+        "log_cosh": ("lower", {}),
+        "quantile": ("lower", {"q": 0.5}),
+        "bce": ("lower", {}),
+        "dice": ("higher", {}),
+        "iou": ("higher", {"threshold": 0.5}),
+        "ce": ("lower", {}),
+        "pixel_accuracy": ("higher", {}),
+        "tv": ("lower", {}),
+        "weighted_tv": ("lower", {}),
+    }
+    assert {entry["name"]: (entry["better"], entry["params"]) for entry in listing} == contract
 
 
 def test_version_and_module_entry_point():
