@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from lossctl import losses as L
+from lossctl.conventions import Convention
 from lossctl.engine import EvalConfig, _to_device, _widened_16_bit, evaluate, resolve_device
 from lossctl.errors import LossctlError
 from lossctl.io import pair_folders
@@ -199,6 +200,23 @@ def test_undefined_values_are_nan_with_a_note_and_the_pair_stays_ok(folders, rng
     ]
 
 
+@pytest.mark.parametrize(
+    "height, width, undefined",
+    [(11, 11, ["ms_ssim"]), (10, 40, ["ssim", "ms_ssim"]), (161, 161, []), (160, 200, ["ms_ssim"]), (200, 160, ["ms_ssim"])],
+)
+def test_ssim_and_ms_ssim_are_defined_from_exactly_their_smallest_size(folders, rng, height, width, undefined):
+    """SSIM needs the 11x11 window, MS-SSIM 161 px on the shorter side ((11 - 1) 2^4 + 1)."""
+    pred, gt = folders
+    clean = random_rgb(rng, height, width)
+    save_image(gt / "x.png", clean)
+    save_image(pred / "x.png", noisy(rng, clean))
+    result = run(pred, gt, metrics="ssim,ms_ssim")["x"]
+    assert result.status == "ok"
+    for name in ("ssim", "ms_ssim"):
+        assert math.isnan(result.values[name]) == (name in undefined), name
+    assert [note.split(":")[0] for note in result.notes] == undefined
+
+
 def test_weight_maps_drive_weighted_tv_and_missing_ones_are_noted(tmp_path, folders, rng):
     pred, gt = folders
     weights = tmp_path / "weights"
@@ -208,15 +226,21 @@ def test_weight_maps_drive_weighted_tv_and_missing_ones_are_noted(tmp_path, fold
         save_image(pred / f"{name}.png", noisy(rng, clean))
     weight = rng.integers(0, 256, size=(16, 16), dtype=np.uint8)
     save_image(weights / "a.png", weight)
-    results = run(pred, gt, metrics="weighted_tv", weights=weights)
     p = np.asarray(Image.open(pred / "a.png"), dtype=np.float64).transpose(2, 0, 1) / 255
     w = weight.astype(np.float64) / 255
-    expected = (w[:-1, :] * np.abs(np.diff(p, axis=1))).sum() / (3 * w[:-1, :].sum()) + (
-        w[:, :-1] * np.abs(np.diff(p, axis=2))
-    ).sum() / (3 * w[:, :-1].sum())
-    assert results["a"].values["weighted_tv"] == pytest.approx(expected, rel=1e-5)
+
+    def expected(p, w):
+        return (w[:-1, :] * np.abs(np.diff(p, axis=1))).sum() / (3 * w[:-1, :].sum()) + (
+            w[:, :-1] * np.abs(np.diff(p, axis=2))
+        ).sum() / (3 * w[:, :-1].sum())
+
+    results = run(pred, gt, metrics="weighted_tv", weights=weights)
+    assert results["a"].values["weighted_tv"] == pytest.approx(expected(p, w), rel=1e-5)
     assert math.isnan(results["b"].values["weighted_tv"])
     assert results["b"].notes == ["weighted_tv: no weight map with this name"]
+    # --crop-border crops the weight map with the images: the same pixels keep the same weights.
+    cropped = run(pred, gt, metrics="weighted_tv", weights=weights, convention=Convention(crop_border=3))
+    assert cropped["a"].values["weighted_tv"] == pytest.approx(expected(p[:, 3:-3, 3:-3], w[3:-3, 3:-3]), rel=1e-5)
 
 
 def test_unreadable_and_mismatched_pairs_are_errors_and_the_rest_is_computed(folders, rng):
@@ -307,6 +331,26 @@ def test_float32_keeps_its_tolerance_for_one_level_16_bit_offsets(folders):
         assert single.values[name] == pytest.approx(double.values[name], rel=1e-5), name
     assert single.values["psnr"] == pytest.approx(double.values["psnr"], abs=1e-4)
     assert double.values["l1"] == pytest.approx(1 / 65535, rel=1e-12)
+
+
+def test_16_bit_rgb_errors_keep_every_bit(folders, rng):
+    """METRICS.md: a 16-bit RGB pair differing only in the low byte has a non-zero error. And the
+    widest difference, 0 against 65535, must not wrap around in the integer differences."""
+    pred, gt = folders
+    high = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint16) << 8
+    save_image(gt / "low_byte.png", high)
+    save_image(pred / "low_byte.png", high | 0x7F)
+    extremes = np.zeros((16, 16, 3), dtype=np.uint16)
+    extremes[::2] = 65535
+    save_image(gt / "extremes.png", extremes)
+    save_image(pred / "extremes.png", 65535 - extremes)
+    for precision in ("float32", "float64"):
+        results = run(pred, gt, precision=precision)
+        low_byte, widest = results["low_byte"].values, results["extremes"].values
+        assert low_byte["l1"] == pytest.approx(0x7F / 65535, rel=1e-6)
+        assert low_byte["mse"] == pytest.approx((0x7F / 65535) ** 2, rel=1e-5)
+        assert widest["l1"] == pytest.approx(1.0, rel=1e-6) and widest["mse"] == pytest.approx(1.0, rel=1e-6)
+        assert widest["psnr"] == pytest.approx(0.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 9, 4, 3), (3, 6, 6, 1)])
