@@ -241,7 +241,10 @@ def test_every_loss_in_every_cpu_dtype(name, dtype):
     assert value.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert torch.isfinite(leaf.grad).all() and leaf.grad.dtype == dtype
     reference = LOSSES[name](pred.double(), target.double())
-    assert value.item() == pytest.approx(reference.item(), rel=1e-4, abs=1e-6)
+    # METRICS.md: float32 within 1e-5 of float64. In half types some cases' own inputs (a softmax, a
+    # weight map) are made in that type before the loss, and differ from the float64 reference's.
+    rel = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-4
+    assert value.item() == pytest.approx(reference.item(), rel=rel)
 
 
 MODULES = [
