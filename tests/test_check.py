@@ -212,8 +212,14 @@ def test_params_from_the_config_reach_the_metrics(tmp_path):
         ("[[rules]]\nmin = { psnr = 3 }\n", "rules[0].paths must name at least one glob"),
         ('[[rules]]\npaths = "a/*"\nlimit = 3\n', "unknown key 'rules[0].limit'"),
         ("[min\npsnr = 3\n", "is not valid TOML"),
-        ('metrics = ["ssim"]\nparams = ["ssim.window=0"]\n', "params entry ssim.window=0: ssim.window must be"),
-        ('params = ["charbonnier.eps=1e-4"]\n', "params entry charbonnier.eps=1e-4: charbonnier is not among"),
+        (
+            'metrics = ["ssim"]\nparams = ["ssim.window=0"]\n',
+            "params entry ssim.window=0: ssim.window must be",
+        ),
+        (
+            'params = ["charbonnier.eps=1e-4"]\n',
+            "params entry charbonnier.eps=1e-4: charbonnier is not among",
+        ),
         ('params = ["psnr.range=2"]\n', "params entry psnr.range=2: psnr has no parameter 'range'"),
     ],
 )
@@ -229,7 +235,10 @@ def test_a_pyproject_given_without_a_lossctl_table_says_so(tmp_path):
     """Its top level was read as thresholds: 'unknown key project'."""
     config = write(tmp_path / "pyproject.toml", '[project]\nname = "x"\n')
     result = invoke("check", *SAMPLES, "--config", config, "--min", "psnr=1")
-    assert result.exit_code == 2 and f"error: {config} has no [tool.lossctl] table of thresholds" in result.stderr
+    assert (
+        result.exit_code == 2
+        and f"error: {config} has no [tool.lossctl] table of thresholds" in result.stderr
+    )
 
 
 def test_config_files_that_are_not_toml_tables_exit_2_not_as_an_internal_error(tmp_path, monkeypatch):
@@ -337,7 +346,9 @@ def test_the_same_folder_as_pred_and_gt_is_refused(tmp_path):
 
 def test_a_rule_whose_paths_match_no_pair_is_pointed_out(tmp_path):
     """A typo in a rule's glob made its thresholds check nothing, and the gate passed quietly."""
-    config = write(tmp_path / "lossctl.toml", '[min]\npsnr = 1\n[[rules]]\npaths = "blurr*"\nmin = { psnr = 99 }\n')
+    config = write(
+        tmp_path / "lossctl.toml", '[min]\npsnr = 1\n[[rules]]\npaths = "blurr*"\nmin = { psnr = 99 }\n'
+    )
     result = invoke("check", *SAMPLES, "--config", config)
     assert result.exit_code == 0, result.output
     assert "note: rule paths blurr* match no pair, so its thresholds checked nothing" in result.stdout

@@ -165,7 +165,9 @@ def test_two_outputs_never_name_the_same_file_nor_an_input(tmp_path, folders, rn
     # The CSV's sidecar is written too, and --maps is a folder: neither may be another output.
     sidecar = invoke("eval", *SAMPLES, "-m", "l1", "--csv", report, "--html", f"{report}.meta.json")
     one_line_error(sidecar, 2, "--html and --csv's sidecar name the same file")
-    folder = invoke("eval", *SAMPLES, "-m", "l1", "--json", tmp_path / "m.json", "--maps", tmp_path / "m.json")
+    folder = invoke(
+        "eval", *SAMPLES, "-m", "l1", "--json", tmp_path / "m.json", "--maps", tmp_path / "m.json"
+    )
     one_line_error(folder, 2, "is the --maps folder; give each output its own name")
     assert not (tmp_path / "m.json").exists()
 
@@ -175,7 +177,9 @@ def test_a_complete_run_removes_the_partial_reports_an_interrupted_one_left(tmp_
     stale = [tmp_path / name for name in ("r.csv.partial", "r.csv.partial.meta.json", "r.json.partial")]
     for path in [*stale, tmp_path / "other.csv.partial"]:
         path.write_text("rows of an earlier, interrupted run")
-    result = invoke("eval", *SAMPLES, "-m", "l1", "--csv", tmp_path / "r.csv", "--json", tmp_path / "r.json", "-q")
+    result = invoke(
+        "eval", *SAMPLES, "-m", "l1", "--csv", tmp_path / "r.csv", "--json", tmp_path / "r.json", "-q"
+    )
     assert result.exit_code == 0, result.output
     assert not any(path.exists() for path in stale) and (tmp_path / "other.csv.partial").exists()
 
@@ -210,7 +214,9 @@ def test_parameters_change_the_values():
 def test_a_parameter_set_twice_is_refused_not_silently_overwritten():
     """-p ssim.window=7 -p ssim.window=9 kept 9, and --threshold beside -p iou.threshold kept one."""
     twice = invoke("eval", *SAMPLES, "-m", "ssim", "-p", "ssim.window=7", "-p", "ssim.window=9")
-    one_line_error(twice, 2, "--param ssim.window=9: ssim.window is already set (ssim.window=7); give it once")
+    one_line_error(
+        twice, 2, "--param ssim.window=9: ssim.window is already set (ssim.window=7); give it once"
+    )
     both = invoke("eval", *SAMPLES, "-m", "iou", "--threshold", "0.3", "-p", "iou.threshold=0.7")
     one_line_error(both, 2, "--threshold and --param iou.threshold set the same value; give one")
 
@@ -285,7 +291,9 @@ def test_an_infinite_mse_gives_a_pooled_psnr_of_minus_inf_not_an_internal_error(
     assert result.exit_code == 0, result.stderr
     document = json.loads(result.stdout)
     rows = {row["name"]: row for row in document["rows"]}
-    assert rows["broken"]["mse"] == "inf" and rows["broken"]["psnr"] == "-inf" and rows["same"]["psnr"] == "inf"
+    assert (
+        rows["broken"]["mse"] == "inf" and rows["broken"]["psnr"] == "-inf" and rows["same"]["psnr"] == "inf"
+    )
     assert document["summary"]["psnr"]["pooled"] == "-inf"
     table = invoke("eval", pred, gt, "-m", "mse,psnr").stdout
     assert "pooled PSNR (from the mean MSE): -inf dB" in table

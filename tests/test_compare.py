@@ -136,7 +136,10 @@ def test_the_means_are_over_the_pairs_computed_in_both_reports(tmp_path, base_do
     kept = [row for row in json.loads(new.read_text())["rows"]]
     assert l1["new_mean"] == pytest.approx(sum(row["l1"] for row in kept) / 6)
     assert "means over the 6 pairs computed in both reports" in invoke("compare", base, new).stdout
-    assert "Means over the 6 pairs computed in both reports:" in invoke("compare", base, new, "--format", "markdown").stdout
+    assert (
+        "Means over the 6 pairs computed in both reports:"
+        in invoke("compare", base, new, "--format", "markdown").stdout
+    )
 
 
 def test_pairs_not_computed_in_base_are_listed_not_dropped(tmp_path, base_document):

@@ -192,10 +192,16 @@ def test_the_matlab_preset_in_eval_is_ssim_m_s_downsampling(folders, rng):
     smooth = cv2.GaussianBlur(rng.random((400, 416, 3)), (0, 0), 6)  # downsampling averages noise away
     clean = np.round(255 * (smooth - smooth.min()) / (smooth.max() - smooth.min())).astype(np.uint8)
     save_image(gt / "x.png", clean)
-    save_image(pred / "x.png", np.clip(clean.astype(np.int64) + rng.integers(-30, 31, clean.shape), 0, 255).astype(np.uint8))
+    save_image(
+        pred / "x.png",
+        np.clip(clean.astype(np.int64) + rng.integers(-30, 31, clean.shape), 0, 255).astype(np.uint8),
+    )
     matlab = csv_rows(pred, gt, "--preset", "matlab", "-m", "psnr,ssim").loc["x"]
     plain = csv_rows(pred, gt, "-m", "psnr,ssim").loc["x"]
-    p, g = (np.asarray(Image.open(folder / "x.png"), dtype=np.float64).transpose(2, 0, 1) / 255 for folder in (pred, gt))
+    p, g = (
+        np.asarray(Image.open(folder / "x.png"), dtype=np.float64).transpose(2, 0, 1) / 255
+        for folder in (pred, gt)
+    )
     p, g = (np.stack([matlab_ssim_downsample_reference(plane) for plane in image]) for image in (p, g))
     assert p.shape == (3, 200, 208)
     assert matlab["ssim"] == pytest.approx(skimage_ssim(p, g), rel=1e-5)

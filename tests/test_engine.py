@@ -202,9 +202,17 @@ def test_undefined_values_are_nan_with_a_note_and_the_pair_stays_ok(folders, rng
 
 @pytest.mark.parametrize(
     "height, width, undefined",
-    [(11, 11, ["ms_ssim"]), (10, 40, ["ssim", "ms_ssim"]), (161, 161, []), (160, 200, ["ms_ssim"]), (200, 160, ["ms_ssim"])],
+    [
+        (11, 11, ["ms_ssim"]),
+        (10, 40, ["ssim", "ms_ssim"]),
+        (161, 161, []),
+        (160, 200, ["ms_ssim"]),
+        (200, 160, ["ms_ssim"]),
+    ],
 )
-def test_ssim_and_ms_ssim_are_defined_from_exactly_their_smallest_size(folders, rng, height, width, undefined):
+def test_ssim_and_ms_ssim_are_defined_from_exactly_their_smallest_size(
+    folders, rng, height, width, undefined
+):
     """SSIM needs the 11x11 window, MS-SSIM 161 px on the shorter side ((11 - 1) 2^4 + 1)."""
     pred, gt = folders
     clean = random_rgb(rng, height, width)
@@ -240,7 +248,9 @@ def test_weight_maps_drive_weighted_tv_and_missing_ones_are_noted(tmp_path, fold
     assert results["b"].notes == ["weighted_tv: no weight map with this name"]
     # --crop-border crops the weight map with the images: the same pixels keep the same weights.
     cropped = run(pred, gt, metrics="weighted_tv", weights=weights, convention=Convention(crop_border=3))
-    assert cropped["a"].values["weighted_tv"] == pytest.approx(expected(p[:, 3:-3, 3:-3], w[3:-3, 3:-3]), rel=1e-5)
+    assert cropped["a"].values["weighted_tv"] == pytest.approx(
+        expected(p[:, 3:-3, 3:-3], w[3:-3, 3:-3]), rel=1e-5
+    )
 
 
 def test_unreadable_and_mismatched_pairs_are_errors_and_the_rest_is_computed(folders, rng):

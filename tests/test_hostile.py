@@ -82,7 +82,9 @@ def test_a_file_name_that_is_not_utf8_is_reported_in_every_format(tmp_path, rng)
     save_image(pred / f"{name}.png", noisy(rng, clean))
     save_image(gt / f"{name}.png", clean)
     csv_report, json_report, page = tmp_path / "r.csv", tmp_path / "r.json", tmp_path / "r.html"
-    result = invoke("eval", pred, gt, "-m", "l1,psnr", "--csv", csv_report, "--json", json_report, "--html", page)
+    result = invoke(
+        "eval", pred, gt, "-m", "l1,psnr", "--csv", csv_report, "--json", json_report, "--html", page
+    )
     assert result.exit_code == 0, result.output
     assert os.fsencode(pred / f"{name}.png") in csv_report.read_bytes()  # the file's own bytes
     assert json.loads(json_report.read_text())["rows"][0]["name"] == name
@@ -394,9 +396,15 @@ def test_a_worker_killed_once_costs_one_new_pool_not_one_per_pair(folders, rng, 
         save_image(gt / f"{'b' if index == 3 else index}.png", clean)
     pools = []
     new_pool = decoding._Decoders._new_pool
-    monkeypatch.setattr(decoding._Decoders, "_new_pool", lambda self, workers: (pools.append(workers), new_pool(self, workers))[1])
+    monkeypatch.setattr(
+        decoding._Decoders,
+        "_new_pool",
+        lambda self, workers: (pools.append(workers), new_pool(self, workers))[1],
+    )
     monkeypatch.setattr(decoding, "_load_in_process", _die_once)
-    result = invoke("eval", pred, gt, "-m", "l1", "--decoder", "processes", "--workers", "2", "--format", "csv")
+    result = invoke(
+        "eval", pred, gt, "-m", "l1", "--decoder", "processes", "--workers", "2", "--format", "csv"
+    )
     assert result.exit_code == 0, result.output
     assert (pd.read_csv(io.StringIO(result.stdout))["status"] == "ok").sum() == 12
     assert pools == [2, 2]  # the first pool and the one that replaced it
@@ -446,7 +454,9 @@ def test_an_unreadable_subfolder_is_an_error_row_and_the_rest_is_computed(folder
     assert check.exit_code == 3 and "Traceback" not in check.output
 
 
-def test_a_subfolder_unreadable_on_both_sides_is_one_row_with_both_reasons(tmp_path, folders, rng, monkeypatch):
+def test_a_subfolder_unreadable_on_both_sides_is_one_row_with_both_reasons(
+    tmp_path, folders, rng, monkeypatch
+):
     """Two rows of one name: the report lost one (its rows are keyed by name), and the shard or
     torchrun rank holding both was refused as damaged."""
     pred, gt = folders
@@ -472,7 +482,9 @@ def test_a_subfolder_unreadable_on_both_sides_is_one_row_with_both_reasons(tmp_p
         "its images are not in this report"
     )
     assert document["counts"]["pairs"] == 2
-    assert invoke("eval", pred, gt, "-m", "l1", "--shard", "0/1", "--json", tmp_path / "s.json").exit_code == 3
+    assert (
+        invoke("eval", pred, gt, "-m", "l1", "--shard", "0/1", "--json", tmp_path / "s.json").exit_code == 3
+    )
     merged = invoke("merge", tmp_path / "s.json", "--format", "json")
     assert merged.exit_code == 3, merged.output  # was refused: "2 rows but 3 pair positions"
     assert json.loads(merged.stdout)["rows"] == document["rows"]

@@ -252,7 +252,9 @@ def test_html_of_a_segmentation_run_needs_no_map_metric(tmp_path):
     assert compared.exit_code == 2 and "needs a heat-map metric (l1, ssim) in both reports" in compared.stderr
     assert "(segmentation pairs have none)" in compared.stderr
     # The run keeps only the metrics that apply: an image metric to sort by is a usage error after it.
-    sorted_by = invoke("eval", SEG_PRED, SEG_GT, "--ignore-index", "255", "--html", page, "--html-sort", "ssim")
+    sorted_by = invoke(
+        "eval", SEG_PRED, SEG_GT, "--ignore-index", "255", "--html", page, "--html-sort", "ssim"
+    )
     assert sorted_by.exit_code == 2 and "--html-sort ssim: not among the metrics computed" in sorted_by.stderr
 
 
@@ -322,7 +324,9 @@ def test_16_bit_label_maps_hold_many_classes(folders, rng):
 
 def test_chosen_metrics_of_the_other_kind_are_empty_with_a_note():
     """-m ce on image pairs (or psnr on segmentation pairs) gave empty cells, exit 0, and no word."""
-    images = evaluate(REPO / "sample_images" / "pred", REPO / "sample_images" / "gt", "-m", "l1,ce,pixel_accuracy")
+    images = evaluate(
+        REPO / "sample_images" / "pred", REPO / "sample_images" / "gt", "-m", "l1,ce,pixel_accuracy"
+    )
     assert images["l1"].notna().all() and images["ce"].isna().all() and images["pixel_accuracy"].isna().all()
     assert all(
         "ce, pixel_accuracy: for segmentation pairs (.npy class scores), not image pairs" in notes
