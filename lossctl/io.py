@@ -55,6 +55,7 @@ class Pair:
     gt_file: str | None
     weight_file: str | None = None
     problem: str | None = None
+    weight_problem: str | None = None  # why a weights folder gives this pair no map, where pairing knows
     notes: tuple[str, ...] = ()  # facts worth reporting that do not stop the computation
 
     @property
@@ -299,6 +300,7 @@ def pair_folders(pred_root: Path, gt_root: Path, weights_root: Path | None = Non
                 gt_file=gts[0] if gts else None,
                 weight_file=weights[0] if len(weights) == 1 else None,
                 problem="; ".join(problems) or None,
+                weight_problem=_ambiguity("weight map", weights) if len(weights) > 1 else None,
             )
         )
     pairs = _note_files_reached_twice(pairs)
@@ -839,5 +841,7 @@ def load_pair(pair: Pair, with_weights: bool = False) -> LoadedPair | LoadedSegm
         )
     if not with_weights:
         return LoadedPair(pair, pred, gt)
+    if pair.weight_problem:
+        return LoadedPair(pair, pred, gt, None, pair.weight_problem)
     weight, problem = _load_weight(pair.weight, gt.height, gt.width)
     return LoadedPair(pair, pred, gt, weight, problem)

@@ -68,10 +68,27 @@ def test_two_files_with_one_name_are_an_ambiguity_naming_both(folders, rng):
     save_image(gt / "x.png", random_rgb(rng))
     save_image(gt / "y.png", random_rgb(rng))
     save_image(pred / "y.png", random_rgb(rng))
-    (pair_x, pair_y) = pair_folders(pred, gt).pairs
+    save_image(gt / "z.png", random_rgb(rng))  # and on the ground truth's side
+    save_image(gt / "z.jpg", random_rgb(rng))
+    save_image(pred / "z.png", random_rgb(rng))
+    (pair_x, pair_y, pair_z) = pair_folders(pred, gt).pairs
     assert pair_x.status == "error"
-    assert "x.jpg" in pair_x.problem and "x.png" in pair_x.problem
+    assert pair_x.problem == "ambiguous pred: 2 files share this name (x.jpg, x.png)"
     assert pair_y.status == "pending"
+    assert pair_z.status == "error"
+    assert pair_z.problem == "ambiguous gt: 2 files share this name (z.jpg, z.png)"
+
+
+def test_upper_case_extensions_are_images(folders, rng):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    Image.fromarray(clean).save(pred / "a.PNG", format="PNG")
+    Image.fromarray(clean).save(pred / "b.JPG", format="JPEG")
+    save_image(gt / "a.png", clean)
+    save_image(gt / "b.png", clean)
+    pairing = pair_folders(pred, gt)
+    assert [(pair.name, pair.status) for pair in pairing.pairs] == [("a", "pending"), ("b", "pending")]
+    assert pairing.skipped == []
 
 
 def test_folder_errors(tmp_path, folders, rng):
@@ -322,7 +339,9 @@ def _png_of_mode(mode: str, rng, size=(29, 23), **save) -> tuple[bytes, Image.Im
         image = Image.fromarray(rng.integers(1, 256, (height, width, 3), dtype=np.uint8)).quantize(200)
     else:
         channels = len(Image.new(mode, (1, 1)).getbands())
-        image = Image.fromarray(rng.integers(1, 256, (height, width, channels), dtype=np.uint8).squeeze(), mode)
+        image = Image.fromarray(
+            rng.integers(1, 256, (height, width, channels), dtype=np.uint8).squeeze(), mode
+        )
     stream = io.BytesIO()
     image.save(stream, "PNG", **save)
     return stream.getvalue(), image
@@ -459,6 +478,15 @@ def test_size_mismatch_is_a_pair_error(folders, rng):
         load_pair(pair_folders(pred, gt).pairs[0])
 
 
+def test_transposed_sizes_are_a_size_mismatch(folders, rng):
+    """30x20 against 20x30: the same number of pixels, not the same image size."""
+    pred, gt = folders
+    save_image(pred / "x.png", random_rgb(rng, 20, 30))
+    save_image(gt / "x.png", random_rgb(rng, 30, 20))
+    with pytest.raises(ImageReadError, match="size mismatch: pred is 30x20, gt is 20x30"):
+        load_pair(pair_folders(pred, gt).pairs[0])
+
+
 def test_grayscale_against_rgb_is_allowed_and_reports_three_channels(folders, rng):
     pred, gt = folders
     save_image(pred / "x.png", random_rgb(rng)[:, :, 0])
@@ -483,6 +511,43 @@ def test_weight_maps_are_matched_by_name_and_checked(tmp_path, folders, rng):
     assert loaded["missing"].weight_problem == "no weight map with this name"
     assert "not grayscale" in loaded["rgb"].weight_problem
     assert "is 8x8, the images 40x32" in loaded["small"].weight_problem
+
+
+def test_two_weight_maps_of_one_name_are_named_not_called_missing(tmp_path, folders, rng):
+    pred, gt = folders
+    weights = tmp_path / "weights"
+    clean = random_rgb(rng)
+    save_image(pred / "a.png", clean)
+    save_image(gt / "a.png", clean)
+    save_image(weights / "a.png", np.full((32, 40), 255, dtype=np.uint8))
+    save_image(weights / "a.bmp", np.zeros((32, 40), dtype=np.uint8))
+    (pair,) = pair_folders(pred, gt, weights).pairs
+    loaded = load_pair(pair, with_weights=True)
+    assert pair.status == "pending" and loaded.weight is None
+    assert loaded.weight_problem == "ambiguous weight map: 2 files share this name (a.bmp, a.png)"
+
+
+def test_16_bit_gray_with_alpha_png_is_its_gray_channel(tmp_path, rng):
+    """Alpha is dropped; the gray channel keeps its 16 bits (OpenCV reads this PNG as 16-bit BGRA)."""
+    gray = rng.integers(0, 65536, (6, 5), dtype=np.uint16)
+    alpha = rng.integers(0, 65536, (6, 5), dtype=np.uint16)
+    rows = np.dstack([gray, alpha]).astype(">u2").reshape(6, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 5, 6, 16, 4, 0, 0, 0)  # 16-bit gray + alpha
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+    (tmp_path / "la16.png").write_bytes(png)
+    decoded = decode_image(tmp_path / "la16.png")
+    assert decoded.pixels.shape == (6, 5, 1) and decoded.bit_depth == 16
+    np.testing.assert_array_equal(decoded.pixels[:, :, 0], gray)
 
 
 def test_16_bit_ppm_keeps_16_bits(tmp_path, rng):
