@@ -12,7 +12,18 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lossctl.check import CheckConfig, Limit, Rule, check_frame, glob_regex, limits_for
+from lossctl.check import (
+    CheckConfig,
+    Limit,
+    Rule,
+    check_frame,
+    failure_rows,
+    glob_regex,
+    limits_for,
+    load_config,
+    merge_command_line,
+    to_junit,
+)
 from lossctl.cli import app
 
 from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, one_line_error, random_rgb, save_image
@@ -377,3 +388,100 @@ def test_a_config_can_come_through_a_pipe(tmp_path):
     finally:
         os.close(read)
     assert result.exit_code == 0, result.output
+
+
+def frame_of(names, status=None, **metrics) -> pd.DataFrame:
+    """A report's frame: ``names`` with ``status`` (ok by default) and each metric's values."""
+    columns = {
+        "name": names,
+        "pred": [f"p/{name}.png" for name in names],
+        "gt": [f"g/{name}.png" for name in names],
+        "status": status or ["ok"] * len(names),
+        "error": [""] * len(names),
+    }
+    return pd.DataFrame(
+        {**columns, **{metric: [float(v) for v in values] for metric, values in metrics.items()}}
+    )
+
+
+def minimum(metric, value, *paths) -> Rule:
+    return Rule((Limit(metric, "min", value),), paths)
+
+
+def test_a_command_line_limit_replaces_the_files_in_mean_mode_too():
+    """In --each mode the later of two limits decides anyway; in mean mode both were kept, so a
+    command-line --min psnr=10 could not loosen a file's psnr = 40."""
+    merged = merge_command_line(
+        CheckConfig((minimum("psnr", 40.0),), mode="mean"), [Limit("psnr", "min", 10.0)]
+    )
+    assert merged.rules[0].limits == (Limit("psnr", "min", 10.0),)
+    assert check_frame(frame_of(["a", "b"], psnr=[20, 30]), merged).exit_code == 0  # mean 25 >= 10
+
+
+def test_one_nan_among_the_pairs_fails_the_mean():
+    """pandas' mean skips NaN: one undefined value must fail --mean, not vanish from it."""
+    verdict = check_frame(
+        frame_of(["a", "b"], ssim=[0.9, math.nan]), CheckConfig((minimum("ssim", 0.5),), mode="mean")
+    )
+    assert verdict.exit_code == 1
+    (failure,) = verdict.failures
+    assert math.isnan(failure.value) and failure.detail == "NaN in b"
+
+
+def test_infinities_count_against_the_mean_by_the_metrics_direction():
+    """An identical pair (PSNR inf) must not lift the mean over every minimum; a ce of inf (a
+    certain wrong class) must not be dropped from a maximum's mean."""
+    psnr = check_frame(
+        frame_of(["same", "bad"], psnr=[math.inf, 20]), CheckConfig((minimum("psnr", 30.0),), mode="mean")
+    )
+    assert psnr.exit_code == 1 and psnr.failures[0].value == 20.0
+    ce_limit = CheckConfig((Rule((Limit("ce", "max", 1.0),)),), mode="mean")
+    ce = check_frame(frame_of(["a", "b"], ce=[math.inf, 0.1]), ce_limit)
+    assert ce.exit_code == 1 and ce.failures[0].value == math.inf
+
+
+def test_mean_mode_junit_is_one_testcase():
+    frame = frame_of(["a", "b", "c"], psnr=[40, 41, 42])
+    verdict = check_frame(frame, CheckConfig((minimum("psnr", 30.0),), mode="mean"))
+    suite = ElementTree.fromstring(to_junit(verdict, frame).split("\n", 1)[1])
+    assert suite.get("tests") == "1" and len(list(suite.iter("testcase"))) == 1
+
+
+def test_the_junit_message_names_every_failed_limit_of_a_pair():
+    frame = frame_of(["a"], psnr=[20], l1=[0.5])
+    config = CheckConfig((Rule((Limit("psnr", "min", 30.0), Limit("l1", "max", 0.1))),))
+    suite = ElementTree.fromstring(to_junit(check_frame(frame, config), frame).split("\n", 1)[1])
+    assert (
+        suite.find("testcase/failure").get("message")
+        == "psnr = 20, limit psnr >= 30; l1 = 0.5, limit l1 <= 0.1"
+    )
+
+
+def test_a_rule_matching_only_a_pair_that_failed_to_compute_is_not_called_unmatched():
+    frame = frame_of(["faces/a", "cars/b"], status=["error", "ok"], psnr=[math.nan, 40])
+    config = CheckConfig((minimum("psnr", 1.0), minimum("psnr", 30.0, "faces/**")))
+    assert check_frame(frame, config).unmatched_rules == []
+
+
+def test_rule_paths_match_whole_names_not_prefixes():
+    """A loosening rule for "easy" must not cover easy_v2 (a prefix match let it pass)."""
+    assert not minimum("psnr", 40.0, "faces/*").matches("faces/a/b")
+    config = CheckConfig((minimum("psnr", 30.0), minimum("psnr", 10.0, "easy")))
+    verdict = check_frame(frame_of(["easy", "easy_v2"], psnr=[15, 15]), config)
+    assert verdict.exit_code == 1 and verdict.failed_pairs == {"easy_v2"}
+
+
+def test_a_config_file_does_not_allow_missing_pairs_unless_it_says_so(tmp_path, folders, rng):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(pred / "good.png", clean)
+    save_image(gt / "good.png", clean)
+    save_image(pred / "orphan.png", clean)
+    config = write(tmp_path / "lossctl.toml", "[min]\npsnr = 1\n")
+    assert load_config(config).allow_missing is False
+    assert invoke("check", pred, gt, "--config", config).exit_code == 3
+
+
+def test_failures_are_listed_worst_first_with_a_positive_excess():
+    verdict = check_frame(frame_of(["a", "b"], psnr=[25, 10]), CheckConfig((minimum("psnr", 27.0),)))
+    assert failure_rows(verdict) == [["b", "psnr", "10", ">= 27", "17"], ["a", "psnr", "25", ">= 27", "2"]]
