@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lossctl.cli import app
-from lossctl.compare import worsening
+from lossctl.compare import Tolerance, worsening
 from lossctl.report import spreadsheet_safe, unquote_spreadsheet_safe
 
 from .conftest import (
@@ -322,3 +322,76 @@ def test_compare_csv_quotes_names_a_spreadsheet_would_run_as_formulas(tmp_path, 
     assert result.exit_code == 0, result.output
     names = pd.read_csv(io.StringIO(result.stdout))["name"].tolist()
     assert "'=HYPERLINK(1)" in names and "=HYPERLINK(1)" not in names
+
+
+def test_a_removed_pair_alone_is_a_regression(tmp_path, base_document):
+    """A pipeline that stops writing some outputs must not compare as OK."""
+
+    def remove(rows, document):
+        document["rows"] = [row for row in document["rows"] if row["name"] != "noise"]
+
+    result = invoke(
+        "compare",
+        write_report(tmp_path / "b.json", base_document),
+        write_report(tmp_path / "n.json", base_document, remove),
+    )
+    assert result.exit_code == 1 and "REGRESSED: 1 pairs removed (6 pairs compared)" in result.stdout
+
+
+def test_a_relative_tolerance_is_of_the_base_values_size():
+    assert Tolerance(relative=0.1).allowed(-0.5) == pytest.approx(0.05)  # a negative SSIM keeps its slack
+    assert Tolerance(relative=0.01, absolute=0.2).allowed(math.inf) == 0.2  # not inf
+
+
+def test_an_identical_pair_that_stops_being_identical_regresses_under_a_relative_tolerance(
+    tmp_path, base_document
+):
+    """1% of an infinite PSNR is no tolerance: inf -> 30 dB is a regression."""
+
+    def identical(rows, _):
+        rows["noise"]["psnr"] = "inf"
+
+    def dropped(rows, _):
+        rows["noise"]["psnr"] = 30.0
+
+    base, new = (
+        write_report(tmp_path / "b.json", base_document, identical),
+        write_report(tmp_path / "n.json", base_document, dropped),
+    )
+    result = invoke("compare", base, new, "--rel-tolerance", "psnr=0.01", "--format", "json")
+    assert result.exit_code == 1
+    (row,) = [row for row in json.loads(result.stdout)["rows"] if row["regression"]]
+    assert (row["name"], row["metric"], row["worse_by"], row["tolerance"]) == ("noise", "psnr", "inf", 0.0)
+
+
+def test_reports_made_under_different_conventions_are_refused(tmp_path, base_document):
+    def y_channel(rows, document):
+        document["params"]["convention"]["y_channel"] = True
+
+    base, new = (
+        write_report(tmp_path / "b.json", base_document),
+        write_report(tmp_path / "n.json", base_document, y_channel),
+    )
+    result = invoke("compare", base, new)
+    assert result.exit_code == 2 and "convention" in result.stderr
+
+
+def test_unchanged_means_are_the_same(tmp_path, base_document):
+    base = write_report(tmp_path / "b.json", base_document)
+    text = invoke("compare", base, base, "--format", "markdown").stdout
+    table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| metric")]
+    assert table and all(line.endswith("| same |") for line in table), table
+
+
+def test_csv_pair_names_that_read_as_missing_values_come_back(tmp_path, folders, rng):
+    """pandas reads NA and null as NaN unless told not to: compare then failed as an internal error."""
+    pred, gt = folders
+    for name in ("NA", "null", "x"):
+        clean = random_rgb(rng)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    report = tmp_path / "r.csv"
+    assert invoke("eval", pred, gt, "-m", "psnr", "--csv", report, "-q").exit_code == 0
+    result = invoke("compare", report, report, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert sorted({row["name"] for row in json.loads(result.stdout)["rows"]}) == ["NA", "null", "x"]
