@@ -286,9 +286,19 @@ def _set_nested_param(document):
     document["params"]["decoding"] = 5
 
 
+def _rename_a_row(document):
+    document["rows"][0]["name"] += "_renamed"
+
+
+def _set_position_past_the_end(document):
+    document["shard"]["positions"][0] = document["shard"]["pairs"]
+
+
 @pytest.mark.parametrize(
     "edit, fragment",
     [
+        (_rename_a_row, "the shards' pairs are not the pairing they were made from"),
+        (_set_position_past_the_end, "is damaged: a pair position outside 0..6"),
         (_set_metrics, "'metrics' is not a list of names"),
         (_set_counts, "'counts' is not an object"),
         (_set_psnr, "is damaged: psnr 'abc' of "),
