@@ -470,20 +470,16 @@ def test_truncated_png_is_an_image_read_error(tmp_path, rng):
         decode_image(tmp_path / "cut.png")
 
 
-def test_size_mismatch_is_a_pair_error(folders, rng):
+@pytest.mark.parametrize(
+    "pred_size, gt_size",
+    [((32, 40), (32, 41)), ((20, 30), (30, 20))],  # transposed: as many pixels, not the same size
+)
+def test_size_mismatch_is_a_pair_error(folders, rng, pred_size, gt_size):
     pred, gt = folders
-    save_image(pred / "x.png", random_rgb(rng, 32, 40))
-    save_image(gt / "x.png", random_rgb(rng, 32, 41))
-    with pytest.raises(ImageReadError, match="size mismatch: pred is 40x32, gt is 41x32"):
-        load_pair(pair_folders(pred, gt).pairs[0])
-
-
-def test_transposed_sizes_are_a_size_mismatch(folders, rng):
-    """30x20 against 20x30: the same number of pixels, not the same image size."""
-    pred, gt = folders
-    save_image(pred / "x.png", random_rgb(rng, 20, 30))
-    save_image(gt / "x.png", random_rgb(rng, 30, 20))
-    with pytest.raises(ImageReadError, match="size mismatch: pred is 30x20, gt is 20x30"):
+    save_image(pred / "x.png", random_rgb(rng, *pred_size))
+    save_image(gt / "x.png", random_rgb(rng, *gt_size))
+    message = f"size mismatch: pred is {pred_size[1]}x{pred_size[0]}, gt is {gt_size[1]}x{gt_size[0]}"
+    with pytest.raises(ImageReadError, match=message):
         load_pair(pair_folders(pred, gt).pairs[0])
 
 
