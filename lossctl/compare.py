@@ -22,6 +22,7 @@ from .metrics import METRICS
 from .report import (
     TEXT_COLUMNS,
     format_precise,
+    print_title,
     sidecar_path,
     to_csv,
     unquote_spreadsheet_safe,
@@ -355,11 +356,8 @@ def render_comparison(console, comparison: Comparison, limit: int = 50) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(
-        title=f"{comparison.base.path} -> {comparison.new.path}: means {comparison.means_scope}",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-    )
+    print_title(console, f"{comparison.base.path} -> {comparison.new.path}: means {comparison.means_scope}")
+    table = Table(box=box.SIMPLE_HEAD)
     for index, header in enumerate(SUMMARY_HEADER):
         table.add_column(header, justify="left" if index == 0 else "right")
     styles = {"worse": "red", "better": "green"}

@@ -337,6 +337,14 @@ def _extreme_styles(frame: pd.DataFrame, name: str) -> dict[int, str]:
     return {best: "green", worst: "red"}
 
 
+def print_title(console: Console, title: str) -> None:
+    """A table's title as one line of its own (the terminal wraps it, as the verdict lines), in the
+    style Rich gives table titles: a ``Table`` title wraps at the table's width (a one-metric table
+    split the run's summary line over two lines) and reads markup (a path holding ``[v2]`` lost
+    that part)."""
+    console.print(Text(title, style="table.title"), soft_wrap=True)
+
+
 def render_table(
     console: Console,
     frame: pd.DataFrame,
@@ -345,8 +353,8 @@ def render_table(
     per_image: bool,
 ) -> None:
     """Print the summary table (and the per-image table) sized to the console's width."""
-    title = f"lossctl eval — {_counts_line(frame, info)} — {_convention_text(info)}"
-    summary_table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    print_title(console, f"lossctl eval — {_counts_line(frame, info)} — {_convention_text(info)}")
+    summary_table = Table(box=box.SIMPLE_HEAD)
     for index, header in enumerate(SUMMARY_HEADER):
         summary_table.add_column(header, justify="right" if index else "left", no_wrap=True)
     for row in _summary_rows(summary):

@@ -595,3 +595,9 @@ def test_an_interrupt_inside_exec_of_source_text_still_exits_130(tmp_path):
     )
     assert completed.returncode == 130, completed.stderr
     assert completed.stderr.strip() == "error: interrupted"
+
+
+def test_the_summary_title_is_one_line_whatever_the_tables_width():
+    """A table's title wraps at the table's width: with one metric the run's line was split in two."""
+    first = invoke("eval", *SAMPLES, "-m", "psnr", "--no-per-image").stdout.splitlines()[0]
+    assert first.rstrip() == "lossctl eval — 7 pairs: 7 ok, 0 error, 0 unmatched — preset skimage"

@@ -395,3 +395,12 @@ def test_csv_pair_names_that_read_as_missing_values_come_back(tmp_path, folders,
     result = invoke("compare", report, report, "--format", "json")
     assert result.exit_code == 0, result.output
     assert sorted({row["name"] for row in json.loads(result.stdout)["rows"]}) == ["NA", "null", "x"]
+
+
+def test_report_paths_are_shown_as_they_are_not_read_as_markup(tmp_path, base_document):
+    """The means table's title read Rich markup: a folder named [v2] vanished from the path shown."""
+    folder = tmp_path / "[v2]"
+    folder.mkdir()
+    base = write_report(folder / "base.json", base_document)
+    first = invoke("compare", base, base).stdout.splitlines()[0]
+    assert first == f"{base} -> {base}: means over the 7 pairs computed in both reports"
