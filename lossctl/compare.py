@@ -168,7 +168,9 @@ class Comparison:
 
     @property
     def regressions(self) -> pd.DataFrame:
-        return self.rows[self.rows["regression"]]
+        # astype: with no pair compared the column is empty and of object dtype, which pandas would
+        # take as a list of column labels and answer with a frame of no columns at all.
+        return self.rows[self.rows["regression"].astype(bool)]
 
     @property
     def exit_code(self) -> int:

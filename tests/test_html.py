@@ -367,7 +367,9 @@ def test_compare_html_says_when_the_reports_files_cannot_be_found(tmp_path, rng,
     monkeypatch.chdir(tmp_path / "reports")  # neither here nor beside the reports: base/a.png
     result = invoke("compare", "base.json", "new.json", "--html", "c.html")
     assert result.exit_code == 1
-    note = "note: --html: 2 before/after pair(s) of those that got worse could not be read (first: pred a.png:"
+    note = (
+        "note: --html: 2 before/after pair(s) of those that got worse could not be read (first: pred a.png:"
+    )
     assert note in result.stdout and "run compare there, or eval with absolute folders" in result.stdout
     page = (tmp_path / "reports" / "c.html").read_text(encoding="utf-8")
     assert "not drawn: pred a.png: cannot read file" in page  # the ground truth's panel
@@ -387,10 +389,16 @@ def test_compare_html_errors(reports, tmp_path):
 @pytest.mark.parametrize(
     ("recorded", "fragment"),
     [
-        ({"convention": {"preset": "skimage", "crop_border": 0, "future_option": True}}, "cannot draw maps under"),
+        (
+            {"convention": {"preset": "skimage", "crop_border": 0, "future_option": True}},
+            "cannot draw maps under",
+        ),
         ({"convention": {"preset": "jpeg2000"}}, "cannot draw maps under"),
         ({"convention": {"crop_border": -2}}, "cannot draw maps under"),
-        ({"l1": {"scale": 2}}, "l1 parameters cannot be used for its maps: --param l1.scale=2: l1 has no parameter"),
+        (
+            {"l1": {"scale": 2}},
+            "l1 parameters cannot be used for its maps: --param l1.scale=2: l1 has no parameter",
+        ),
     ],
 )
 def test_compare_html_refuses_parameters_it_cannot_draw_maps_under(reports, tmp_path, recorded, fragment):
@@ -439,3 +447,78 @@ def test_compare_html_from_csv_reports_uses_their_sidecars(reports, tmp_path):
     assert invoke("compare", base, new, "--html", page_path, "--map-metric", "ssim", "-q").exit_code == 1
     text = page_path.read_text(encoding="utf-8")
     assert "Neither report records its parameters" in text and "noise: ssim map 246x246" in text
+
+
+def test_failed_pair_names_and_reasons_are_escaped_in_the_table(folders, rng, tmp_path):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(gt / "good.png", clean)
+    save_image(pred / "good.png", noisy(rng, clean))
+    save_image(pred / "<b>lonely</b>.png", clean)  # unmatched: a row of the failed-pairs table
+    page = tmp_path / "r.html"
+    assert invoke("eval", pred, gt, "-m", "l1", "--html", page, "-q").exit_code == 3  # the unmatched pair
+    text = page.read_text(encoding="utf-8")
+    assert "<b>lonely</b>" not in text and "&lt;b&gt;lonely&lt;/b&gt;" in text
+
+
+def test_notes_of_a_card_are_escaped(folders, rng, tmp_path):
+    pred, gt = folders
+    for name in ("a", "<i>b"):
+        save_image(gt / f"{name}.png", random_rgb(rng))
+    save_image(pred / "a.png", random_rgb(rng))
+    (pred / "<i>b.png").symlink_to(pred / "a.png")  # a's card notes: "... the same file as the pred of <i>b"
+    page = tmp_path / "r.html"
+    assert invoke("eval", pred, gt, "-m", "l1", "--html", page, "-q").exit_code == 0
+    text = page.read_text(encoding="utf-8")
+    assert "the pred of &lt;i&gt;b" in text and "<i>" not in text
+
+
+def test_pictures_beside_the_page_are_one_file_each(tmp_path):
+    page_path = tmp_path / "report.html"
+    args = ["-m", "l1", "--html", page_path, "--html-images", "files", "-q"]
+    assert invoke("eval", SAMPLE_PRED, SAMPLE_GT, *args).exit_code == 0
+    thumbs = outline(page_path.read_text(encoding="utf-8")).thumbs
+    sources = [thumb["src"] for thumb in thumbs]
+    fulls = [thumb["data-full"] for thumb in thumbs if thumb["data-full"]]
+    assert len(set(sources)) == len(sources) and not set(sources) & set(fulls)
+    for full in fulls:
+        with Image.open(tmp_path / full) as image:
+            assert max(image.size) > 200  # the enlarged view, not a thumbnail written over it
+
+
+def test_compare_card_lines_are_escaped(tmp_path, rng):
+    clean = random_rgb(rng, 32, 32)
+    for folder in ("gt", "base", "new"):
+        (tmp_path / folder).mkdir()
+    save_image(tmp_path / "gt" / "<i>z.png", clean)
+    save_image(tmp_path / "base" / "<i>z.png", noisy(rng, clean, 2))
+    (tmp_path / "new" / "<i>z.png").write_bytes(b"not an image")  # NEW: an error row naming the file
+    for folder in ("gt", "base", "new"):  # one pair computed in both (with none, compare --html crashes)
+        save_image(tmp_path / folder / "ok.png", clean)
+    for side in ("base", "new"):
+        invoke(
+            "eval", tmp_path / side, tmp_path / "gt", "-m", "l1", "--json", tmp_path / f"{side}.json", "-q"
+        )
+    page = tmp_path / "c.html"
+    invoke("compare", tmp_path / "base.json", tmp_path / "new.json", "--html", page, "-q")
+    text = page.read_text(encoding="utf-8")
+    assert "no longer computed: error: pred &lt;i&gt;z.png" in text and "<i>" not in text
+
+
+def test_compare_html_with_no_pair_computed_in_both_reports_is_no_internal_error(tmp_path, rng):
+    """Every pair of NEW failed, so no pair is compared: compare --html ended in "internal error:
+    KeyError: 'name'" (the regressions of no rows were a frame of no columns)."""
+    clean = random_rgb(rng, 32, 32)
+    for folder in ("gt", "base", "new"):
+        (tmp_path / folder).mkdir()
+    save_image(tmp_path / "gt" / "a.png", clean)
+    save_image(tmp_path / "base" / "a.png", noisy(rng, clean, 2))
+    (tmp_path / "new" / "a.png").write_bytes(b"not an image")
+    for side in ("base", "new"):
+        invoke(
+            "eval", tmp_path / side, tmp_path / "gt", "-m", "l1", "--json", tmp_path / f"{side}.json", "-q"
+        )
+    result = invoke(
+        "compare", tmp_path / "base.json", tmp_path / "new.json", "--html", tmp_path / "c.html", "-q"
+    )
+    assert result.exit_code == 1 and "internal error" not in result.output, result.output
