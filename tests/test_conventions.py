@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from lossctl import losses as L
 from lossctl.cli import app
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, one_line_error, random_rgb, save_image
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, one_line_error, random_rgb, save_image
 from .test_losses import skimage_ssim
 
 runner = CliRunner()
@@ -306,3 +306,15 @@ def test_check_honours_the_preset():
         "check", SAMPLE_PRED, SAMPLE_GT, "--min", "psnr=15.75", "--preset", "basicsr", "--scale", "4"
     )
     assert result.exit_code == 1 and "mask/coins_mask" in result.stdout  # 15.7460 dB after the crop
+
+
+def test_a_crop_larger_than_the_images_is_an_error_row_for_every_pair(folders, rng):
+    pred, gt = folders
+    for name in ("a", "b", "c"):
+        clean = random_rgb(rng, 16, 16)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
+    result = invoke("eval", pred, gt, "-m", "l1", "--crop-border", "10", "--format", "csv")
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False)
+    assert sorted(rows["name"].astype(str)) == ["a", "b", "c"]
+    assert (rows["status"] == "error").all()

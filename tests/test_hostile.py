@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from lossctl import decoding, engine
 from lossctl.cli import app
-from lossctl.io import pair_folders
+from lossctl.io import load_pair, pair_folders
+from lossctl.metrics import resolve_params
 
 from .conftest import noisy, random_rgb, save_image
 from .hostile_folders import build_hostile_folders
@@ -511,3 +514,54 @@ def test_decoding_processes_send_pixels_through_the_pipe_when_shared_memory_is_f
     )
     assert processes.exit_code == threads.exit_code == 0
     assert processes.stdout == threads.stdout
+
+
+def test_a_pair_the_gpu_cannot_hold_is_computed_on_the_cpu_with_a_note(folders, rng, monkeypatch):
+    pred, gt = folders
+    clean = random_rgb(rng)
+    save_image(gt / "x.png", clean)
+    save_image(pred / "x.png", noisy(rng, clean))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    config = engine.EvalConfig(
+        metrics=["l1", "psnr"], params=resolve_params(["l1", "psnr"], []), device="cpu"
+    )
+    item = load_pair(pair_folders(pred, gt).pairs[0])
+    (result,) = engine._after_out_of_memory([item], config, torch.device("cuda"))
+    assert result.status == "ok"
+    assert result.notes == ["computed on the CPU: cuda ran out of memory"]
+    p = np.asarray(Image.open(pred / "x.png"), dtype=np.float64) / 255
+    g = np.asarray(Image.open(gt / "x.png"), dtype=np.float64) / 255
+    assert result.values["l1"] == pytest.approx(np.abs(p - g).mean(), rel=1e-6)
+
+
+def test_a_python_memory_error_splits_the_batch_like_any_out_of_memory(folders, rng, monkeypatch):
+    pred, gt = folders
+    for index in range(4):
+        clean = random_rgb(rng)
+        save_image(gt / f"{index}.png", clean)
+        save_image(pred / f"{index}.png", noisy(rng, clean))
+    computed = engine.compute_batch
+
+    def small_memory(items, config, device):
+        if len(items) > 1:
+            raise MemoryError()  # numpy / Python allocations raise this, with no message
+        return computed(items, config, device)
+
+    monkeypatch.setattr(engine, "compute_batch", small_memory)
+    result = invoke("eval", pred, gt, "-m", "l1", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(io.StringIO(result.stdout))
+    assert len(rows) == 4 and (rows["status"] == "ok").all()
+
+
+def test_nan_in_the_ground_truth_is_noted_as_the_ground_truth_s(folders, rng):
+    pred, gt = folders
+    values = rng.random((16, 16)).astype(np.float32)
+    broken = values.copy()
+    broken[4, 4] = np.nan
+    Image.fromarray(values, mode="F").save(pred / "x.tif")
+    Image.fromarray(broken, mode="F").save(gt / "x.tif")
+    result = invoke("eval", pred, gt, "-m", "l1", "--format", "csv")
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("name")
+    notes = rows.loc["x", "notes"]
+    assert "gt contains NaN values" in notes and "pred contains NaN values" not in notes

@@ -220,7 +220,10 @@ def test_a_rerun_removes_the_earlier_map_of_a_pair_that_has_none_now(tmp_path, f
 
 def test_a_heat_map_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     """A failure (or Ctrl-C) while a map is written leaves no half PNG under its name."""
-    image, info = Image.new("RGB", (8, 8)), maps.heat_map_info("l1", maps.MapScale(0.0, 1.0), 0.5, (0, 0, 8, 8))
+    image, info = (
+        Image.new("RGB", (8, 8)),
+        maps.heat_map_info("l1", maps.MapScale(0.0, 1.0), 0.5, (0, 0, 8, 8)),
+    )
     target = tmp_path / "x.png"
     maps.save_heat_map(target, image, info)
     before = target.read_bytes()
@@ -256,3 +259,18 @@ def test_maps_beyond_the_first_pass_cache_are_drawn_the_same(runs, tmp_path, mon
     cached_dir, _ = runs["l1"]
     for path in cached_dir.rglob("*.png"):
         assert (maps_dir / path.relative_to(cached_dir)).read_bytes() == path.read_bytes()
+
+
+def test_ssim_heat_maps_use_the_runs_window_and_sigma(tmp_path):
+    maps_dir = tmp_path / "maps"
+    args = ["-m", "ssim", "--map-metric", "ssim", "--param", "ssim.window=7", "--param", "ssim.sigma=2.5"]
+    result = invoke("eval", SAMPLE_PRED, SAMPLE_GT, "--maps", maps_dir, "--format", "csv", "-q", *args)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(io.StringIO(result.stdout)).set_index("name")
+    paths = sorted(maps_dir.rglob("*.png"))
+    assert paths
+    for path in paths:
+        name = path.relative_to(maps_dir).with_suffix("").as_posix()
+        written = maps.read_heat_map(path)
+        assert written.values.shape == (256 - 6, 256 - 6)
+        assert written.mean == pytest.approx(rows.loc[name, "ssim"], rel=1e-5, abs=1e-7)

@@ -337,3 +337,63 @@ def test_chosen_metrics_of_the_other_kind_are_empty_with_a_note():
     assert all("psnr: for image pairs, not segmentation pairs" in notes for notes in scores["notes"])
     default = evaluate(SEG_PRED, SEG_GT, "--ignore-index", "255")  # only the metrics that apply: no note
     assert not any("not segmentation pairs" in notes for notes in default["notes"])
+
+
+def _write_seg(folders, name, scores, labels):
+    pred, gt = folders
+    np.save(pred / f"{name}.npy", scores.astype(np.float32))
+    Image.fromarray(labels.astype(np.uint8), mode="L").save(gt / f"{name}.png")
+
+
+def test_scores_in_0_1_that_do_not_sum_to_1_are_logits_not_probabilities(folders, rng):
+    labels = rng.integers(0, 3, size=(8, 9))
+    scores = rng.random((3, 8, 9))  # in [0, 1], per-pixel sums far from 1
+    _write_seg(folders, "x", scores, labels)
+    result = invoke("eval", *folders, "-m", "ce", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("name").loc["x"]
+    assert "scores read as logits" in row["notes"]
+    expected = F.cross_entropy(
+        torch.from_numpy(scores.astype(np.float32).astype(np.float64))[None], torch.from_numpy(labels)[None]
+    ).item()
+    assert row["ce"] == pytest.approx(expected, rel=1e-5)
+    forced = invoke("eval", *folders, "-m", "ce", "--pred-kind", "probs", "--format", "csv")
+    rows = pd.read_csv(io.StringIO(forced.stdout), keep_default_na=False).set_index("name")
+    assert rows.loc["x", "status"] == "error" and "not probabilities" in rows.loc["x", "error"]
+
+
+def test_a_label_equal_to_the_class_count_is_a_pair_error(folders, rng):
+    labels = rng.integers(0, 3, size=(8, 9))
+    labels[0, 0] = 3  # classes are 0..2
+    _write_seg(folders, "x", rng.normal(size=(3, 8, 9)), labels)
+    result = invoke("eval", *folders, "-m", "ce", "--format", "csv")
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("name")
+    assert rows.loc["x", "status"] == "error"
+    assert rows.loc["x", "error"].startswith("label 3 is not a class of the 3-class prediction")
+
+
+def test_the_scores_note_belongs_to_its_own_pair_when_an_earlier_pair_fails(folders, rng):
+    labels = rng.integers(0, 3, size=(8, 9))
+    bad = labels.copy()
+    bad[0, 0] = 9
+    logits = rng.normal(size=(3, 8, 9)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(axis=0)
+    _write_seg(folders, "a", logits, bad)  # an error row, first in the batch
+    _write_seg(folders, "b", probs, labels)
+    _write_seg(folders, "c", logits, labels)
+    result = invoke("eval", *folders, "-m", "ce", "--format", "csv")
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("name")
+    assert rows.loc["a", "status"] == "error"
+    assert rows.loc["b", "notes"] == "scores read as probabilities"
+    assert rows.loc["c", "notes"] == "scores read as logits"
+    target = torch.from_numpy(labels)[None]
+    as_stored = {
+        name: torch.from_numpy(s.astype(np.float32).astype(np.float64))[None]
+        for name, s in (("b", probs), ("c", logits))
+    }
+    assert float(rows.loc["b", "ce"]) == pytest.approx(
+        F.nll_loss(as_stored["b"].log(), target).item(), rel=1e-5
+    )
+    assert float(rows.loc["c", "ce"]) == pytest.approx(
+        F.cross_entropy(as_stored["c"], target).item(), rel=1e-5
+    )
