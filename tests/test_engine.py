@@ -318,15 +318,18 @@ def test_cuda_upload_keeps_every_stored_value(dtype):
     assert torch.equal(on_cuda.cpu(), on_cpu)
 
 
-def test_nan_pixels_give_nan_values_and_a_note(folders, rng):
+@pytest.mark.parametrize("side", ["pred", "gt"])
+def test_nan_pixels_give_nan_values_and_a_note_naming_their_side(folders, rng, side):
     pred, gt = folders
     values = rng.random((16, 16)).astype(np.float32)
     broken = values.copy()
     broken[4, 4] = np.nan
-    Image.fromarray(broken, mode="F").save(pred / "x.tif")
-    Image.fromarray(values, mode="F").save(gt / "x.tif")
+    Image.fromarray(broken if side == "pred" else values, mode="F").save(pred / "x.tif")
+    Image.fromarray(broken if side == "gt" else values, mode="F").save(gt / "x.tif")
     result = run(pred, gt)["x"]
-    assert result.status == "ok" and "pred contains NaN values" in result.notes
+    other = "gt" if side == "pred" else "pred"
+    assert result.status == "ok" and f"{side} contains NaN values" in result.notes
+    assert f"{other} contains NaN values" not in result.notes
     for name in ("l1", "mse", "rmse", "psnr", "charbonnier", "bce", "ssim"):
         assert math.isnan(result.values[name]), name
 

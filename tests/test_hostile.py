@@ -552,16 +552,3 @@ def test_a_python_memory_error_splits_the_batch_like_any_out_of_memory(folders, 
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(io.StringIO(result.stdout))
     assert len(rows) == 4 and (rows["status"] == "ok").all()
-
-
-def test_nan_in_the_ground_truth_is_noted_as_the_ground_truth_s(folders, rng):
-    pred, gt = folders
-    values = rng.random((16, 16)).astype(np.float32)
-    broken = values.copy()
-    broken[4, 4] = np.nan
-    Image.fromarray(values, mode="F").save(pred / "x.tif")
-    Image.fromarray(broken, mode="F").save(gt / "x.tif")
-    result = invoke("eval", pred, gt, "-m", "l1", "--format", "csv")
-    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("name")
-    notes = rows.loc["x", "notes"]
-    assert "gt contains NaN values" in notes and "pred contains NaN values" not in notes
