@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from lossctl import colormap, html_report
 from lossctl.cli import app
+from lossctl.report import format_value
 
 from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
 
@@ -522,3 +523,13 @@ def test_compare_html_with_no_pair_computed_in_both_reports_is_no_internal_error
         "compare", tmp_path / "base.json", tmp_path / "new.json", "--html", tmp_path / "c.html", "-q"
     )
     assert result.exit_code == 1 and "internal error" not in result.output, result.output
+
+
+def test_cards_are_ranked_from_one_with_each_metrics_direction(sample_report):
+    text, frame = sample_report
+    ranks = [int(rank) for rank in re.findall(r'<span class="rank">#(\d+)</span>', text)]
+    assert ranks == list(range(1, len(frame) + 1))
+    worst = frame.sort_values("l1", ascending=False).iloc[0]
+    card = text[text.index('<span class="rank">#1</span>') : text.index('<span class="rank">#2</span>')]
+    for metric, arrow in (("l1", "↓"), ("psnr", "↑"), ("ssim", "↑")):  # lower / higher is better
+        assert f'<span class="metric">{metric} {arrow}</span> <b>{format_value(worst[metric])}</b>' in card
