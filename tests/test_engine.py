@@ -273,6 +273,10 @@ def test_unreadable_and_mismatched_pairs_are_errors_and_the_rest_is_computed(fol
     assert results["sizes"].error == "size mismatch: pred is 10x10, gt is 12x10"
     assert results["lonely"].error == "no ground truth with this name"
     assert len(results["good"].values) == len(METRICS)
+    # Notes about metrics (ce and pixel_accuracy do not apply to images) belong to computed pairs.
+    not_for_images = "ce, pixel_accuracy: for segmentation pairs (.npy class scores), not image pairs"
+    assert results["good"].notes[-1] == not_for_images  # after ms_ssim's note that 40x32 is too small
+    assert all(results[name].notes == [] for name in ("broken", "sizes", "lonely"))
 
 
 def test_device_errors():
