@@ -101,13 +101,15 @@ def test_a_file_name_that_is_not_utf8_is_reported_in_every_format(tmp_path, rng)
         assert "cannot read file" not in (tmp_path / "c.html").read_text(errors="replace")
 
 
-def test_max_pixels_guards_against_decompression_bombs(folders, rng):
+@pytest.mark.parametrize("decoder", ["threads", "processes"])  # processes start before the engine
+def test_max_pixels_guards_against_decompression_bombs(folders, rng, decoder):
     pred, gt = folders
     for name, size in (("small", 8), ("large", 40)):
         clean = random_rgb(rng, size, size)
         save_image(pred / f"{name}.png", clean)
         save_image(gt / f"{name}.png", clean)
-    result = invoke("eval", pred, gt, "-m", "l1", "--max-pixels", "1000", "--format", "csv")
+    guarded = ("-m", "l1", "--max-pixels", "1000", "--decoder", decoder, "--workers", "2")
+    result = invoke("eval", pred, gt, *guarded, "--format", "csv")
     assert result.exit_code == 3
     rows = pd.read_csv(io.StringIO(result.stdout)).set_index("name")
     assert rows.loc["large", "error"] == (
