@@ -168,9 +168,7 @@ class Comparison:
 
     @property
     def regressions(self) -> pd.DataFrame:
-        # astype: with no pair compared the column is empty and of object dtype, which pandas would
-        # take as a list of column labels and answer with a frame of no columns at all.
-        return self.rows[self.rows["regression"].astype(bool)]
+        return self.rows[self.rows["regression"]]
 
     @property
     def exit_code(self) -> int:
@@ -265,7 +263,9 @@ def compare_reports(base: LoadedReport, new: LoadedReport, tolerances: dict[str,
                 }
             )
     columns = ["name", "metric", "base", "new", "delta", "worse_by", "tolerance", "regression"]
-    rows = pd.DataFrame(records, columns=columns)
+    # Typed even with no pair compared: an empty column of object dtype used as a mask is taken by
+    # pandas as a list of column labels, so every rows[rows["regression"]] gave a frame of no columns.
+    rows = pd.DataFrame(records, columns=columns).astype({"regression": bool})
     if len(rows):
         rows = rows.sort_values(["regression", "worse_by"], ascending=[False, False], kind="stable")
     comparison.rows = rows.reset_index(drop=True)
