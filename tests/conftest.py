@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -72,11 +73,19 @@ def noisy(rng: np.random.Generator, pixels: np.ndarray, spread: int = 20) -> np.
 def pair_with_unit_weights(root: Path, rng: np.random.Generator) -> tuple[Path, Path, Path]:
     """``root/p``, ``root/g`` and ``root/w``: one 16x16 RGB pair and its all-255 weight map."""
     pred, gt, weights = root / "p", root / "g", root / "w"
-    clean = random_rgb(rng, 16, 16)
-    save_image(gt / "x.png", clean)
-    save_image(pred / "x.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ["x"], 16, 16)
     save_image(weights / "x.png", np.full((16, 16), 255, dtype=np.uint8))
     return pred, gt, weights
+
+
+def noisy_pairs(
+    pred: Path, gt: Path, rng: np.random.Generator, names: Iterable, height: int = 32, width: int = 40
+) -> None:
+    """For each of ``names``: ``gt/NAME.png`` a random RGB image and ``pred/NAME.png`` a noisy copy."""
+    for name in names:
+        clean = random_rgb(rng, height, width)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean))
 
 
 @pytest.fixture

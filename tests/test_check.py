@@ -26,7 +26,7 @@ from lossctl.check import (
 )
 from lossctl.cli import app
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, one_line_error, random_rgb, save_image
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, noisy_pairs, one_line_error, random_rgb, save_image
 
 runner = CliRunner()
 SAMPLES = [str(SAMPLE_PRED), str(SAMPLE_GT)]
@@ -369,10 +369,7 @@ def test_a_rule_whose_paths_match_no_pair_is_pointed_out(tmp_path):
 
 def test_mean_mode_counts_the_computed_pairs(folders, rng):
     pred, gt = folders
-    for name in ("a", "b"):
-        clean = random_rgb(rng)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ("a", "b"))
     save_image(gt / "lonely.png", random_rgb(rng))
     result = invoke("check", pred, gt, "--mean", "--min", "psnr=99", "--allow-missing")
     assert result.exit_code == 1 and "FAIL: 1 mean threshold(s) failed over 2 computed pairs" in result.stdout

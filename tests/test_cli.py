@@ -30,6 +30,7 @@ from .conftest import (
     SAMPLE_GT,
     SAMPLE_PRED,
     noisy,
+    noisy_pairs,
     one_line_error,
     pair_with_unit_weights,
     random_rgb,
@@ -50,10 +51,7 @@ def invoke(*args: str):
 def mixed(folders, rng):
     """Two good pairs, an unreadable prediction, a size mismatch and a prediction without gt."""
     pred, gt = folders
-    for name in ("a", "b"):
-        clean = random_rgb(rng)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ("a", "b"))
     (pred / "broken.png").write_bytes(b"not an image")
     save_image(gt / "broken.png", random_rgb(rng))
     save_image(pred / "sizes.png", random_rgb(rng, 10, 10))

@@ -20,11 +20,9 @@ from .conftest import (
     REPO,
     SAMPLE_GT,
     SAMPLE_PRED,
-    noisy,
+    noisy_pairs,
     one_line_error,
     pair_with_unit_weights,
-    random_rgb,
-    save_image,
 )
 
 runner = CliRunner()
@@ -191,10 +189,7 @@ def test_spreadsheet_quoting_reads_back_every_name_exactly(name):
 def test_a_csv_report_of_names_that_look_quoted_compares_equal_to_its_json(tmp_path, rng):
     """A pair named '-neg read back from CSV as -neg: a run compared with itself 'removed' a pair."""
     pred, gt = tmp_path / "p", tmp_path / "g"
-    for name in ("-neg", "'-neg", "'plain"):
-        clean = random_rgb(rng, 16, 16)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ("-neg", "'-neg", "'plain"), 16, 16)
     as_json, as_csv = tmp_path / "r.json", tmp_path / "r.csv"
     invoke("eval", pred, gt, "-m", "psnr", "--json", as_json, "--csv", as_csv, "-q")
     result = invoke("compare", as_json, as_csv)
@@ -386,10 +381,7 @@ def test_unchanged_means_are_the_same(tmp_path, base_document):
 def test_csv_pair_names_that_read_as_missing_values_come_back(tmp_path, folders, rng):
     """pandas reads NA and null as NaN unless told not to: compare then failed as an internal error."""
     pred, gt = folders
-    for name in ("NA", "null", "x"):
-        clean = random_rgb(rng)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ("NA", "null", "x"))
     report = tmp_path / "r.csv"
     assert invoke("eval", pred, gt, "-m", "psnr", "--csv", report, "-q").exit_code == 0
     result = invoke("compare", report, report, "--format", "json")

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from lossctl import losses as L
 from lossctl.cli import app
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, one_line_error, random_rgb, save_image
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy_pairs, one_line_error, random_rgb, save_image
 from .test_losses import skimage_ssim
 
 runner = CliRunner()
@@ -310,10 +310,7 @@ def test_check_honours_the_preset():
 
 def test_a_crop_larger_than_the_images_is_an_error_row_for_every_pair(folders, rng):
     pred, gt = folders
-    for name in ("a", "b", "c"):
-        clean = random_rgb(rng, 16, 16)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ("a", "b", "c"), 16, 16)
     result = invoke("eval", pred, gt, "-m", "l1", "--crop-border", "10", "--format", "csv")
     rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False)
     assert sorted(rows["name"].astype(str)) == ["a", "b", "c"]

@@ -19,7 +19,7 @@ from lossctl.errors import LossctlError
 from lossctl.io import pair_folders
 from lossctl.metrics import METRICS, parse_metric_names, resolve_params
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, noisy_pairs, random_rgb, save_image
 
 METRICS_MD_NAMES = [
     "l1", "mse", "rmse", "psnr", "ssim", "ms_ssim", "charbonnier", "smooth_l1", "huber",
@@ -228,10 +228,7 @@ def test_ssim_and_ms_ssim_are_defined_from_exactly_their_smallest_size(
 def test_weight_maps_drive_weighted_tv_and_missing_ones_are_noted(tmp_path, folders, rng):
     pred, gt = folders
     weights = tmp_path / "weights"
-    for name in ("a", "b"):
-        clean = random_rgb(rng, 16, 16)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ("a", "b"), 16, 16)
     weight = rng.integers(0, 256, size=(16, 16), dtype=np.uint8)
     save_image(weights / "a.png", weight)
     p = np.asarray(Image.open(pred / "a.png"), dtype=np.float64).transpose(2, 0, 1) / 255

@@ -23,7 +23,7 @@ from lossctl.cli import app
 from lossctl.io import load_pair, pair_folders
 from lossctl.metrics import resolve_params
 
-from .conftest import noisy, random_rgb, save_image
+from .conftest import noisy, noisy_pairs, random_rgb, save_image
 from .hostile_folders import build_hostile_folders
 
 runner = CliRunner()
@@ -36,10 +36,7 @@ def invoke(*args):
 def test_names_that_look_like_formulas_are_quoted_in_csv_and_compare_reads_them_back(tmp_path, folders, rng):
     pred, gt = folders
     names = ["=HYPERLINK(1)", "+cmd", "-2", "@SUM(A1)", "plain"]
-    for name in names:
-        clean = random_rgb(rng, 8, 8)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
-        save_image(gt / f"{name}.png", clean)
+    noisy_pairs(pred, gt, rng, names, 8, 8)
     report = tmp_path / "r.csv"
     assert invoke("eval", pred, gt, "-m", "psnr", "--csv", report).exit_code == 0
     frame = pd.read_csv(report)
@@ -201,10 +198,7 @@ def test_an_interrupt_while_decoding_processes_start_stops_them_cleanly(folders,
     from concurrent.futures import process
 
     pred, gt = folders
-    for index in range(4):
-        clean = random_rgb(rng, 32, 32)
-        save_image(pred / f"{index}.png", noisy(rng, clean))
-        save_image(gt / f"{index}.png", clean)
+    noisy_pairs(pred, gt, rng, range(4), 32, 32)
     pairs = pair_folders(pred, gt).pairs
     real_start = process._ExecutorManagerThread.start
 
@@ -293,10 +287,7 @@ def test_unreadable_files_are_error_rows(folders, rng, monkeypatch):
 
 def test_out_of_memory_splits_the_batch_and_loses_no_pair(folders, rng, monkeypatch):
     pred, gt = folders
-    for index in range(5):
-        clean = random_rgb(rng)
-        save_image(pred / f"{index}.png", noisy(rng, clean))
-        save_image(gt / f"{index}.png", clean)
+    noisy_pairs(pred, gt, rng, range(5))
     reference = pd.read_csv(io.StringIO(invoke("eval", pred, gt, "-m", "psnr", "--format", "csv").stdout))
     computed, sizes = engine.compute_batch, []
 
@@ -366,10 +357,7 @@ def test_a_pair_that_kills_its_decoding_process_is_an_error_row_and_the_rest_is_
     folders, rng, monkeypatch
 ):
     pred, gt = folders
-    for name in ("a", "b", "poison", "c", "d"):
-        clean = random_rgb(rng, 16, 16)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
-        save_image(gt / f"{name}.png", clean)
+    noisy_pairs(pred, gt, rng, ("a", "b", "poison", "c", "d"), 16, 16)
     monkeypatch.setattr(decoding, "_load_in_process", _die_on_poison)
     result = invoke(
         "eval", pred, gt, "-m", "l1", "--decoder", "processes", "--workers", "2", "--format", "csv"
@@ -434,10 +422,7 @@ def test_one_file_reached_under_two_names_is_noted(folders, rng):
 
 def test_an_unreadable_subfolder_is_an_error_row_and_the_rest_is_computed(folders, rng, monkeypatch):
     pred, gt = folders
-    for name in ("top", "locked/inside", "open/inside"):
-        clean = random_rgb(rng, 16, 16)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ("top", "locked/inside", "open/inside"), 16, 16)
     real_scandir = os.scandir
 
     def scandir(path="."):
@@ -465,10 +450,7 @@ def test_a_subfolder_unreadable_on_both_sides_is_one_row_with_both_reasons(
     """Two rows of one name: the report lost one (its rows are keyed by name), and the shard or
     torchrun rank holding both was refused as damaged."""
     pred, gt = folders
-    for name in ("top", "locked/inside"):
-        clean = random_rgb(rng, 16, 16)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ("top", "locked/inside"), 16, 16)
     real_scandir = os.scandir
     locked = {os.fspath(pred / "locked"), os.fspath(gt / "locked")}
 
@@ -505,10 +487,7 @@ def test_decoding_processes_send_pixels_through_the_pipe_when_shared_memory_is_f
     folders, rng, monkeypatch
 ):
     pred, gt = folders
-    for name in ("a", "b", "c"):
-        clean = random_rgb(rng, 24, 24)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
-        save_image(gt / f"{name}.png", clean)
+    noisy_pairs(pred, gt, rng, ("a", "b", "c"), 24, 24)
     threads = invoke("eval", pred, gt, "-m", "l1,ssim", "--decoder", "threads", "--format", "csv")
     monkeypatch.setattr(decoding, "_load_in_process", _load_without_room_in_shared_memory)
     processes = invoke(
@@ -538,10 +517,7 @@ def test_a_pair_the_gpu_cannot_hold_is_computed_on_the_cpu_with_a_note(folders, 
 
 def test_a_python_memory_error_splits_the_batch_like_any_out_of_memory(folders, rng, monkeypatch):
     pred, gt = folders
-    for index in range(4):
-        clean = random_rgb(rng)
-        save_image(gt / f"{index}.png", clean)
-        save_image(pred / f"{index}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, range(4))
     computed = engine.compute_batch
 
     def small_memory(items, config, device):

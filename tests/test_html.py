@@ -20,7 +20,7 @@ from lossctl import colormap, html_report
 from lossctl.cli import app
 from lossctl.report import format_value
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, noisy_pairs, random_rgb, save_image
 
 runner = CliRunner()
 
@@ -157,10 +157,7 @@ def test_pictures_can_go_beside_the_page(tmp_path):
 def test_names_are_escaped(folders, rng, tmp_path):
     pred, gt = folders
     hostile = ["<img src=x onerror=alert(1)>", "a&b \"quoted\" 'single'", "Straße"]
-    for name in hostile:
-        clean = random_rgb(rng)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, hostile)
     page_path = tmp_path / "r.html"
     result = invoke("eval", pred, gt, "-m", "l1", "--html", page_path, "-q")
     assert result.exit_code == 0, result.output

@@ -20,7 +20,7 @@ from lossctl.cli import app
 from lossctl.engine import EvalConfig, pair_batch
 from lossctl.io import load_pair, pair_folders
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, random_rgb, save_image
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, noisy_pairs, random_rgb, save_image
 
 runner = CliRunner()
 
@@ -203,10 +203,7 @@ def test_a_rerun_removes_the_earlier_map_of_a_pair_that_has_none_now(tmp_path, f
     """The maps folder shows what the report says: a pair that fails now keeps no map from a run
     before (on another scale). A file lossctl did not write is never removed."""
     pred, gt = folders
-    for name in ("kept", "broken", "theirs"):
-        clean = random_rgb(rng)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ("kept", "broken", "theirs"))
     maps_dir, _ = eval_with_maps(tmp_path / "maps", "-m", "l1", pred=pred, gt=gt)
     assert sorted(path.name for path in maps_dir.iterdir()) == ["broken.png", "kept.png", "theirs.png"]
     Image.new("RGB", (4, 4)).save(maps_dir / "theirs.png")  # the user's own picture, not a map

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from lossctl.cli import app
 from lossctl.report import sidecar_path
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, one_line_error, random_rgb, save_image
+from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, noisy_pairs, one_line_error, random_rgb, save_image
 from .hostile_folders import build_hostile_folders
 
 runner = CliRunner()
@@ -183,10 +183,7 @@ def test_shards_made_with_other_weights_or_pixel_limits_are_refused(tmp_path, fo
 
 def test_shards_of_a_folder_that_changed_between_runs_are_refused(tmp_path, folders, rng):
     pred, gt = folders
-    for name in ("a", "b", "c"):
-        clean = random_rgb(rng)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ("a", "b", "c"))
     first = shard_reports(tmp_path / "before", (pred, gt), 2, "-m", "psnr")[0]
     save_image(pred / "d.png", random_rgb(rng))
     save_image(gt / "d.png", random_rgb(rng))
@@ -199,10 +196,7 @@ def test_shards_of_files_that_changed_under_the_same_names_are_refused(tmp_path,
     """Only the names were compared: a prediction saved again as .jpg (or resized, or a pair whose
     ground truth went) between the shard runs merged into a report no single run could give."""
     pred, gt = folders
-    for name in ("a", "b", "c", "d"):
-        clean = random_rgb(rng)
-        save_image(gt / f"{name}.png", clean)
-        save_image(pred / f"{name}.png", noisy(rng, clean))
+    noisy_pairs(pred, gt, rng, ("a", "b", "c", "d"))
     first = shard_reports(tmp_path / "before", (pred, gt), 2, "-m", "psnr")[0]
     if change == "saved as jpeg":
         Image.open(pred / "a.png").save(pred / "a.jpg")
