@@ -1,0 +1,358 @@
+"""CI-facing output, exactly: GitHub workflow commands, JUnit XML, Markdown, and the report writers.
+
+Every expected string here is written out by hand from the formats' rules (GitHub's escaping of
+workflow commands, JUnit's counts, GitHub-flavoured Markdown's escapes), not from lossctl's code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from xml.etree import ElementTree
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from lossctl.check import (
+    CheckConfig,
+    Failure,
+    Limit,
+    Rule,
+    Verdict,
+    check_frame,
+    check_markdown,
+    failure_rows,
+    github_annotations,
+    to_junit,
+)
+from lossctl.cli import app
+from lossctl.report import ReportInfo, format_precise, format_value, summarize, to_csv, to_json, to_markdown
+
+from .conftest import noisy_pairs, random_rgb, save_image
+
+runner = CliRunner()
+
+PSNR_30 = Limit("psnr", "min", 30.0)
+L1_01 = Limit("l1", "max", 0.1)
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def frame_of(names, status=None, error=None, **metrics) -> pd.DataFrame:
+    """A report's frame: ``names`` with ``status`` (ok by default), ``error`` and each metric's values."""
+    columns = {
+        "name": names,
+        "pred": [f"p/{name}.png" for name in names],
+        "gt": [f"g/{name}.png" for name in names],
+        "status": status or ["ok"] * len(names),
+        "error": error or [""] * len(names),
+    }
+    return pd.DataFrame(
+        {**columns, **{metric: [float(v) for v in values] for metric, values in metrics.items()}}
+    )
+
+
+def junit_suite(verdict: Verdict, frame: pd.DataFrame) -> ElementTree.Element:
+    text = to_junit(verdict, frame)
+    declaration, body = text.split("\n", 1)
+    assert declaration.startswith("<?xml ") and body.endswith("</testsuite>\n")
+    return ElementTree.fromstring(body)
+
+
+def counts(suite: ElementTree.Element) -> dict[str, str]:
+    return {key: suite.get(key) for key in ("tests", "failures", "errors", "skipped")}
+
+
+# --- GitHub Actions workflow commands ------------------------------------------------------------
+
+
+def test_github_annotations_escape_data_and_properties_by_githubs_rules():
+    """Data: % -> %25 (first, so that no escape is escaped again), CR -> %0D, LF -> %0A. Properties
+    (file=, title=) also : -> %3A and , -> %2C. A raw newline would end the command mid-message, a
+    raw ',' or ':' in file= would cut the path short."""
+    verdict = Verdict(
+        pairs=2,
+        failures=[Failure("100%\r\nx", PSNR_30, 20.0, file="p/a:b,c%d\r\ne.png")],
+        missing=[("o:1", "unmatched", "no ground truth, 50%", "p/o:1,%.png")],
+    )
+    assert github_annotations(verdict) == [
+        "::error file=p/a%3Ab%2Cc%25d%0D%0Ae.png,title=lossctl check::100%25%0D%0Ax: psnr = 20, limit psnr >= 30",
+        "::error file=p/o%3A1%2C%25.png,title=lossctl check::o:1: unmatched: no ground truth, 50%25",
+    ]
+
+
+def test_github_annotations_escape_percent_before_the_escapes_it_introduces():
+    """A literal '%0A' in a name must arrive as the text '%0A', not as a line break: '%' first."""
+    verdict = Verdict(pairs=1, failures=[Failure("%0A\n", PSNR_30, 20.0, file="%2C,")])
+    assert github_annotations(verdict) == [
+        "::error file=%252C%2C,title=lossctl check::%250A%0A: psnr = 20, limit psnr >= 30"
+    ]
+
+
+def test_github_annotations_one_per_failing_pair_and_per_missing_pair_unless_allowed():
+    failures = [Failure("a", PSNR_30, 20.0, "p/a.png"), Failure("a", L1_01, 0.5, "p/a.png")]
+    missing = [("b", "error", "size mismatch", "p/b.png"), ("c", "unmatched", "no prediction", "g/c.png")]
+    verdict = Verdict(pairs=4, failures=failures, missing=missing)
+    assert github_annotations(verdict) == [
+        "::error file=p/a.png,title=lossctl check::a: psnr = 20, limit psnr >= 30; l1 = 0.5, limit l1 <= 0.1",
+        "::error file=p/b.png,title=lossctl check::b: error: size mismatch",
+        "::error file=g/c.png,title=lossctl check::c: unmatched: no prediction",
+    ]
+    allowed = Verdict(pairs=4, failures=failures, missing=missing, allow_missing=True)
+    assert github_annotations(allowed) == [
+        "::error file=p/a.png,title=lossctl check::a: psnr = 20, limit psnr >= 30; l1 = 0.5, limit l1 <= 0.1"
+    ]
+
+
+def test_github_annotations_from_the_command_line_escape_a_hostile_file_name(folders, rng):
+    pred, gt = folders
+    noisy_pairs(pred, gt, rng, ["50%:a,b"])
+    clean = random_rgb(rng)
+    save_image(pred / "x:y.png", clean)  # no ground truth: unmatched, fails the check
+    result = invoke("check", pred, gt, "--max", "l1=0", "--github")
+    assert result.exit_code == 3, result.output
+    escaped_pred = str(pred).replace("%", "%25").replace(":", "%3A").replace(",", "%2C")
+    annotations = [line for line in result.stdout.splitlines() if line.startswith("::")]
+    assert len(annotations) == 2 and annotations[1] == (
+        f"::error file={escaped_pred}/x%3Ay.png,title=lossctl check::x:y: unmatched: no ground truth with this name"
+    )
+    assert annotations[0].startswith(
+        f"::error file={escaped_pred}/50%25%3Aa%2Cb.png,title=lossctl check::50%25:a,b: l1 = "
+    )
+    assert annotations[0].endswith(", limit l1 <= 0")
+
+
+def test_github_annotation_of_a_mean_threshold_has_no_file_and_keeps_its_reason():
+    verdict = Verdict(
+        pairs=2,
+        failures=[Failure("mean (all pairs)", Limit("ssim", "min", 0.5), math.nan, detail="NaN in b")],
+        mode="mean",
+        computed=2,
+    )
+    assert github_annotations(verdict) == [
+        "::error title=lossctl check::mean (all pairs): ssim = NaN, limit ssim >= 0.5 (NaN in b)"
+    ]
+
+
+# --- JUnit XML ------------------------------------------------------------------------------------
+
+
+def test_junit_each_mode_counts_pairs_not_limits_and_lists_every_failed_limit():
+    frame = frame_of(
+        ["two", "one", "fine", "bad", "gone"],
+        status=["ok", "ok", "ok", "error", "unmatched"],
+        error=["", "", "", "size mismatch", "no ground truth"],
+        psnr=[20, 20, 40, math.nan, math.nan],
+        l1=[0.5, 0.05, 0.05, math.nan, math.nan],
+    )
+    config = CheckConfig((Rule((PSNR_30, L1_01)),))
+    suite = junit_suite(check_frame(frame, config), frame)
+    assert counts(suite) == {"tests": "5", "failures": "2", "errors": "2", "skipped": "0"}
+    cases = suite.findall("testcase")
+    assert [case.get("name") for case in cases] == ["two", "one", "fine", "bad", "gone"]
+    assert {case.get("classname") for case in cases} == {"lossctl.check"}
+    two = cases[0].find("failure")
+    assert two.get("type") == "threshold"
+    assert two.get("message") == "psnr = 20, limit psnr >= 30; l1 = 0.5, limit l1 <= 0.1"
+    assert two.text == "psnr = 20, limit psnr >= 30\nl1 = 0.5, limit l1 <= 0.1"
+    assert list(cases[2]) == []
+    assert [(child.tag, child.attrib) for child in cases[3]] == [
+        ("error", {"message": "error: size mismatch", "type": "error"})
+    ]
+    assert [(child.tag, child.attrib) for child in cases[4]] == [
+        ("error", {"message": "unmatched: no ground truth", "type": "unmatched"})
+    ]
+    allowed = junit_suite(
+        check_frame(frame, CheckConfig((Rule((PSNR_30, L1_01)),), allow_missing=True)), frame
+    )
+    assert counts(allowed) == {"tests": "5", "failures": "2", "errors": "0", "skipped": "2"}
+    skipped = [
+        (case.get("name"), child.tag, child.attrib)
+        for case in allowed
+        for child in case
+        if child.tag != "failure"
+    ]
+    assert skipped == [
+        ("bad", "skipped", {"message": "error: size mismatch"}),
+        ("gone", "skipped", {"message": "unmatched: no ground truth"}),
+    ]
+
+
+def test_junit_mean_mode_has_one_case_per_failed_mean_threshold():
+    frame = frame_of(
+        ["faces/a", "cars/b", "lost"],
+        status=["ok", "ok", "unmatched"],
+        error=["", "", "no ground truth"],
+        psnr=[20, 40, math.nan],
+    )
+    config = CheckConfig((Rule((PSNR_30,)), Rule((Limit("psnr", "min", 25.0),), ("faces/**",))), mode="mean")
+    suite = junit_suite(check_frame(frame, config), frame)
+    assert counts(suite) == {"tests": "2", "failures": "1", "errors": "1", "skipped": "0"}
+    cases = suite.findall("testcase")
+    # mean (all pairs) is (20 + 40) / 2 = 30 and passes; no case named "mean" beside the failed one
+    assert [case.get("name") for case in cases] == ["mean (faces/**)", "lost"]
+    assert cases[0].find("failure").get("message") == "psnr = 20, limit psnr >= 25"
+
+
+def test_junit_keeps_a_names_folders_and_escapes_hostile_characters():
+    name = 'dir/<a href="x">&amp;</a>\'\t\n'
+    frame = frame_of([name], psnr=[20])
+    text = to_junit(check_frame(frame, CheckConfig((Rule((PSNR_30,)),))), frame)
+    case = ElementTree.fromstring(text.split("\n", 1)[1]).find("testcase")
+    assert case.get("name") == name  # attribute values round-trip exactly, tab and newline too
+    assert "<a href" not in text
+
+
+# --- Markdown (check) -----------------------------------------------------------------------------
+
+
+def test_check_markdown_is_exact_and_a_hostile_name_stays_in_its_cell():
+    verdict = Verdict(
+        pairs=4,
+        failures=[Failure("a|b`c<d\ne", PSNR_30, 20.0, "p.png"), Failure("z", L1_01, 0.5, "z.png")],
+        missing=[("o_1", "unmatched", "no ground truth with this name", "o.png")],
+        unmatched_rules=["faces/*"],
+    )
+    assert check_markdown(verdict) == (
+        "❌ **FAIL: 3 of 4 pairs failed**\n"
+        "\n"
+        "| name | metric | value | limit | by |\n"
+        "|---|---|---|---|---|\n"
+        "| z | l1 | 0.5 | \\<= 0.1 | 0.4 |\n"
+        "| a\\|b\\`c\\<d\\\\ne | psnr | 20 | \\>= 30 | 10 |\n"
+        "\n"
+        "- o\\_1: unmatched: no ground truth with this name \\(fails the check\\)\n"
+        "- note: rule paths faces/\\* match no pair, so its thresholds checked nothing\n"
+    )
+
+
+def test_check_markdown_of_missing_pairs_only():
+    missing = [("o", "error", "bad `file` <x>", "o.png")]
+    assert check_markdown(Verdict(pairs=2, missing=missing)) == (
+        "❌ **FAIL: 1 of 2 pairs failed**\n\n- o: error: bad \\`file\\` \\<x\\> \\(fails the check\\)\n"
+    )
+    assert check_markdown(Verdict(pairs=2, missing=missing, allow_missing=True)) == (
+        "✅ **PASS: 2 pairs, 0 failed \\(1 missing or unreadable, allowed\\)**\n"
+        "\n"
+        "- o: error: bad \\`file\\` \\<x\\> \\(allowed\\)\n"
+    )
+
+
+def test_failure_rows_put_a_nan_first_as_the_worst_and_keep_its_reason():
+    verdict = Verdict(
+        pairs=3,
+        failures=[
+            Failure("a", Limit("psnr", "min", 27.0), 25.0),
+            Failure("mean (all pairs)", Limit("psnr", "min", 27.0), math.nan, detail="NaN in n"),
+            Failure("b", Limit("l1", "max", 0.1), 0.25),
+        ],
+    )
+    assert failure_rows(verdict) == [
+        ["b", "l1", "0.25", "<= 0.1", "0.15"],
+        ["mean (all pairs)", "psnr", "NaN (NaN in n)", ">= 27", "NaN"],
+        ["a", "psnr", "25", ">= 27", "2"],
+    ]
+
+
+def test_verdict_line_counts_pairs_not_failed_limits():
+    two_limits = [Failure("a", PSNR_30, 20.0), Failure("a", L1_01, 0.5)]
+    verdict = Verdict(pairs=2, failures=two_limits, computed=2)
+    assert (verdict.line(), verdict.exit_code) == ("FAIL: 1 of 2 pairs failed", 1)
+    mean_missing = Verdict(pairs=3, missing=[("x", "unmatched", "r", "")], mode="mean", computed=2)
+    assert (mean_missing.line(), mean_missing.exit_code) == ("FAIL: 1 of 3 pairs failed", 3)
+    mean_fail = Verdict(
+        pairs=3, failures=[Failure("mean (all pairs)", PSNR_30, 20.0)], mode="mean", computed=3
+    )
+    assert (mean_fail.line(), mean_fail.exit_code) == (
+        "FAIL: 1 mean threshold(s) failed over 3 computed pairs",
+        1,
+    )
+
+
+# --- Report writers (eval --format) ---------------------------------------------------------------
+
+
+def report_info(metrics) -> ReportInfo:
+    return ReportInfo("p", "g", metrics, {}, "cpu", "fp32", "0", "0")
+
+
+def test_eval_markdown_is_exact_with_hostile_names_nan_and_inf():
+    frame = frame_of(
+        ["a`b", "c\nd", "e<f&g"],
+        status=["ok", "ok", "error"],
+        error=["", "", "size | mis\rmatch"],
+        psnr=[30.123456, math.inf, math.nan],
+    )
+    frame["notes"] = ["", "x|y", ""]
+    info = report_info(["psnr"])
+    text = to_markdown(frame, summarize(frame, ["psnr"]), info, per_image=True)
+    # pooled PSNR: 10 log10(1 / mean(10^-3.0123456, 0)) = 30.123456 + 10 log10(2) = 33.1338 dB
+    assert text == (
+        "**lossctl eval** — 3 pairs: 2 ok, 1 error, 0 unmatched — preset skimage\n"
+        "\n"
+        "| metric | mean | std | min | median | max | n |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| psnr ↑ | 30.12 | 0 | 30.12 | inf | inf | 2 |\n"
+        "\n"
+        "pooled PSNR (from the mean MSE): 33.13 dB; 1 identical pair(s) with PSNR = inf left out of the PSNR mean and std\n"
+        "\n"
+        "| name | status | psnr |\n"
+        "|---|---|---|\n"
+        "| a\\`b | ok | 30.12 |\n"
+        "| c\\\\nd | ok | inf |\n"
+        "| e\\<f&g | error | — |\n"
+        "\n"
+        "- c\\\\nd: note: x\\|y\n"
+        "- e\\<f&g: error: size \\| mis\\\\rmatch\n"
+    )
+
+
+def test_eval_markdown_counts_only_values_in_n_and_shows_nan_as_a_dash():
+    frame = frame_of(["a", "b", "c"], psnr=[20.0, math.nan, -math.inf])
+    frame["notes"] = ["", "too small", ""]
+    text = to_markdown(frame, summarize(frame, ["psnr"]), report_info(["psnr"]), per_image=True)
+    assert "| psnr ↑ | 20 | 0 | -inf | -inf | 20 | 2 |\n" in text.splitlines(keepends=True)
+    assert text.splitlines()[-7:] == [
+        "| name | status | psnr |",
+        "|---|---|---|",
+        "| a | ok | 20 |",
+        "| b | ok | — |",
+        "| c | ok | -inf |",
+        "",
+        "- b: note: too small",
+    ]
+
+
+def test_number_formatting_for_people_and_for_thresholds():
+    assert [format_value(v) for v in (1 / 3, 123456.0, math.inf, -math.inf, math.nan, None)] == [
+        "0.3333",
+        "1.235e+05",
+        "inf",
+        "-inf",
+        "—",
+        "—",
+    ]
+    assert [format_precise(v) for v in (1 / 3, 30.0, -math.inf, math.nan)] == [
+        "0.333333",
+        "30",
+        "-inf",
+        "NaN",
+    ]
+
+
+def test_json_rows_spell_nan_as_null_and_infinities_as_strings():
+    frame = frame_of(["a", "b", "c"], psnr=[math.nan, math.inf, -math.inf])
+    frame["notes"] = ["", "", ""]
+    document = json.loads(to_json(frame, summarize(frame, ["psnr"]), report_info(["psnr"])))
+    assert [row["psnr"] for row in document["rows"]] == [None, "inf", "-inf"]
+
+
+def test_csv_quotes_a_note_that_a_spreadsheet_would_run():
+    frame = frame_of(["a"], psnr=[math.nan])
+    frame["notes"] = ['=HYPERLINK("x")']
+    assert to_csv(frame).splitlines() == [
+        "name,pred,gt,status,error,psnr,notes",
+        'a,p/a.png,g/a.png,ok,,,"\'=HYPERLINK(""x"")"',
+    ]
