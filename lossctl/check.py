@@ -21,6 +21,7 @@ import pandas as pd
 from .errors import LossctlError
 from .metrics import METRICS
 from .report import format_precise
+from .safe_text import printable, xml_safe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -369,25 +370,27 @@ def rule_notes(verdict: Verdict) -> list[str]:
 
 def to_junit(verdict: Verdict, frame: pd.DataFrame) -> str:
     """JUnit XML: one test case per pair (in mean mode, per mean threshold, and one per pair that
-    was not computed: it fails the check as in 'each' mode)."""
+    was not computed: it fails the check as in 'each' mode). Names and messages keep every
+    character XML can hold; the others are shown as escapes (:func:`lossctl.safe_text.xml_safe`)."""
     suite = ElementTree.Element("testsuite", name="lossctl check")
     failures = errors = skipped = 0
     by_name = verdict.failures_by_name
     missing = {name: (status, reason) for name, status, reason, _ in verdict.missing}
     names = list(frame["name"]) if verdict.mode == "each" else [*([*by_name] or ["mean"]), *missing]
     for name in names:
-        case = ElementTree.SubElement(suite, "testcase", classname="lossctl.check", name=name)
+        case = ElementTree.SubElement(suite, "testcase", classname="lossctl.check", name=xml_safe(name))
         if name in missing:
             status, reason = missing[name]
+            message = xml_safe(f"{status}: {reason}")
             if verdict.allow_missing:
-                ElementTree.SubElement(case, "skipped", message=f"{status}: {reason}")
+                ElementTree.SubElement(case, "skipped", message=message)
                 skipped += 1
             else:
-                ElementTree.SubElement(case, "error", message=f"{status}: {reason}", type=status)
+                ElementTree.SubElement(case, "error", message=message, type=status)
                 errors += 1
         elif name in by_name:
             failures += 1
-            messages = [failure.message for failure in by_name[name]]
+            messages = [xml_safe(failure.message) for failure in by_name[name]]
             element = ElementTree.SubElement(case, "failure", message="; ".join(messages), type="threshold")
             element.text = "\n".join(messages)
     tests = len(names)
@@ -399,7 +402,9 @@ def to_junit(verdict: Verdict, frame: pd.DataFrame) -> str:
 
 
 def github_annotations(verdict: Verdict) -> list[str]:
-    """GitHub Actions ``::error`` workflow commands, one per failing pair."""
+    """GitHub Actions ``::error`` workflow commands, one per failing pair. ``file=`` is the file's
+    path, escaped by GitHub's rules for properties; the message shows names as every line for
+    people does (:func:`lossctl.safe_text.printable`: one line, no control character)."""
 
     def escape(text: str, is_property: bool = False) -> str:
         text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
@@ -407,7 +412,7 @@ def github_annotations(verdict: Verdict) -> list[str]:
 
     def annotation(file: str, text: str) -> str:
         location = f"file={escape(file, True)}," if file else ""
-        return f"::error {location}title={escape('lossctl check', True)}::{escape(text)}"
+        return f"::error {location}title={escape('lossctl check', True)}::{escape(printable(text))}"
 
     lines = [
         annotation(failures[0].file, f"{name}: " + "; ".join(failure.message for failure in failures))
@@ -435,11 +440,11 @@ def render_check(console, verdict: Verdict) -> None:
         for index, header in enumerate(FAILURE_HEADER):
             table.add_column(header, justify="left" if index < 2 else "right", overflow="fold")
         for row in rows:
-            table.add_row(Text(row[0]), *row[1:])
+            table.add_row(Text(printable(row[0])), *row[1:])
         console.print(table)
     for line in missing_lines(verdict):
         console.print(
-            line,
+            printable(line),
             style="yellow" if verdict.allow_missing else "red",
             markup=False,
             highlight=False,

@@ -28,6 +28,7 @@ from . import __version__
 from .conventions import resolve_convention
 from .errors import LossctlError
 from .metrics import METRICS, parse_metric_names, resolve_params
+from .safe_text import printable
 from .signals import handled
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PAIRS_FAILED = 0, 1, 2, 3
@@ -343,7 +344,7 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     # A silenced rank still prints, with its name, an error no other rank can report: its own,
     # before or after its share (its quiet stderr console would drop it).
     console, prefix = (Console(stderr=True), f"{_silenced_rank}: ") if _silenced_rank else (stderr, "")
-    console.print(f"error: {prefix}{message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"error: {prefix}{printable(message)}", style="red", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -1168,7 +1169,7 @@ def compare_command(
                 sys.stdout.write(compare.comparison_csv(comparison))
                 # The CSV holds the pairs compared only: what else decided the verdict goes to stderr.
                 for line in [*compare.other_lines(comparison), comparison.line()]:
-                    stderr.print(line, markup=False, highlight=False, soft_wrap=True)
+                    stderr.print(printable(line), markup=False, highlight=False, soft_wrap=True)
             elif output_format == OutputFormat.json:
                 sys.stdout.write(compare.comparison_json(comparison))
             else:

@@ -28,6 +28,7 @@ from .report import (
     unquote_spreadsheet_safe,
 )
 from .results import per_class_metric
+from .safe_text import printable
 
 
 @dataclass(frozen=True)
@@ -374,12 +375,12 @@ def render_comparison(console, comparison: Comparison, limit: int = 50) -> None:
         for index, header in enumerate(REGRESSION_HEADER):
             worst.add_column(header, justify="left" if index < 2 else "right", overflow="fold")
         for row in rows[:limit]:
-            worst.add_row(Text(row[0]), *row[1:])
+            worst.add_row(Text(printable(row[0])), *row[1:])
         console.print(worst)
         if len(rows) > limit:
             console.print(f"... and {len(rows) - limit} more (--format csv lists them all)")
     for line in other_lines(comparison):
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
     console.print(
         comparison.line(),
         style="bold red" if comparison.exit_code else "bold green",

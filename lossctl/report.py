@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .metrics import METRICS, ParamValue
+from .safe_text import printable
 
 STATUSES = ("ok", "error", "unmatched")
 ARROWS = {"higher": "↑", "lower": "↓"}
@@ -366,7 +367,7 @@ def render_table(
         _render_per_image(console, frame, info.metrics)
     for line in _problem_lines(frame):
         console.print(
-            line,
+            printable(line),
             style="yellow" if ": note: " in line else "red",
             markup=False,
             highlight=False,
@@ -398,5 +399,5 @@ def _render_per_image(console: Console, frame: pd.DataFrame, metrics: Sequence[s
                 else format_value(row[name])
                 for name in chunk
             ]
-            table.add_row(Text(row["name"]), f"[{status_style}]{row['status']}[/]", *cells)
+            table.add_row(Text(printable(row["name"])), f"[{status_style}]{row['status']}[/]", *cells)
         console.print(table)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from xml.etree import ElementTree
 
 import pandas as pd
@@ -27,8 +28,9 @@ from lossctl.check import (
 )
 from lossctl.cli import app
 from lossctl.report import ReportInfo, format_precise, format_value, summarize, to_csv, to_json, to_markdown
+from lossctl.safe_text import printable, xml_safe
 
-from .conftest import noisy_pairs, random_rgb, save_image
+from .conftest import noisy, noisy_pairs, random_rgb, save_image
 
 runner = CliRunner()
 
@@ -71,23 +73,25 @@ def counts(suite: ElementTree.Element) -> dict[str, str]:
 def test_github_annotations_escape_data_and_properties_by_githubs_rules():
     """Data: % -> %25 (first, so that no escape is escaped again), CR -> %0D, LF -> %0A. Properties
     (file=, title=) also : -> %3A and , -> %2C. A raw newline would end the command mid-message, a
-    raw ',' or ':' in file= would cut the path short."""
+    raw ',' or ':' in file= would cut the path short. file= is the path itself, for GitHub to link;
+    the message shows a name as every line for people does: one line, control characters as
+    escapes (so its CR LF are the text \\r\\n, not GitHub's %0D%0A)."""
     verdict = Verdict(
         pairs=2,
         failures=[Failure("100%\r\nx", PSNR_30, 20.0, file="p/a:b,c%d\r\ne.png")],
         missing=[("o:1", "unmatched", "no ground truth, 50%", "p/o:1,%.png")],
     )
     assert github_annotations(verdict) == [
-        "::error file=p/a%3Ab%2Cc%25d%0D%0Ae.png,title=lossctl check::100%25%0D%0Ax: psnr = 20, limit psnr >= 30",
+        "::error file=p/a%3Ab%2Cc%25d%0D%0Ae.png,title=lossctl check::100%25\\r\\nx: psnr = 20, limit psnr >= 30",
         "::error file=p/o%3A1%2C%25.png,title=lossctl check::o:1: unmatched: no ground truth, 50%25",
     ]
 
 
 def test_github_annotations_escape_percent_before_the_escapes_it_introduces():
     """A literal '%0A' in a name must arrive as the text '%0A', not as a line break: '%' first."""
-    verdict = Verdict(pairs=1, failures=[Failure("%0A\n", PSNR_30, 20.0, file="%2C,")])
+    verdict = Verdict(pairs=1, failures=[Failure("%0A\n", PSNR_30, 20.0, file="%2C,%0D\r")])
     assert github_annotations(verdict) == [
-        "::error file=%252C%2C,title=lossctl check::%250A%0A: psnr = 20, limit psnr >= 30"
+        "::error file=%252C%2C%250D%0D,title=lossctl check::%250A\\n: psnr = 20, limit psnr >= 30"
     ]
 
 
@@ -134,6 +138,82 @@ def test_github_annotation_of_a_mean_threshold_has_no_file_and_keeps_its_reason(
     assert github_annotations(verdict) == [
         "::error title=lossctl check::mean (all pairs): ssim = NaN, limit ssim >= 0.5 (NaN in b)"
     ]
+
+
+def test_printable_escapes_controls_and_workflow_command_markers_and_nothing_else():
+    assert printable("plain name/é 😀 a:b #[x] ##") == "plain name/é 😀 a:b #[x] ##"
+    assert printable("a\tb\nc\rd\x00e\x1b[31mf\x7fg\x85h\x9bi") == (
+        "a\\tb\\nc\\rd\\x00e\\x1b[31mf\\x7fg\\x85h\\x9bi"
+    )
+    assert printable("::stop-commands::x") == ":\\x3astop-commands:\\x3ax"
+    assert printable(":::") == ":\\x3a:" and printable("::::") == ":\\x3a:\\x3a"
+    assert printable("a##[error]b") == "a##\\x5berror]b"
+    # Bytes that are not UTF-8 stay as they are: the terminal shows them as the report files hold them.
+    assert printable(os.fsdecode(b"caf\xe9")) == os.fsdecode(b"caf\xe9")
+
+
+def test_xml_safe_escapes_only_what_xml_cannot_hold():
+    assert xml_safe("a\tb\nc\rd <&> \x7f\x85 é") == "a\tb\nc\rd <&> \x7f\x85 é"
+    assert xml_safe("a\x00b\x1bc\x0bd\ufffee\uffff") == "a\\x00b\\x1bc\\x0bd\\ufffee\\uffff"
+    assert xml_safe(os.fsdecode(b"caf\xe9\xff")) == "caf\\xe9\\xff"
+
+
+def workflow_commands(text: str) -> list[str]:
+    """The lines of a log GitHub Actions would run: after leading spaces, '::' at the start; in its
+    legacy form, '##[' anywhere."""
+    return [line for line in text.splitlines() if line.lstrip().startswith("::") or "##[" in line]
+
+
+HOSTILE_NAMES = [
+    "::stop-commands::x",  # turns off every later workflow command of the step
+    " ::error::forged",  # the runner trims leading spaces
+    "a\n::error::second line",  # a line break in the name would start a line of its own
+    "##[error]legacy",  # the legacy form is read anywhere in a line
+    "x" * 45 + "::warning::folded",  # a table folds a long name into a new line at any character
+    "esc\x1b]0;title\x07",  # ESC drives the terminal
+]
+
+
+def test_no_line_for_people_can_pass_for_a_workflow_command(folders, rng):
+    """Only the --github annotations may read as workflow commands: a pair's name shown in a table,
+    a problem line or a verdict line cannot, whatever it holds (and no control character reaches
+    the terminal)."""
+    pred, gt = folders
+    noisy_pairs(pred, gt, rng, ["ok", *HOSTILE_NAMES])
+    save_image(pred / "::group::unmatched.png", random_rgb(rng))
+    eval_result = invoke("eval", pred, gt, "-m", "psnr")
+    assert eval_result.exit_code == 3, eval_result.output
+    check_result = invoke("check", pred, gt, "--min", "psnr=100", "--github")
+    assert check_result.exit_code == 3, check_result.output  # the unmatched pair fails the check
+    for result in (eval_result, check_result):
+        shown = result.stdout + result.stderr
+        for_people = [line for line in shown.splitlines() if not line.startswith("::error file=")]
+        assert not any(char in line for line in for_people for char in "\x1b\x07"), shown
+        assert ":\\x3agroup:\\x3aunmatched" in shown, shown
+    assert workflow_commands(eval_result.stdout + eval_result.stderr) == []
+    commands = workflow_commands(check_result.stdout + check_result.stderr)
+    assert len(commands) == len(HOSTILE_NAMES) + 2, commands  # 'ok' fails psnr >= 100 too
+    assert all(line.startswith("::error file=") for line in commands), commands
+
+
+def test_compare_shows_no_name_as_a_workflow_command(folders, tmp_path, rng):
+    """compare's worst-regressions table and its removed/added lines, as a table and (on stderr)
+    beside a CSV."""
+    pred, gt = folders
+    noisy_pairs(pred, gt, rng, ["::stop-commands::a", "##[error]b"])
+    base, new = tmp_path / "base.json", tmp_path / "new.json"
+    assert invoke("eval", pred, gt, "-m", "psnr", "-q", "--format", "csv", "--json", base).exit_code == 0
+    (pred / "##[error]b.png").unlink()
+    save_image(pred / "::stop-commands::a.png", random_rgb(rng))  # a regression
+    assert invoke("eval", pred, gt, "-m", "psnr", "-q", "--format", "csv", "--json", new).exit_code == 3
+    for output, stream in (("table", "stdout"), ("csv", "stderr")):
+        result = invoke("compare", base, new, "--format", output)
+        assert result.exit_code == 1, result.output
+        shown = getattr(result, stream)
+        assert workflow_commands(shown) == [], shown
+        assert "not compared: ##\\x5berror]b: newly" in shown or "##\\x5berror]b" in shown, shown
+    table = invoke("compare", base, new).stdout
+    assert ":\\x3astop-commands:\\x3aa" in table, table
 
 
 # --- JUnit XML ------------------------------------------------------------------------------------
@@ -203,6 +283,22 @@ def test_junit_keeps_a_names_folders_and_escapes_hostile_characters():
     case = ElementTree.fromstring(text.split("\n", 1)[1]).find("testcase")
     assert case.get("name") == name  # attribute values round-trip exactly, tab and newline too
     assert "<a href" not in text
+
+
+def test_junit_is_well_formed_for_file_names_xml_cannot_hold(folders, tmp_path, rng):
+    """Linux file names may hold control characters (ESC) and bytes that are not UTF-8, which XML
+    cannot hold: ElementTree wrote both as they are, and the JUnit file was not XML at all (CI's
+    test report step failed or dropped every result). They are shown as escapes."""
+    pred, gt = folders
+    for name in ("esc\x1b[31mred", os.fsdecode(b"caf\xe9")):
+        clean = random_rgb(rng)
+        save_image(gt / f"{name}.png", clean)
+        save_image(pred / f"{name}.png", noisy(rng, clean, 60))
+    junit = tmp_path / "results.xml"
+    assert invoke("check", pred, gt, "--min", "psnr=30", "--junit", junit).exit_code == 1
+    suite = ElementTree.parse(junit).getroot()
+    assert counts(suite) == {"tests": "2", "failures": "2", "errors": "0", "skipped": "0"}
+    assert sorted(case.get("name") for case in suite) == ["caf\\xe9", "esc\\x1b[31mred"]
 
 
 # --- Markdown (check) -----------------------------------------------------------------------------
