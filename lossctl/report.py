@@ -289,7 +289,8 @@ def _summary_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
 SUMMARY_HEADER = ["metric", "mean", "std", "min", "median", "max", "n"]
 
 
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+# & too: a name such as a&lt;b would otherwise be shown as a<b (an HTML entity).
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~&])")
 
 
 def markdown_text(text: object) -> str:

@@ -376,7 +376,7 @@ def report_info(metrics) -> ReportInfo:
 
 def test_eval_markdown_is_exact_with_hostile_names_nan_and_inf():
     frame = frame_of(
-        ["a`b", "c\nd", "e<f&g"],
+        ["a`b", "c\nd", "e<f&lt;g"],
         status=["ok", "ok", "error"],
         error=["", "", "size | mis\rmatch"],
         psnr=[30.123456, math.inf, math.nan],
@@ -398,10 +398,10 @@ def test_eval_markdown_is_exact_with_hostile_names_nan_and_inf():
         "|---|---|---|\n"
         "| a\\`b | ok | 30.12 |\n"
         "| c\\\\nd | ok | inf |\n"
-        "| e\\<f&g | error | — |\n"
+        "| e\\<f\\&lt;g | error | — |\n"
         "\n"
         "- c\\\\nd: note: x\\|y\n"
-        "- e\\<f&g: error: size \\| mis\\\\rmatch\n"
+        "- e\\<f\\&lt;g: error: size \\| mis\\\\rmatch\n"
     )
 
 
