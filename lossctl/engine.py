@@ -35,7 +35,7 @@ from .levels import PixelLevels
 # Executes the lazily imported lossctl.losses now: importlib's LazyLoader is not thread-safe, and
 # the compute threads would otherwise race to load it on first use.
 from .losses import ssim_components  # noqa: F401
-from .metrics import METRICS, PairBatch, ParamValue, SegmentationBatch, notes_from
+from .metrics import METRICS, PairBatch, ParamValue, SegmentationBatch, checked_metrics_and_params, notes_from
 from .sharding import pair_pixels
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
@@ -706,8 +706,11 @@ def decode_pairs(
         yield from map(_with_failures_as_results, decoded)
 
 
-def check_config(config: EvalConfig) -> None:
-    """Raise :class:`LossctlError` for a setting no evaluation can run with."""
+def checked_config(config: EvalConfig) -> EvalConfig:
+    """``config`` with every parameter of its metrics (the defaults where ``params`` gives none);
+    raise :class:`LossctlError` for a setting no evaluation can run with (see
+    :func:`~lossctl.metrics.checked_metrics_and_params` for the metrics and their parameters)."""
+    params = checked_metrics_and_params(config.metrics, config.params)
     if config.batch_size is not None and config.batch_size < 1:
         raise LossctlError(f"--batch-size must be at least 1; got {config.batch_size}")
     if config.workers < 1:
@@ -718,6 +721,7 @@ def check_config(config: EvalConfig) -> None:
         raise LossctlError(f"--precision must be float32 or float64; got {config.precision!r}")
     if config.max_pixels is not None and config.max_pixels < 1:
         raise LossctlError(f"--max-pixels must be at least 1; got {config.max_pixels}")
+    return replace(config, params=params)
 
 
 def batch_size_for(config: EvalConfig, device: torch.device) -> int:
@@ -764,9 +768,10 @@ def iter_results(
     importing this module (see :func:`lossctl.run.run_evaluation`); it is used where this run
     decodes them in processes too (on a CPU, narrowed to the engine's window), and closed either way.
     """
-    not_for = _not_applicable_notes(config.metrics)
+    not_for = None  # made once _computed has checked the metrics
     with closing(_computed(pairs, config, head_start)) as results:
         for result in results:
+            not_for = not_for or _not_applicable_notes(config.metrics)
             if result.pair.notes:
                 result.notes[:0] = result.pair.notes
             if result.status == "ok" and (note := not_for[result.pair.is_segmentation]):
@@ -793,7 +798,7 @@ def _computed(
     with ExitStack() as stack:
         if head_start is not None:
             stack.callback(head_start.close)
-        check_config(config)
+        config = checked_config(config)
         device = resolve_device(config.device)
         set_max_pixels(config.max_pixels)
         for pair in pairs:

@@ -8,6 +8,7 @@ metric, add its function there and one entry to ``METRICS`` here.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -41,12 +42,26 @@ class Param:
         try:
             value: ParamValue = int(text) if self.integer else float(text)
         except ValueError:
-            kind = "an integer" if self.integer else "a number"
-            raise LossctlError(f"{metric}.{self.key} must be {kind}; got {text!r}") from None
+            raise LossctlError(f"{metric}.{self.key} must be {self._kind}; got {text!r}") from None
+        return self._checked(metric, value, text)
+
+    def check(self, metric: str, value: object) -> ParamValue:
+        """``value`` given as a number (the library's :class:`~lossctl.engine.EvalConfig`), checked
+        as :meth:`parse` checks text; an integer for a number parameter is taken as a float."""
+        number = isinstance(value, numbers.Integral if self.integer else numbers.Real)
+        if not number or isinstance(value, bool):
+            raise LossctlError(f"{metric}.{self.key} must be {self._kind}; got {value!r}")
+        return self._checked(metric, int(value) if self.integer else float(value), value)
+
+    @property
+    def _kind(self) -> str:
+        return "an integer" if self.integer else "a number"
+
+    def _checked(self, metric: str, value: ParamValue, given: object) -> ParamValue:
         if not math.isfinite(value):
-            raise LossctlError(f"{metric}.{self.key} must be a finite number; got {text}")
+            raise LossctlError(f"{metric}.{self.key} must be a finite number; got {given}")
         if not self.is_valid(value):
-            raise LossctlError(f"{metric}.{self.key} must be {self.rule}; got {text}")
+            raise LossctlError(f"{metric}.{self.key} must be {self.rule}; got {given}")
         return value
 
 
@@ -477,6 +492,38 @@ def parse_metric_names(text: str | None) -> list[str]:
     if not names:
         raise LossctlError(f"--metrics is empty; valid metrics: {', '.join(METRICS)}")
     return [name for name in METRICS if name in names]
+
+
+def checked_metrics_and_params(
+    metrics: Sequence[str], params: Mapping[str, Mapping[str, ParamValue]]
+) -> dict[str, dict[str, ParamValue]]:
+    """What :func:`parse_metric_names` and :func:`resolve_params` make sure of on the command line,
+    for the library's :class:`~lossctl.engine.EvalConfig`: ``metrics`` is a non-empty list of known
+    names, and ``params`` holds only their known parameters, with valid values. Returns every
+    parameter of the ``metrics``: the given values over the defaults. Raises :class:`LossctlError`.
+    """
+    valid = f"valid metrics: {', '.join(METRICS)}"
+    if isinstance(metrics, str) or not all(isinstance(name, str) for name in metrics):
+        raise LossctlError(f"metrics must be a list of metric names; got {metrics!r}; {valid}")
+    if unknown := [name for name in metrics if name not in METRICS]:
+        raise LossctlError(f"unknown metric {', '.join(unknown)}; {valid}")
+    if not metrics:
+        raise LossctlError(f"no metric to compute; {valid}")
+    if not isinstance(params, Mapping):
+        raise LossctlError(f"params must map metric names to their parameters; got {params!r}")
+    resolved = {name: METRICS[name].defaults for name in metrics if METRICS[name].params}
+    for name, values in params.items():
+        if name not in metrics:
+            raise LossctlError(f"params given for {name!r}, which is not among the metrics {', '.join(metrics)}")
+        known = {param.key: param for param in METRICS[name].params}
+        if not isinstance(values, Mapping):
+            raise LossctlError(f"params of {name} must map parameter names to values; got {values!r}")
+        for key, value in values.items():
+            if key not in known:
+                keys = ", ".join(known) or "none"
+                raise LossctlError(f"{name} has no parameter {key!r}; its parameters: {keys}")
+            resolved[name][key] = known[key].check(name, value)
+    return resolved
 
 
 def resolve_params(

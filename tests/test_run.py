@@ -6,6 +6,7 @@ LossctlError with a clear message before anything is decoded."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from lossctl.conventions import Convention
 from lossctl.engine import EvalConfig, evaluate
 from lossctl.errors import LossctlError
 from lossctl.io import pair_folders
-from lossctl.metrics import resolve_params
+from lossctl.metrics import METRICS, resolve_params
 from lossctl.run import EvalRequest, eval_config, run_evaluation
 
 from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy_pairs, pair_with_unit_weights
@@ -234,6 +235,48 @@ def test_evaluate_refuses_a_bad_argument_before_decoding(bad, message, monkeypat
     with pytest.raises(LossctlError, match=message.replace("(", r"\(")):
         evaluate(pairs, config)
     assert decoded == []
+
+
+# --- the library checks metrics and their parameters as the command line does -------------------
+
+VALID = "valid metrics: " + ", ".join(METRICS)
+BAD_METRICS_AND_PARAMS = [
+    (["nope", "l1"], {}, f"unknown metric nope; {VALID}"),  # was KeyError: 'nope'
+    ("l1", {}, f"metrics must be a list of metric names; got 'l1'; {VALID}"),  # was KeyError: 'l'
+    ([], {}, f"no metric to compute; {VALID}"),  # ran, computing nothing
+    # was KeyError: 'eps'
+    (["charbonnier"], {"charbonnier": {"epsilon": 1e-3}}, "charbonnier has no parameter 'epsilon'; its parameters: eps"),
+    (["charbonnier"], {"charbonnier": {"eps": -1.0}}, "charbonnier.eps must be >= 0; got -1.0"),  # ran
+    (["iou"], {"iou": {"threshold": "x"}}, "iou.threshold must be a number; got 'x'"),  # was TypeError
+    (["iou"], {"iou": {"threshold": True}}, "iou.threshold must be a number; got True"),
+    (["ssim"], {"ssim": {"window": 7.0}}, "ssim.window must be an integer; got 7.0"),
+    (["huber"], {"huber": {"delta": math.inf}}, "huber.delta must be a finite number; got inf"),
+    (["l1"], {"ssim": {"window": 7}}, "params given for 'ssim', which is not among the metrics l1"),
+    (["ssim"], {"ssim": 7}, "params of ssim must map parameter names to values; got 7"),
+    (["l1"], [("l1", {})], "params must map metric names to their parameters; got [('l1', {})]"),
+]
+
+
+@pytest.mark.parametrize(("metrics", "params", "message"), BAD_METRICS_AND_PARAMS)
+def test_evaluate_refuses_unknown_metrics_and_bad_params_with_a_clear_error(metrics, params, message):
+    pairs = pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs
+    with pytest.raises(LossctlError) as error:
+        evaluate(pairs, EvalConfig(metrics=metrics, params=params, device="cpu", workers=1))
+    assert str(error.value) == message
+
+
+def test_evaluate_fills_in_the_default_params_of_a_metric_given_none(folders, rng):
+    """``EvalConfig(metrics=["charbonnier"], params={})`` raised KeyError: 'eps' from the middle
+    of the run; a metric without params given takes its defaults (eps = 1e-3), as on the CLI."""
+    pred, gt = folders
+    noisy_pairs(pred, gt, rng, ["x"], 8, 8)
+    pairs = pair_folders(pred, gt).pairs
+    [result] = evaluate(pairs, EvalConfig(metrics=["charbonnier"], params={}, device="cpu", workers=1, precision="float64"))
+    from PIL import Image
+
+    p = np.asarray(Image.open(pred / "x.png"), dtype=np.float64) / 255
+    g = np.asarray(Image.open(gt / "x.png"), dtype=np.float64) / 255
+    assert result.values["charbonnier"] == pytest.approx(np.mean(np.sqrt((p - g) ** 2 + 1e-6)), rel=1e-12)
 
 
 def test_the_weight_maps_of_weights_root_reach_weighted_tv(folders, rng, tmp_path):
