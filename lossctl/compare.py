@@ -132,7 +132,10 @@ def parse_tolerances(absolute: Sequence[str], relative: Sequence[str]) -> dict[s
                 raise LossctlError(f"{option} {item}: {text!r} is not a number") from None
             if not math.isfinite(value) or value < 0:
                 raise LossctlError(f"{option} {item}: the tolerance must be a finite number >= 0")
-            values.setdefault(metric, {})[key] = value
+            given = values.setdefault(metric, {})
+            if key in given:  # keeping either would make the verdict depend on the order given
+                raise LossctlError(f"{option} {item}: {metric} already has one ({given[key]:g}); give it once")
+            given[key] = value
     return {metric: Tolerance(**given) for metric, given in values.items()}
 
 

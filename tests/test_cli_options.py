@@ -155,6 +155,29 @@ def test_compare_the_larger_of_the_two_tolerances_applies(l1_reports, absolute, 
     assert rows[0]["regression"] is regressed
 
 
+def test_compare_refuses_a_tolerance_given_twice_for_one_metric(l1_reports):
+    """``--tolerance psnr=0.5 --tolerance psnr=0.1`` kept the last value without a word (the verdict
+    depended on the order), where ``--param`` refuses a parameter given twice."""
+    base, new, _, _ = l1_reports
+    for first, second in (("0.5", "0.1"), ("0.1", "0.5")):
+        result = invoke(
+            "compare",
+            base,
+            new,
+            "--tolerance",
+            "l1=1",
+            "--tolerance",
+            f"psnr={first}",
+            "--tolerance",
+            f"psnr={second}",
+        )
+        one_line_error(result, 2, f"--tolerance psnr={second}: psnr already has one ({first}); give it once")
+    result = invoke("compare", base, new, "--rel-tolerance", "psnr=0.1", "--rel-tolerance", "psnr=0.1")
+    one_line_error(result, 2, "--rel-tolerance psnr=0.1: psnr already has one (0.1); give it once")
+    # One of each kind is no duplicate: the larger applies (see the test above).
+    assert invoke("compare", base, new, *NO_PSNR, "--tolerance", "l1=1", "--rel-tolerance", "l1=0.5").exit_code == 0
+
+
 # ---------------------------------------------------------------- merge
 
 
