@@ -440,7 +440,8 @@ def render_check(console, verdict: Verdict) -> None:
         for index, header in enumerate(FAILURE_HEADER):
             table.add_column(header, justify="left" if index < 2 else "right", overflow="fold")
         for row in rows:
-            table.add_row(Text(printable(row[0])), *row[1:])
+            # Text, not markup: a mean's value cell names its NaN pairs (`NaN in a, b`).
+            table.add_row(*(Text(printable(cell, cell=True)) for cell in row))
         console.print(table)
     for line in missing_lines(verdict):
         console.print(

@@ -378,7 +378,7 @@ def render_comparison(console, comparison: Comparison, limit: int = 50) -> None:
         for index, header in enumerate(REGRESSION_HEADER):
             worst.add_column(header, justify="left" if index < 2 else "right", overflow="fold")
         for row in rows[:limit]:
-            worst.add_row(Text(printable(row[0])), *row[1:])
+            worst.add_row(Text(printable(row[0], cell=True)), *row[1:])
         console.print(worst)
         if len(rows) > limit:
             console.print(f"... and {len(rows) - limit} more (--format csv lists them all)")

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .metrics import METRICS, ParamValue
-from .safe_text import printable
+from .safe_text import escape_controls, printable
 
 STATUSES = ("ok", "error", "unmatched")
 ARROWS = {"higher": "↑", "lower": "↓"}
@@ -294,9 +294,9 @@ MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~&])")
 
 
 def markdown_text(text: object) -> str:
-    """``text`` as literal Markdown on one line: special characters escaped, line breaks shown as ``\\n``."""
-    one_line = str(text).replace("\r", "\\r").replace("\n", "\\n")
-    return MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
+    """``text`` as literal Markdown on one line: control characters shown as escapes (line breaks as
+    ``\\n``, :func:`~lossctl.safe_text.escape_controls`), then special characters escaped."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", escape_controls(str(text)))
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -400,5 +400,5 @@ def _render_per_image(console: Console, frame: pd.DataFrame, metrics: Sequence[s
                 else format_value(row[name])
                 for name in chunk
             ]
-            table.add_row(Text(printable(row["name"])), f"[{status_style}]{row['status']}[/]", *cells)
+            table.add_row(Text(printable(row["name"], cell=True)), f"[{status_style}]{row['status']}[/]", *cells)
         console.print(table)

@@ -145,9 +145,16 @@ def test_printable_escapes_controls_and_workflow_command_markers_and_nothing_els
     assert printable("a\tb\nc\rd\x00e\x1b[31mf\x7fg\x85h\x9bi") == (
         "a\\tb\\nc\\rd\\x00e\\x1b[31mf\\x7fg\\x85h\\x9bi"
     )
-    assert printable("::stop-commands::x") == ":\\x3astop-commands:\\x3ax"
-    assert printable(":::") == ":\\x3a:" and printable("::::") == ":\\x3a:\\x3a"
-    assert printable("a##[error]b") == "a##\\x5berror]b"
+    # A line: only a '::' that starts it (after spaces) is read as a command, so only that one is
+    # broken, and a C++ error's 'c10::Error' stays as it is.
+    assert printable("::stop-commands::x") == ":\\x3astop-commands::x"
+    assert printable(" \u3000::x") == " \u3000:\\x3ax"
+    assert printable("c10::Error: x") == "c10::Error: x"
+    assert printable(":::") == ":\\x3a:"
+    # A table cell may be folded into a new line at any character: every '::' is broken.
+    assert printable("::stop-commands::x", cell=True) == ":\\x3astop-commands:\\x3ax"
+    assert printable(":::", cell=True) == ":\\x3a:" and printable("::::", cell=True) == ":\\x3a:\\x3a"
+    assert printable("a##[error]b") == printable("a##[error]b", cell=True) == "a##\\x5berror]b"
     # Bytes that are not UTF-8 stay as they are: the terminal shows them as the report files hold them.
     assert printable(os.fsdecode(b"caf\xe9")) == os.fsdecode(b"caf\xe9")
 
@@ -189,7 +196,7 @@ def test_no_line_for_people_can_pass_for_a_workflow_command(folders, rng):
         shown = result.stdout + result.stderr
         for_people = [line for line in shown.splitlines() if not line.startswith("::error file=")]
         assert not any(char in line for line in for_people for char in "\x1b\x07"), shown
-        assert ":\\x3agroup:\\x3aunmatched" in shown, shown
+        assert ":\\x3agroup::unmatched: unmatched: no ground truth with this name" in shown, shown
     assert workflow_commands(eval_result.stdout + eval_result.stderr) == []
     commands = workflow_commands(check_result.stdout + check_result.stderr)
     assert len(commands) == len(HOSTILE_NAMES) + 2, commands  # 'ok' fails psnr >= 100 too
@@ -211,9 +218,25 @@ def test_compare_shows_no_name_as_a_workflow_command(folders, tmp_path, rng):
         assert result.exit_code == 1, result.output
         shown = getattr(result, stream)
         assert workflow_commands(shown) == [], shown
-        assert "not compared: ##\\x5berror]b: newly" in shown or "##\\x5berror]b" in shown, shown
+        assert "no longer computed: ##\\x5berror]b: unmatched: no prediction with this name\n" in shown
     table = invoke("compare", base, new).stdout
     assert ":\\x3astop-commands:\\x3aa" in table, table
+
+
+def test_check_mean_names_its_nan_pairs_as_text(folders, rng):
+    """In --mean mode a NaN mean names its NaN pairs in the table's value cell: as text (Rich read
+    '[red]' as a style and 'x[/]y' stopped the run with an internal MarkupError), on one line (a
+    name's line break started a log line of its own, '::stop-commands::...' after spaces)."""
+    pred, gt = folders
+    names = ["[red]ok", "a\n::stop-commands::tok", "x[/]y"]
+    noisy_pairs(pred, gt, rng, names, 4, 4)  # under SSIM's 11x11 window: NaN
+    arguments = [str(pred), str(gt), "--mean", "--min", "ssim=0.5", "--device", "cpu"]
+    for columns in ("80", "300"):  # folded, and on one line
+        result = runner.invoke(app, ["check", *arguments], env={"COLUMNS": columns})
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output and "internal error" not in result.output
+        assert workflow_commands(result.stdout + result.stderr) == []
+    assert "NaN (NaN in [red]ok, a\\n:\\x3astop-commands:\\x3atok, x[/]y)" in result.stdout, result.stdout
 
 
 # --- JUnit XML ------------------------------------------------------------------------------------
