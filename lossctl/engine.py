@@ -768,10 +768,15 @@ def iter_results(
     importing this module (see :func:`lossctl.run.run_evaluation`); it is used where this run
     decodes them in processes too (on a CPU, narrowed to the engine's window), and closed either way.
     """
-    not_for = None  # made once _computed has checked the metrics
+    try:
+        config = checked_config(config)
+    except LossctlError:
+        if head_start is not None:
+            head_start.close()
+        raise
+    not_for = _not_applicable_notes(config.metrics)
     with closing(_computed(pairs, config, head_start)) as results:
         for result in results:
-            not_for = not_for or _not_applicable_notes(config.metrics)
             if result.pair.notes:
                 result.notes[:0] = result.pair.notes
             if result.status == "ok" and (note := not_for[result.pair.is_segmentation]):
@@ -795,10 +800,11 @@ def _not_applicable_notes(metrics: Sequence[str]) -> dict[bool, str]:
 def _computed(
     pairs: Sequence[Pair], config: EvalConfig, head_start: DecodeAhead | None = None
 ) -> Iterator[PairResult]:
+    """:func:`iter_results`' results, before their notes are completed; ``config`` as
+    :func:`checked_config` returns it."""
     with ExitStack() as stack:
         if head_start is not None:
             stack.callback(head_start.close)
-        config = checked_config(config)
         device = resolve_device(config.device)
         set_max_pixels(config.max_pixels)
         for pair in pairs:

@@ -47,11 +47,16 @@ class Param:
 
     def check(self, metric: str, value: object) -> ParamValue:
         """``value`` given as a number (the library's :class:`~lossctl.engine.EvalConfig`), checked
-        as :meth:`parse` checks text; an integer for a number parameter is taken as a float."""
-        number = isinstance(value, numbers.Integral if self.integer else numbers.Real)
-        if not number or isinstance(value, bool):
-            raise LossctlError(f"{metric}.{self.key} must be {self._kind}; got {value!r}")
-        return self._checked(metric, int(value) if self.integer else float(value), value)
+        as :meth:`parse` checks text; an integer for a number parameter is taken as a float, a bool
+        only for an integer one (``ssim.downsample=True``)."""
+        if self.integer and isinstance(value, numbers.Integral):
+            return self._checked(metric, int(value), value)
+        if not self.integer and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            try:
+                return self._checked(metric, float(value), value)
+            except OverflowError:  # an int beyond float's range
+                raise LossctlError(f"{metric}.{self.key} must be a finite number; got {value}") from None
+        raise LossctlError(f"{metric}.{self.key} must be {self._kind}; got {value!r}")
 
     @property
     def _kind(self) -> str:
@@ -503,12 +508,16 @@ def checked_metrics_and_params(
     parameter of the ``metrics``: the given values over the defaults. Raises :class:`LossctlError`.
     """
     valid = f"valid metrics: {', '.join(METRICS)}"
-    if isinstance(metrics, str) or not all(isinstance(name, str) for name in metrics):
+    names = None if isinstance(metrics, str) else list(metrics)  # a one-pass iterable is read once
+    if names is None or not all(isinstance(name, str) for name in names):
         raise LossctlError(f"metrics must be a list of metric names; got {metrics!r}; {valid}")
+    metrics = names
     if unknown := [name for name in metrics if name not in METRICS]:
         raise LossctlError(f"unknown metric {', '.join(unknown)}; {valid}")
     if not metrics:
         raise LossctlError(f"no metric to compute; {valid}")
+    if twice := sorted({name for name in metrics if metrics.count(name) > 1}):
+        raise LossctlError(f"metric {', '.join(twice)} given twice; give each once")
     if not isinstance(params, Mapping):
         raise LossctlError(f"params must map metric names to their parameters; got {params!r}")
     resolved = {name: METRICS[name].defaults for name in metrics if METRICS[name].params}

@@ -250,6 +250,8 @@ BAD_METRICS_AND_PARAMS = [
     (["iou"], {"iou": {"threshold": "x"}}, "iou.threshold must be a number; got 'x'"),  # was TypeError
     (["iou"], {"iou": {"threshold": True}}, "iou.threshold must be a number; got True"),
     (["ssim"], {"ssim": {"window": 7.0}}, "ssim.window must be an integer; got 7.0"),
+    (["psnr", "l1", "psnr"], {}, "metric psnr given twice; give each once"),
+    (["charbonnier"], {"charbonnier": {"eps": 10**400}}, f"charbonnier.eps must be a finite number; got {10**400}"),
     (["huber"], {"huber": {"delta": math.inf}}, "huber.delta must be a finite number; got inf"),
     (["l1"], {"ssim": {"window": 7}}, "params given for 'ssim', which is not among the metrics l1"),
     (["ssim"], {"ssim": 7}, "params of ssim must map parameter names to values; got 7"),
@@ -263,6 +265,14 @@ def test_evaluate_refuses_unknown_metrics_and_bad_params_with_a_clear_error(metr
     with pytest.raises(LossctlError) as error:
         evaluate(pairs, EvalConfig(metrics=metrics, params=params, device="cpu", workers=1))
     assert str(error.value) == message
+
+
+def test_the_library_takes_any_iterable_of_names_and_bools_for_integer_parameters():
+    from lossctl.metrics import checked_metrics_and_params
+
+    params = checked_metrics_and_params(iter(["psnr", "ssim"]), {"ssim": {"downsample": True, "k1": 1}})
+    assert params == {"ssim": {"window": 11, "sigma": 1.5, "k1": 1.0, "k2": 0.03, "downsample": 1}}
+    assert type(params["ssim"]["k1"]) is float and type(params["ssim"]["downsample"]) is int
 
 
 def test_evaluate_fills_in_the_default_params_of_a_metric_given_none(folders, rng):
