@@ -20,7 +20,7 @@ import pandas as pd
 
 from .errors import LossctlError
 from .metrics import METRICS
-from .report import format_precise
+from .report import format_precise, print_line
 from .safe_text import printable, xml_safe
 
 if sys.version_info >= (3, 11):
@@ -444,13 +444,7 @@ def render_check(console, verdict: Verdict) -> None:
             table.add_row(*(Text(printable(cell, cell=True)) for cell in row))
         console.print(table)
     for line in missing_lines(verdict):
-        console.print(
-            printable(line),
-            style="yellow" if verdict.allow_missing else "red",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        print_line(console, line, style="yellow" if verdict.allow_missing else "red")
     for line in rule_notes(verdict):
         console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
     console.print(

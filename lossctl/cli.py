@@ -1143,7 +1143,7 @@ def compare_command(
 ) -> None:
     """Compare two reports: per-image, direction-aware regressions, worst first."""
     with _reported_errors(debug):  # before importing compare (and pandas), as eval does
-        from . import compare
+        from . import compare, report
 
         tolerances = compare.parse_tolerances(tolerance or [], rel_tolerance or [])
         _check_output_paths({"--html": html_path}, inputs=(base, new))
@@ -1169,7 +1169,7 @@ def compare_command(
                 sys.stdout.write(compare.comparison_csv(comparison))
                 # The CSV holds the pairs compared only: what else decided the verdict goes to stderr.
                 for line in [*compare.other_lines(comparison), comparison.line()]:
-                    stderr.print(printable(line), markup=False, highlight=False, soft_wrap=True)
+                    report.print_line(stderr, line)
             elif output_format == OutputFormat.json:
                 sys.stdout.write(compare.comparison_json(comparison))
             else:

@@ -22,6 +22,7 @@ from .metrics import METRICS
 from .report import (
     TEXT_COLUMNS,
     format_precise,
+    print_line,
     print_title,
     sidecar_path,
     to_csv,
@@ -383,7 +384,7 @@ def render_comparison(console, comparison: Comparison, limit: int = 50) -> None:
         if len(rows) > limit:
             console.print(f"... and {len(rows) - limit} more (--format csv lists them all)")
     for line in other_lines(comparison):
-        console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
+        print_line(console, line)
     console.print(
         comparison.line(),
         style="bold red" if comparison.exit_code else "bold green",

@@ -347,6 +347,13 @@ def print_title(console: Console, title: str) -> None:
     console.print(Text(title, style="table.title"), soft_wrap=True)
 
 
+def print_line(console: Console, line: str, style: str | None = None) -> None:
+    """One line for people that quotes what came from the folders (pair names, their errors and
+    notes): made safe to show (:func:`~lossctl.safe_text.printable`), printed as plain text (no
+    markup, no highlighting) that the terminal wraps."""
+    console.print(printable(line), style=style, markup=False, highlight=False, soft_wrap=True)
+
+
 def render_table(
     console: Console,
     frame: pd.DataFrame,
@@ -367,13 +374,7 @@ def render_table(
     if per_image:
         _render_per_image(console, frame, info.metrics)
     for line in _problem_lines(frame):
-        console.print(
-            printable(line),
-            style="yellow" if ": note: " in line else "red",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        print_line(console, line, style="yellow" if ": note: " in line else "red")
     console.print(
         f"↑ higher is better, ↓ lower is better; device {info.device}, {info.precision}", style="dim"
     )
