@@ -18,7 +18,7 @@ from lossctl.errors import ImageReadError, LossctlError
 from lossctl.io import decode_image, decode_label_map, load_pair, pair_folders
 from lossctl.metrics import parse_metric_names, resolve_params
 
-from .conftest import random_rgb, save_image
+from .conftest import png_bytes, random_rgb, save_image
 
 
 def test_pairs_match_by_relative_path_without_extension(folders, rng):
@@ -150,17 +150,7 @@ def _handmade_png(pixels: np.ndarray, interlaced: bool = False, rows_stored: int
         else list(pixels)
     )[:rows_stored]  # fmt: skip
     raw = b"".join(b"\x00" + row.tobytes() for row in scanlines)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, int(interlaced))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
+    return png_bytes(width, height, 8, color_type, raw, interlaced)
 
 
 def test_png_and_jpeg_decoded_into_lossctl_s_own_memory_equal_pillow_s_pixels(tmp_path, rng):
@@ -529,18 +519,7 @@ def test_16_bit_gray_with_alpha_png_is_its_gray_channel(tmp_path, rng):
     alpha = rng.integers(0, 65536, (6, 5), dtype=np.uint16)
     rows = np.dstack([gray, alpha]).astype(">u2").reshape(6, -1)
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 5, 6, 16, 4, 0, 0, 0)  # 16-bit gray + alpha
-    png = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
-    (tmp_path / "la16.png").write_bytes(png)
+    (tmp_path / "la16.png").write_bytes(png_bytes(5, 6, 16, 4, raw))  # 16-bit gray + alpha
     decoded = decode_image(tmp_path / "la16.png")
     assert decoded.pixels.shape == (6, 5, 1) and decoded.bit_depth == 16
     np.testing.assert_array_equal(decoded.pixels[:, :, 0], gray)
@@ -637,17 +616,9 @@ def test_a_bug_in_lossctl_s_own_decoding_stays_an_internal_error(tmp_path, rng, 
         decode_image(tmp_path / "x.png")
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunks = b""
-    for kind, data in ((b"IHDR", header), (b"IDAT", zlib.compress(b"")), (b"IEND", b"")):
-        chunks += struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunks
-
-
 def test_an_image_over_pillows_own_guard_gets_lossctls_message(tmp_path):
     """Pillow refuses images over twice its limit in Image.open, before lossctl's own check."""
-    (tmp_path / "bomb.png").write_bytes(_png_header_only(20000, 10000))
+    (tmp_path / "bomb.png").write_bytes(png_bytes(20000, 10000, 8, 2, b""))  # a header, no pixels
     with pytest.raises(ImageReadError, match="over the limit of .* pixels .*raise it with --max-pixels"):
         decode_image(tmp_path / "bomb.png")
 

@@ -6,8 +6,6 @@ as stored, transposed label maps, the decoding window's order and failures, and 
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ import lossctl.io
 from lossctl.errors import ImageReadError
 from lossctl.io import decode_image, load_pair, pair_folders
 
-from .conftest import random_rgb, save_image
+from .conftest import png_bytes, random_rgb, save_image
 
 
 @pytest.fixture
@@ -71,14 +69,6 @@ def test_an_image_of_exactly_max_pixels_is_decoded_and_one_more_is_refused(tmp_p
         decode_image(tmp_path / "x.png")
 
 
-def _png_without_pixels(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
 def test_raising_max_pixels_raises_pillows_own_guard_too(max_pixels_restored):
     """--max-pixels above Pillow's default must not leave Pillow refusing (at twice its default)
     the images lossctl was told to allow: checked at Image.open, before any pixel is decoded."""
@@ -86,7 +76,7 @@ def test_raising_max_pixels_raises_pillows_own_guard_too(max_pixels_restored):
     width, height = 30_000, (5 * default) // (2 * 30_000)  # 2.5 times Pillow's default
     lossctl.io.set_max_pixels(3 * default)
     assert Image.MAX_IMAGE_PIXELS >= 3 * default
-    with Image.open(io.BytesIO(_png_without_pixels(width, height))) as image:  # no DecompressionBombError
+    with Image.open(io.BytesIO(png_bytes(width, height, 8, 0, b""))) as image:  # no DecompressionBombError
         assert image.size == (width, height)
     lossctl.io.set_max_pixels(None)
     assert Image.MAX_IMAGE_PIXELS == default
