@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -39,6 +40,20 @@ def _cpu_unless_marked_cuda(request: pytest.FixtureRequest, monkeypatch: pytest.
         return
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def frame_of(names, status=None, error=None, **metrics) -> pd.DataFrame:
+    """A report's frame: ``names`` with ``status`` (ok by default), ``error`` and each metric's values."""
+    columns = {
+        "name": names,
+        "pred": [f"p/{name}.png" for name in names],
+        "gt": [f"g/{name}.png" for name in names],
+        "status": status or ["ok"] * len(names),
+        "error": error or [""] * len(names),
+    }
+    return pd.DataFrame(
+        {**columns, **{metric: [float(v) for v in values] for metric, values in metrics.items()}}
+    )
 
 
 def png_bytes(width: int, height: int, bit_depth: int, color_type: int, data: bytes, interlaced: bool = False) -> bytes:

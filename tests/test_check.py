@@ -26,7 +26,16 @@ from lossctl.check import (
 )
 from lossctl.cli import app
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, noisy_pairs, one_line_error, random_rgb, save_image
+from .conftest import (
+    SAMPLE_GT,
+    SAMPLE_PRED,
+    frame_of,
+    noisy,
+    noisy_pairs,
+    one_line_error,
+    random_rgb,
+    save_image,
+)
 
 runner = CliRunner()
 SAMPLES = [str(SAMPLE_PRED), str(SAMPLE_GT)]
@@ -385,20 +394,6 @@ def test_a_config_can_come_through_a_pipe(tmp_path):
     finally:
         os.close(read)
     assert result.exit_code == 0, result.output
-
-
-def frame_of(names, status=None, **metrics) -> pd.DataFrame:
-    """A report's frame: ``names`` with ``status`` (ok by default) and each metric's values."""
-    columns = {
-        "name": names,
-        "pred": [f"p/{name}.png" for name in names],
-        "gt": [f"g/{name}.png" for name in names],
-        "status": status or ["ok"] * len(names),
-        "error": [""] * len(names),
-    }
-    return pd.DataFrame(
-        {**columns, **{metric: [float(v) for v in values] for metric, values in metrics.items()}}
-    )
 
 
 def minimum(metric, value, *paths) -> Rule:

@@ -30,7 +30,7 @@ from lossctl.cli import app
 from lossctl.report import ReportInfo, format_precise, format_value, summarize, to_csv, to_json, to_markdown
 from lossctl.safe_text import printable, xml_safe
 
-from .conftest import noisy, noisy_pairs, random_rgb, save_image
+from .conftest import frame_of, noisy, noisy_pairs, random_rgb, save_image
 
 runner = CliRunner()
 
@@ -40,20 +40,6 @@ L1_01 = Limit("l1", "max", 0.1)
 
 def invoke(*args):
     return runner.invoke(app, [str(arg) for arg in args])
-
-
-def frame_of(names, status=None, error=None, **metrics) -> pd.DataFrame:
-    """A report's frame: ``names`` with ``status`` (ok by default), ``error`` and each metric's values."""
-    columns = {
-        "name": names,
-        "pred": [f"p/{name}.png" for name in names],
-        "gt": [f"g/{name}.png" for name in names],
-        "status": status or ["ok"] * len(names),
-        "error": error or [""] * len(names),
-    }
-    return pd.DataFrame(
-        {**columns, **{metric: [float(v) for v in values] for metric, values in metrics.items()}}
-    )
 
 
 def junit_suite(verdict: Verdict, frame: pd.DataFrame) -> ElementTree.Element:
