@@ -56,6 +56,20 @@ def frame_of(names, status=None, error=None, **metrics) -> pd.DataFrame:
     )
 
 
+def evaluate_folders(pred, gt, metrics=None, weights=None, params=(), **options):
+    """Every pair of the ``pred`` and ``gt`` folders evaluated by the library (``metrics`` as for
+    ``--metrics``, ``params`` as ``--param`` values, ``options`` EvalConfig's), by pair name."""
+    from lossctl.engine import EvalConfig, evaluate
+    from lossctl.io import pair_folders
+    from lossctl.metrics import parse_metric_names, resolve_params
+
+    names = parse_metric_names(metrics)
+    config = EvalConfig(
+        metrics=names, params=resolve_params(names, list(params)), with_weights=weights is not None, **options
+    )
+    return {result.pair.name: result for result in evaluate(pair_folders(pred, gt, weights).pairs, config)}
+
+
 def png_bytes(width: int, height: int, bit_depth: int, color_type: int, data: bytes, interlaced: bool = False) -> bytes:
     """A PNG made by hand, for layouts and damage Pillow does not write: its IHDR, one IDAT holding
     ``data`` (scanlines with their filter bytes, compressed here) and IEND."""

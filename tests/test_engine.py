@@ -14,25 +14,17 @@ from PIL import Image
 
 from lossctl import losses as L
 from lossctl.conventions import Convention
-from lossctl.engine import EvalConfig, _to_device, _widened_16_bit, evaluate, resolve_device
+from lossctl.engine import EvalConfig, _to_device, _widened_16_bit, resolve_device
 from lossctl.errors import LossctlError
 from lossctl.io import pair_folders
 from lossctl.metrics import METRICS, parse_metric_names, resolve_params
 
-from .conftest import SAMPLE_GT, SAMPLE_PRED, noisy, noisy_pairs, random_rgb, save_image
+from .conftest import SAMPLE_GT, SAMPLE_PRED, evaluate_folders, noisy, noisy_pairs, random_rgb, save_image
 
 METRICS_MD_NAMES = [
     "l1", "mse", "rmse", "psnr", "ssim", "ms_ssim", "charbonnier", "smooth_l1", "huber",
     "log_cosh", "quantile", "bce", "dice", "iou", "ce", "pixel_accuracy", "tv", "weighted_tv",
 ]  # fmt: skip
-
-
-def run(pred, gt, metrics=None, weights=None, **options):
-    names = parse_metric_names(metrics)
-    config = EvalConfig(metrics=names, params=resolve_params(names, options.pop("params", [])), **options)
-    if weights is not None:
-        config = EvalConfig(**{**config.__dict__, "with_weights": True})
-    return {result.pair.name: result for result in evaluate(pair_folders(pred, gt, weights).pairs, config)}
 
 
 def test_registry_has_the_metrics_md_names_plus_iou_and_pixel_accuracy():
@@ -106,7 +98,7 @@ def float64_reference(pred_path, gt_path) -> dict[str, float]:
 
 @pytest.mark.parametrize("precision, rel", [("float32", 1e-5), ("float64", 1e-10)])
 def test_every_metric_on_real_photos_matches_a_float64_reference(precision, rel):
-    results = run(SAMPLE_PRED, SAMPLE_GT, precision=precision)
+    results = evaluate_folders(SAMPLE_PRED, SAMPLE_GT, precision=precision)
     for name in ("blur", "jpeg_artifacts", "noise", "upscale_x4"):
         result = results[name]
         assert result.status == "ok"
@@ -129,13 +121,13 @@ def test_results_do_not_depend_on_batching_workers_or_cpu_blocks(folders, rng, m
         clean = random_rgb(rng, *size)
         save_image(gt / f"img{index}.png", clean)
         save_image(pred / f"img{index}.png", noisy(rng, clean))
-    reference = run(pred, gt, batch_size=1, workers=1)
+    reference = evaluate_folders(pred, gt, batch_size=1, workers=1)
     settings = [(3, 2, 1 << 20, 1 << 24), (16, 4, 1 << 20, 1 << 24), (16, 2, 1, 1000), (16, 2, 5000, 7)]
     for batch_size, workers, block_values, chunk_values in settings:
         monkeypatch.setattr(lossctl.engine, "CPU_BLOCK_VALUES", block_values)
         monkeypatch.setattr(lossctl.engine, "LEVELS_BLOCK_VALUES", block_values)
         monkeypatch.setattr(lossctl.metrics, "ELEMENTWISE_CHUNK_VALUES", chunk_values)
-        other = run(pred, gt, batch_size=batch_size, workers=workers)
+        other = evaluate_folders(pred, gt, batch_size=batch_size, workers=workers)
         for name, result in reference.items():
             for metric, value in result.values.items():
                 assert other[name].values[metric] == pytest.approx(value, rel=1e-6, abs=1e-12, nan_ok=True), (
@@ -149,7 +141,7 @@ def test_grayscale_prediction_is_repeated_against_rgb_ground_truth(folders, rng)
     gray = rng.integers(0, 256, size=(20, 20), dtype=np.uint8)
     save_image(pred / "x.png", gray)
     save_image(gt / "x.png", np.dstack([gray, gray, noisy(rng, gray)]))
-    result = run(pred, gt, metrics="mse")["x"]
+    result = evaluate_folders(pred, gt, metrics="mse")["x"]
     expected = (
         np.mean((np.asarray(Image.open(gt / "x.png"), dtype=np.float64)[:, :, 2] / 255 - gray / 255) ** 2) / 3
     )
@@ -161,7 +153,7 @@ def test_mixed_bit_depths_are_scaled_each_by_its_own_depth(folders, rng):
     gray8 = rng.integers(0, 256, size=(16, 16), dtype=np.uint8)
     save_image(pred / "x.png", gray8)
     save_image(gt / "x.png", gray8.astype(np.uint16) * 257)  # the same intensities at 16 bits
-    result = run(pred, gt, metrics="l1,psnr")["x"]
+    result = evaluate_folders(pred, gt, metrics="l1,psnr")["x"]
     assert result.bit_depth == "8/16"
     assert result.values["l1"] == pytest.approx(0.0, abs=1e-7)
 
@@ -171,7 +163,7 @@ def test_identical_images_give_infinite_psnr(folders, rng):
     clean = random_rgb(rng)
     save_image(pred / "x.png", clean)
     save_image(gt / "x.png", clean)
-    values = run(pred, gt)["x"].values
+    values = evaluate_folders(pred, gt)["x"].values
     assert values["psnr"] == math.inf and values["mse"] == 0.0 and values["ssim"] == pytest.approx(1.0)
 
 
@@ -182,7 +174,7 @@ def test_undefined_values_are_nan_with_a_note_and_the_pair_stays_ok(folders, rng
     floats = rng.normal(0.5, 1.0, size=(16, 16)).astype(np.float32)
     Image.fromarray(floats, mode="F").save(pred / "float.tif")
     Image.fromarray(np.clip(floats, 0, 1), mode="F").save(gt / "float.tif")
-    results = run(pred, gt)
+    results = evaluate_folders(pred, gt)
     tiny, floating = results["tiny"], results["float"]
     assert tiny.status == "ok" and math.isnan(tiny.values["ssim"])
     not_for_images = "ce, pixel_accuracy: for segmentation pairs (.npy class scores), not image pairs"
@@ -218,7 +210,7 @@ def test_ssim_and_ms_ssim_are_defined_from_exactly_their_smallest_size(
     clean = random_rgb(rng, height, width)
     save_image(gt / "x.png", clean)
     save_image(pred / "x.png", noisy(rng, clean))
-    result = run(pred, gt, metrics="ssim,ms_ssim")["x"]
+    result = evaluate_folders(pred, gt, metrics="ssim,ms_ssim")["x"]
     assert result.status == "ok"
     for name in ("ssim", "ms_ssim"):
         assert math.isnan(result.values[name]) == (name in undefined), name
@@ -239,12 +231,12 @@ def test_weight_maps_drive_weighted_tv_and_missing_ones_are_noted(tmp_path, fold
             w[:, :-1] * np.abs(np.diff(p, axis=2))
         ).sum() / (3 * w[:, :-1].sum())
 
-    results = run(pred, gt, metrics="weighted_tv", weights=weights)
+    results = evaluate_folders(pred, gt, metrics="weighted_tv", weights=weights)
     assert results["a"].values["weighted_tv"] == pytest.approx(expected(p, w), rel=1e-5)
     assert math.isnan(results["b"].values["weighted_tv"])
     assert results["b"].notes == ["weighted_tv: no weight map with this name"]
     # --crop-border crops the weight map with the images: the same pixels keep the same weights.
-    cropped = run(pred, gt, metrics="weighted_tv", weights=weights, convention=Convention(crop_border=3))
+    cropped = evaluate_folders(pred, gt, metrics="weighted_tv", weights=weights, convention=Convention(crop_border=3))
     assert cropped["a"].values["weighted_tv"] == pytest.approx(
         expected(p[:, 3:-3, 3:-3], w[3:-3, 3:-3]), rel=1e-5
     )
@@ -259,7 +251,7 @@ def test_unreadable_and_mismatched_pairs_are_errors_and_the_rest_is_computed(fol
     save_image(pred / "sizes.png", random_rgb(rng, 10, 10))
     save_image(gt / "sizes.png", random_rgb(rng, 10, 12))
     save_image(pred / "lonely.png", random_rgb(rng))
-    results = run(pred, gt)
+    results = evaluate_folders(pred, gt)
     assert {name: result.status for name, result in results.items()} == {
         "broken": "error",
         "good": "ok",
@@ -288,8 +280,8 @@ def test_device_errors():
 @pytest.mark.cuda
 def test_cuda_agrees_with_cpu():
     """Within METRICS.md's 1e-5 of float64 on the CPU; NaN (ce on image pairs) where it is NaN."""
-    cpu = run(SAMPLE_PRED, SAMPLE_GT, device="cpu", precision="float64")
-    cuda = run(SAMPLE_PRED, SAMPLE_GT, device="cuda")
+    cpu = evaluate_folders(SAMPLE_PRED, SAMPLE_GT, device="cpu", precision="float64")
+    cuda = evaluate_folders(SAMPLE_PRED, SAMPLE_GT, device="cuda")
     for name, result in cpu.items():
         assert cuda[name].status == "ok" and cuda[name].values.keys() == result.values.keys(), name
         for metric, value in result.values.items():
@@ -327,7 +319,7 @@ def test_nan_pixels_give_nan_values_and_a_note_naming_their_side(folders, rng, s
     broken[4, 4] = np.nan
     Image.fromarray(broken if side == "pred" else values, mode="F").save(pred / "x.tif")
     Image.fromarray(broken if side == "gt" else values, mode="F").save(gt / "x.tif")
-    result = run(pred, gt)["x"]
+    result = evaluate_folders(pred, gt)["x"]
     other = "gt" if side == "pred" else "pred"
     assert result.status == "ok" and f"{side} contains NaN values" in result.notes
     assert f"{other} contains NaN values" not in result.notes
@@ -340,7 +332,7 @@ def test_float32_keeps_its_tolerance_for_one_level_16_bit_offsets(folders):
     pred, gt = folders
     save_image(pred / "x.png", np.full((16, 16), 32769, dtype=np.uint16))
     save_image(gt / "x.png", np.full((16, 16), 32768, dtype=np.uint16))
-    single, double = run(pred, gt, precision="float32")["x"], run(pred, gt, precision="float64")["x"]
+    single, double = evaluate_folders(pred, gt, precision="float32")["x"], evaluate_folders(pred, gt, precision="float64")["x"]
     for name in ("l1", "mse", "rmse", "huber", "quantile", "log_cosh", "charbonnier"):
         assert single.values[name] == pytest.approx(double.values[name], rel=1e-5), name
     assert single.values["psnr"] == pytest.approx(double.values["psnr"], abs=1e-4)
@@ -359,7 +351,7 @@ def test_16_bit_rgb_errors_keep_every_bit(folders, rng):
     save_image(gt / "extremes.png", extremes)
     save_image(pred / "extremes.png", 65535 - extremes)
     for precision in ("float32", "float64"):
-        results = run(pred, gt, precision=precision)
+        results = evaluate_folders(pred, gt, precision=precision)
         low_byte, widest = results["low_byte"].values, results["extremes"].values
         assert low_byte["l1"] == pytest.approx(0x7F / 65535, rel=1e-6)
         assert low_byte["mse"] == pytest.approx((0x7F / 65535) ** 2, rel=1e-5)
@@ -465,7 +457,7 @@ def test_the_engine_starts_decoding_before_it_reads_the_free_device_memory(monke
 
     monkeypatch.setattr(lossctl.engine, "start_decoding", recording_start_decoding)
     monkeypatch.setattr(lossctl.engine, "max_batch_values", recording_max_batch_values)
-    results = run(SAMPLE_PRED, SAMPLE_GT, "l1,psnr", device="cpu", decoder="processes", workers=2)
+    results = evaluate_folders(SAMPLE_PRED, SAMPLE_GT, "l1,psnr", device="cpu", decoder="processes", workers=2)
     assert calls == ["start_decoding", "max_batch_values"]
     assert sorted(results) == sorted(pair.name for pair in pair_folders(SAMPLE_PRED, SAMPLE_GT).pairs)
     assert all(result.status == "ok" for result in results.values())
@@ -785,7 +777,7 @@ def test_a_cpu_task_computes_as_it_decodes_once_it_holds_a_block(folders, rng, m
     monkeypatch.setattr(lossctl.engine, "LEVELS_BLOCK_VALUES", 3 * 64 * 64)
     monkeypatch.setattr(lossctl.engine, "decode_pair", recording_decode_pair)
     monkeypatch.setattr(lossctl.engine, "compute_within_memory", recording_compute)
-    results = run(pred, gt, "l1,ssim", device="cpu", workers=1, decoder="threads")
+    results = evaluate_folders(pred, gt, "l1,ssim", device="cpu", workers=1, decoder="threads")
     assert len(results) == 8 and all(result.status == "ok" for result in results.values())
     # One task of all eight pairs (sized from the 8x8 one), computed pair by pair once it holds a
     # 64x64 image's worth: the 8x8 pair and the first 64x64 one, then each 64x64 one alone.
@@ -821,5 +813,5 @@ def test_decoding_processes_keep_the_window_memory_allows(folders, rng, monkeypa
     monkeypatch.setattr(
         lossctl.decoding.DecodeAhead, "resize", lambda self, n: (windows.append(n), resize(self, n))[1]
     )
-    results = run(pred, gt, "l1", device="cpu", decoder="processes", workers=2, batch_size=16)
+    results = evaluate_folders(pred, gt, "l1", device="cpu", decoder="processes", workers=2, batch_size=16)
     assert windows == [2 * 2 + 2 * 2] and all(result.status == "ok" for result in results.values())

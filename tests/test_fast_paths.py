@@ -13,23 +13,17 @@ import torch
 import lossctl.levels
 from lossctl import maps
 from lossctl.conventions import Convention, resolve_convention
-from lossctl.engine import EvalConfig, _from_levels, evaluate, pair_batch
+from lossctl.engine import EvalConfig, _from_levels, pair_batch
 from lossctl.io import load_pair, pair_folders
 from lossctl.levels import PixelLevels, compared_levels, count_levels
-from lossctl.metrics import METRICS, parse_metric_names, resolve_params
+from lossctl.metrics import METRICS
 
-from .conftest import noisy, random_rgb, save_image
+from .conftest import evaluate_folders, noisy, random_rgb, save_image
 from .test_netpbm import netpbm_bytes
 
 # 160 x 150 RGB = 72,000 values: above levels.MIN_VALUES, so the engine's own rule picks the level
 # path for 8-bit pairs (no monkeypatching of the threshold).
 HEIGHT, WIDTH = 160, 150
-
-
-def run(pred, gt, metrics, params=(), **options):
-    names = parse_metric_names(metrics)
-    config = EvalConfig(metrics=names, params=resolve_params(names, list(params)), **options)
-    return {result.pair.name: result for result in evaluate(pair_folders(pred, gt).pairs, config)}
 
 
 def spy_on_counting(monkeypatch) -> list[int]:
@@ -57,7 +51,7 @@ def test_iou_with_thresholds_on_exact_levels_of_maxval_100_images(folders, rng, 
     (gt / "x.ppm").write_bytes(netpbm_bytes("P6", gt_levels, 100))
     (pred / "x.ppm").write_bytes(netpbm_bytes("P6", pred_levels, 100))
     calls = spy_on_counting(monkeypatch)
-    result = run(pred, gt, "iou,l1,mse", ["iou.threshold=0.3"], precision=precision)["x"]
+    result = evaluate_folders(pred, gt, "iou,l1,mse", params=["iou.threshold=0.3"], precision=precision)["x"]
     assert calls == [1]  # read from its levels
     predicted, truth = pred_levels >= 30, gt_levels >= 50  # exact, in integers
     expected_iou = (predicted & truth).sum() / (predicted | truth).sum()
@@ -67,7 +61,7 @@ def test_iou_with_thresholds_on_exact_levels_of_maxval_100_images(folders, rng, 
     assert result.values["l1"] == pytest.approx(np.abs(difference).mean(), rel=rel)
     assert result.values["mse"] == pytest.approx((difference**2).mean(), rel=rel)
     monkeypatch.setattr(lossctl.levels, "MIN_VALUES", 1 << 40)  # the per-value float path agrees
-    per_value = run(pred, gt, "iou", ["iou.threshold=0.3"], precision=precision)["x"]
+    per_value = evaluate_folders(pred, gt, "iou", params=["iou.threshold=0.3"], precision=precision)["x"]
     assert calls == [1]
     assert per_value.values["iou"] == pytest.approx(expected_iou, rel=rel)
 
@@ -85,7 +79,7 @@ def test_an_8_bit_image_against_a_16_bit_one_is_not_read_from_levels(
     save_image(pred / "x.png", pred_pixels)
     save_image(gt / "x.png", gt_pixels)
     calls = spy_on_counting(monkeypatch)
-    result = run(pred, gt, "l1,mse,dice,tv", precision="float64")["x"]
+    result = evaluate_folders(pred, gt, "l1,mse,dice,tv", precision="float64")["x"]
     assert calls == []
     assert result.status == "ok" and result.bit_depth in ("16/8", "8/16")
     p = pred_pixels.astype(np.float64) / (65535.0 if sixteen_bit_side == "pred" else 255.0)

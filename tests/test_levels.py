@@ -9,12 +9,9 @@ import torch
 
 import lossctl.levels
 from lossctl.conventions import Convention
-from lossctl.engine import EvalConfig, evaluate
-from lossctl.io import pair_folders
 from lossctl.levels import compared_levels, count_levels
-from lossctl.metrics import parse_metric_names, resolve_params
 
-from .conftest import noisy, random_rgb, save_image
+from .conftest import evaluate_folders, noisy, random_rgb, save_image
 
 FROM_LEVELS = "l1,mse,rmse,psnr,charbonnier,smooth_l1,huber,log_cosh,quantile,bce,dice,iou,tv,weighted_tv"
 PARAMS = [
@@ -27,9 +24,7 @@ PARAMS = [
 
 
 def run(pred, gt, **options):
-    names = parse_metric_names(FROM_LEVELS)
-    config = EvalConfig(metrics=names, params=resolve_params(names, PARAMS), **options)
-    return {result.pair.name: result for result in evaluate(pair_folders(pred, gt).pairs, config)}
+    return evaluate_folders(pred, gt, FROM_LEVELS, params=PARAMS, **options)
 
 
 @pytest.fixture
